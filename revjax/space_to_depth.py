@@ -1,0 +1,138 @@
+"""i-RevNet invertible downsampling ψ (space-to-depth) and its inverse (SPEC §1.2).
+
+ψ moves each ``block × block`` (2-D) or ``block × block × block`` (3-D) spatial patch into
+the channel axis. It is a pure permutation of the entries, so it preserves every norm and its
+inverse is exact bitwise.
+
+Shapes (``b = block``)::
+
+    2-D, NHWC:   (N, H, W, C)     -> (N, H/b, W/b, b²·C)
+    3-D, NDHWC:  (N, D, H, W, C)  -> (N, D/b, H/b, W/b, b³·C)
+
+Channel order (offset-major, then the original channel; ``c`` is the input channel)::
+
+    2-D:  y[n, i, j, (b·a + β)·C + c]              = x[n, b·i + a, b·j + β, c]
+    3-D:  y[n, k, i, j, ((b·γ + a)·b + β)·C + c]   = x[n, b·k + γ, b·i + a, b·j + β, c]
+
+For ``b = 2`` these are ``(2a + β)·C + c`` and ``(4γ + 2a + β)·C + c``: the offset along the
+outermost spatial axis (D in 3-D, else H) is the most significant bit. The PyTorch i-RevNet
+reference orders channels differently; that only matters when porting pretrained weights.
+
+>>> import jax.numpy as jnp
+>>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+>>> space_to_depth(x).shape
+(1, 2, 2, 4)
+>>> bool((depth_to_space(space_to_depth(x)) == x).all())
+True
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["depth_to_space", "space_to_depth", "spatial_axis_names"]
+
+_AXIS_NAMES_BY_RANK = {4: ("H", "W"), 5: ("D", "H", "W")}
+
+
+def spatial_axis_names(ndim: int, *, caller: str) -> tuple[str, ...]:
+    """Returns the spatial axis names of a channels-last array of rank ``ndim``.
+
+    Args:
+        ndim: rank of the array.
+        caller: name of the public function, used in the error message.
+
+    Returns:
+        ``("H", "W")`` for rank 4 (NHWC), ``("D", "H", "W")`` for rank 5 (NDHWC).
+
+    Raises:
+        ValueError: if ``ndim`` is neither 4 nor 5.
+    """
+    try:
+        return _AXIS_NAMES_BY_RANK[ndim]
+    except KeyError:
+        raise ValueError(
+            f"{caller} expected an array of rank 4 (NHWC) or 5 (NDHWC), got rank {ndim}"
+        ) from None
+
+
+def _check_block(block: int) -> None:
+    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
+
+
+def _check_spatial_divisible(shape: Sequence[int], block: int, caller: str) -> None:
+    """Raises ValueError if a spatial size of the channels-last ``shape`` is not a multiple."""
+    names = spatial_axis_names(len(shape), caller=caller)
+    for name, size in zip(names, shape[1:-1], strict=True):
+        if size % block:
+            raise ValueError(
+                f"{caller}: axis {name} has size {size}, which is not divisible by "
+                f"block={block}; space-to-depth does not crop"
+            )
+
+
+def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
+    """i-RevNet downsampling ψ: moves ``block``-sized spatial patches into channels.
+
+    ``y[n, i, j, (b·a + β)·C + c] = x[n, b·i + a, b·j + β, c]`` in 2-D, and the analogous
+    order with the D offset most significant in 3-D (see the module docstring).
+
+    Args:
+        x: ``(N, H, W, C)`` or ``(N, D, H, W, C)``; every spatial size divisible by ``block``.
+        block: patch edge length ``b``.
+
+    Returns:
+        ``(N, H/b, W/b, b²C)`` or ``(N, D/b, H/b, W/b, b³C)``, same dtype as ``x``.
+
+    Raises:
+        ValueError: wrong rank, or a spatial size not divisible by ``block``.
+    """
+    x = jnp.asarray(x)
+    _check_block(block)
+    _check_spatial_divisible(x.shape, block, "space_to_depth")
+    batch, *spatial, channels = x.shape
+    d = len(spatial)
+    # (N, s1/b, b, s2/b, b, ..., C): each spatial axis split into (coarse, offset).
+    split = [batch]
+    for size in spatial:
+        split += [size // block, block]
+    z = x.reshape(*split, channels)
+    coarse_axes = [1 + 2 * k for k in range(d)]
+    offset_axes = [2 + 2 * k for k in range(d)]
+    z = z.transpose(0, *coarse_axes, *offset_axes, 2 * d + 1)
+    return z.reshape(batch, *(size // block for size in spatial), block**d * channels)
+
+
+def depth_to_space(y: jax.Array, block: int = 2) -> jax.Array:
+    """Inverse of :func:`space_to_depth`: ``depth_to_space(space_to_depth(x, b), b) == x``.
+
+    Args:
+        y: ``(N, h, w, b²C)`` or ``(N, d, h, w, b³C)``.
+        block: patch edge length ``b``.
+
+    Returns:
+        ``(N, b·h, b·w, C)`` or ``(N, b·d, b·h, b·w, C)``, same dtype as ``y``.
+
+    Raises:
+        ValueError: wrong rank, or a channel count not divisible by ``b²`` (``b³``).
+    """
+    y = jnp.asarray(y)
+    _check_block(block)
+    batch, *spatial, channels = y.shape
+    spatial_axis_names(y.ndim, caller="depth_to_space")
+    d = len(spatial)
+    if channels % block**d:
+        raise ValueError(
+            f"depth_to_space: channel axis has size {channels}, which is not divisible by "
+            f"block**{d}={block**d}"
+        )
+    out_channels = channels // block**d
+    z = y.reshape(batch, *spatial, *([block] * d), out_channels)
+    # (N, s1, ..., sd, b_1, ..., b_d, C) -> (N, s1, b_1, ..., sd, b_d, C).
+    order = [0]
+    for k in range(d):
+        order += [1 + k, 1 + d + k]
+    z = z.transpose(*order, 2 * d + 1)
+    return z.reshape(batch, *(size * block for size in spatial), out_channels)
