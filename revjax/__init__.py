@@ -1,0 +1,37 @@
+"""revjax: reversible neural networks in JAX/Flax with memory-free backward passes.
+
+Layers of the package (each imports only from those above it):
+
+- `revjax.engine`: invertible steps as values; the one custom_vjp (Scan + chain forms).
+- `revjax.couplings`, `revjax.integrators`, `revjax.transitions`: generic invertible steps.
+- operators: `revjax.conv`, `revjax.wavelets`, `revjax.space_to_depth`, `revjax.fft`.
+- `revjax.nn`: Flax linen modules over the pure functions.
+- `revjax.families.*`: one module per paper; `revjax.models`: the registry.
+- `revjax.data`, `revjax.train`: input pipelines and the training system.
+"""
+
+from revjax.engine import (
+    BACKPROP_MODES,
+    InvertibleStep,
+    Scan,
+    Transition,
+    apply,
+    apply_with_aux,
+    check_reconstruction,
+    invert,
+    reconstruction_error,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKPROP_MODES",
+    "InvertibleStep",
+    "Scan",
+    "Transition",
+    "apply",
+    "apply_with_aux",
+    "check_reconstruction",
+    "invert",
+    "reconstruction_error",
+]

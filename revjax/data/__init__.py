@@ -263,4 +263,3 @@ def make_dataset(
     if worker_count > 0:
         batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return batched
-

@@ -138,18 +138,21 @@ def preparation_instructions(name: str, data_dir: str | os.PathLike | None) -> s
     """Tells exactly how to prepare ``name`` in array_record format under ``data_dir``."""
     target = str(data_dir) if data_dir is not None else "~/tensorflow_datasets"
     builder = "davis/480p" if name == "davis" else name
-    lines = [
-        f"Prepare {name!r} once in array_record format (building needs TensorFlow; "
-        "reading it here does not):",
-        "    pip install tensorflow tensorflow-datasets",
-        f"    tfds build {builder} --data_dir={target} --file_format=array_record",
+    steps = [
+        "pip install tensorflow tensorflow-datasets",
+        f"tfds build {builder} --data_dir={target} --file_format=array_record",
     ]
     if name == "imagenet2012":
-        lines.insert(
-            1,
-            "imagenet2012 needs a manual download: put ILSVRC2012_img_train.tar and "
-            f"ILSVRC2012_img_val.tar (from image-net.org) in {target}/downloads/manual first.",
+        steps.insert(
+            0,
+            "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org "
+            f"into {target}/downloads/manual (manual download required)",
         )
+    lines = [
+        f"To prepare {name!r} once (building needs TensorFlow, e.g. in a separate "
+        "environment; reading it here does not):"
+    ]
+    lines += [f"  {i}. {step}" for i, step in enumerate(steps, start=1)]
     if data_dir is None:
         lines.append("(data_dir=None means $TFDS_DATA_DIR or ~/tensorflow_datasets.)")
     return "\n".join(lines)
@@ -189,8 +192,9 @@ def open_source(
         AssertionError,
     ) as error:
         raise DatasetNotPreparedError(
-            f"Could not open {name!r} split {split!r} from data_dir={data_dir!s}: "
-            f"{type(error).__name__}: {error}\n" + preparation_instructions(name, data_dir)
+            f"Dataset {name!r} split {split!r} is not available in array_record format under "
+            f"data_dir={data_dir!s} (TFDS said: {type(error).__name__}: {error})\n"
+            + preparation_instructions(name, data_dir)
         ) from error
 
 

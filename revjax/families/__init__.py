@@ -1,0 +1,1 @@
+"""One module per paper family (RevNet, Chang et al., hyperbolic, RevUp, LeanResNet)."""

@@ -1,0 +1,68 @@
+"""Model registry: `create(name, **overrides)` returns a Flax linen module; `names()` lists them.
+
+Every model is called as `model.init(rng, x, train=False)` and
+`model.apply(variables, x, train=...)` (with `mutable=["batch_stats"]` when it has batch
+norm), images NHWC (videos NDHWC). Reversible models accept `backprop` in
+{"reversible", "store", "remat"}; classifiers accept `num_classes`.
+
+Each family module registers its configurations with `@register("name")` on a factory
+`(**overrides) -> nn.Module`; the imports at the bottom of this file make them available.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["register", "create", "names", "count_params", "summary"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator: register `factory(**overrides) -> nn.Module` under `name`."""
+
+    def decorator(factory):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def names() -> list[str]:
+    """Sorted names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **overrides) -> nn.Module:
+    """The registered model `name`, with its configuration fields overridden."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(names())}")
+    return _REGISTRY[name](**overrides)
+
+
+def count_params(variables) -> int:
+    """Number of trainable scalars in variables["params"] (or a bare params tree)."""
+    params = variables.get("params", variables) if isinstance(variables, dict) else variables
+    return int(sum(jnp.size(leaf) for leaf in jax.tree.leaves(params)))
+
+
+def summary(name_or_model, input_shape, **overrides) -> str:
+    """One-line summary: name, parameter count (exact), input shape; shapes only, no compute."""
+    model = create(name_or_model, **overrides) if isinstance(name_or_model, str) else name_or_model
+    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape), train=False),
+                               jax.random.key(0))
+    label = name_or_model if isinstance(name_or_model, str) else type(model).__name__
+    return f"{label}: {count_params(variables):,} parameters, input {tuple(input_shape)}"
+
+
+# Family registrations (each import registers that family's models).
