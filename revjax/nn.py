@@ -69,7 +69,7 @@ class CouplingStack(nn.Module):
       max_log_scale: affine scale bound (see `affine_coupling`).
 
     Input and output: (N, ..., C) with C even; the halves are the first/second C/2 channels.
-    Parameters: variables["params"]["F"], ["G"], each stacked with leading axis `depth`.
+    Parameters: variables["params"]["F_blocks"], ["G_blocks"] (each the stacked variables of F or G) with leading axis `depth`.
     """
 
     F: nn.Module
@@ -84,8 +84,8 @@ class CouplingStack(nn.Module):
         engine._check_backprop(self.backprop)
         x1, x2 = split_halves(x)
         F, G = self.F.clone(parent=None), self.G.clone(parent=None)
-        f_vars = self.param("F", lambda k: init_stacked(F, k, self.depth, x2))
-        g_vars = self.param("G", lambda k: init_stacked(G, k, self.depth, x1))
+        f_vars = self.param("F_blocks", lambda k: init_stacked(F, k, self.depth, x2))
+        g_vars = self.param("G_blocks", lambda k: init_stacked(G, k, self.depth, x1))
         if self.coupling == "additive":
             step = additive_coupling(residual_fn(F), residual_fn(G))
         elif self.coupling == "affine":
