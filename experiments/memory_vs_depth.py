@@ -81,7 +81,7 @@ def make_step(mode: str):
         def body(params, x):
             depth = jax.tree.leaves(params)[0].shape[0]
             for j in range(depth):
-                x = step.forward(jax.tree.map(lambda a: a[j], params), x)
+                x = step.forward(jax.tree.map(lambda a, j=j: a[j], params), x)
             return x
 
     else:

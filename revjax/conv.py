@@ -40,9 +40,7 @@ Padding = str | Sequence[tuple[int, int]]
 def _spatial_rank(kernel: jax.Array) -> int:
     rank = kernel.ndim - 2
     if rank not in _DIMENSION_NUMBERS:
-        raise ValueError(
-            f"kernel must be HWIO (4-D) or DHWIO (5-D); got shape {kernel.shape}"
-        )
+        raise ValueError(f"kernel must be HWIO (4-D) or DHWIO (5-D); got shape {kernel.shape}")
     return rank
 
 
@@ -174,8 +172,7 @@ def conv_transpose(
     rank = _check(y, kernel, "conv_transpose")
     if y.shape[-1] != kernel.shape[-1]:
         raise ValueError(
-            f"conv_transpose: input has {y.shape[-1]} channels, kernel produces "
-            f"{kernel.shape[-1]}"
+            f"conv_transpose: input has {y.shape[-1]} channels, kernel produces {kernel.shape[-1]}"
         )
     stride = _as_tuple(stride, rank)
     if in_spatial is None:

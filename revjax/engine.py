@@ -43,10 +43,12 @@ keep states in float32 (not bfloat16) for deep stacks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = [
@@ -172,7 +174,7 @@ def _validate(layers, params, x, rngs) -> None:
 # Single-step primitives.
 
 
-def _forward_value(layer: InvertibleStep | Transition, params, x, rng):
+def _forward_value(layer: InvertibleStep | Transition, params, x, rng=None):
     """The layer's output, ignoring aux."""
     fn = layer.forward if isinstance(layer, InvertibleStep) else layer.apply
     out = fn(params, x, rng)
@@ -280,7 +282,7 @@ def _reversible_bwd(layers, residuals, cotangents):
         layer, p, r = layers[i], params[i], rngs[i]
         if isinstance(layer, Transition):
             x = stored[i]
-            _, pullback = jax.vjp(lambda p_, u: _forward_value(layer, p_, u, r), p, x)
+            _, pullback = jax.vjp(partial(_forward_value, layer, rng=r), p, x)
             p_bar, x_bar = pullback(y_bar)
         elif isinstance(layer, Scan):
             x, p_bar, x_bar = _scan_backward(layer.step, p, y, y_bar, r)
@@ -293,8 +295,6 @@ def _reversible_bwd(layers, residuals, cotangents):
 
 
 def _zero_cotangent(leaf):
-    import numpy as np
-
     if jnp.issubdtype(leaf.dtype, jnp.inexact):
         return jnp.zeros_like(leaf)
     return np.zeros(jnp.shape(leaf), dtype=jax.dtypes.float0)
@@ -371,7 +371,11 @@ def invert(
     for layer, p, r in reversed(tuple(zip(layers, params, rngs))):
         if isinstance(layer, Transition):
             raise ValueError(f"cannot invert through non-invertible layer {layer.name!r}")
-        h = _scan_inverse(layer.step, p, h, r) if isinstance(layer, Scan) else layer.inverse(p, h, r)
+        h = (
+            _scan_inverse(layer.step, p, h, r)
+            if isinstance(layer, Scan)
+            else layer.inverse(p, h, r)
+        )
     return h
 
 
@@ -384,7 +388,10 @@ class ReconstructionError(RuntimeError):
 
 
 def _relative_error(estimate: PyTree, truth: PyTree) -> jax.Array:
-    num = sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree.leaves(estimate), jax.tree.leaves(truth)))
+    num = sum(
+        jnp.sum(jnp.square(a - b))
+        for a, b in zip(jax.tree.leaves(estimate), jax.tree.leaves(truth))
+    )
     den = sum(jnp.sum(jnp.square(b)) for b in jax.tree.leaves(truth))
     return jnp.sqrt(num / jnp.maximum(den, jnp.finfo(jnp.result_type(den)).tiny))
 

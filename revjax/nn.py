@@ -69,7 +69,8 @@ class CouplingStack(nn.Module):
       max_log_scale: affine scale bound (see `affine_coupling`).
 
     Input and output: (N, ..., C) with C even; the halves are the first/second C/2 channels.
-    Parameters: variables["params"]["F_blocks"], ["G_blocks"] (each the stacked variables of F or G) with leading axis `depth`.
+    Parameters: variables["params"]["F_blocks"] and ["G_blocks"], the stacked variables of
+    F and G (leading axis `depth`).
     """
 
     F: nn.Module
@@ -89,9 +90,7 @@ class CouplingStack(nn.Module):
         if self.coupling == "additive":
             step = additive_coupling(residual_fn(F), residual_fn(G))
         elif self.coupling == "affine":
-            step = affine_coupling(
-                residual_fn(F), residual_fn(G), max_log_scale=self.max_log_scale
-            )
+            step = affine_coupling(residual_fn(F), residual_fn(G), max_log_scale=self.max_log_scale)
         else:
             raise ValueError(f"unknown coupling {self.coupling!r}; use 'additive' or 'affine'")
         rngs = None

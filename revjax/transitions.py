@@ -105,6 +105,7 @@ def space_to_depth_step() -> InvertibleStep:
 def _haar_adjoints(scaled: bool):
     if not scaled:
         return None, None
+
     # Scaled Haar is s·Q with s = 2^{-d/2}: adjoint of forward = s Q^T = s² · inverse_scaled.
     def forward_adjoint(y):
         s2 = 2.0 ** -(y.ndim - 2)

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.test_util import check_grads
 
@@ -44,9 +43,11 @@ def init_coupling(key, depth=None, dtype=jnp.float64):
 
 def pool_transition(p, x, rng):
     """Non-invertible: 2x2 average pool of both halves, then a learned scale."""
+
     def pool(u):
         n, h, w, c = u.shape
         return u.reshape(n, h // 2, 2, w // 2, 2, c).mean((2, 4)) * p
+
     return tuple(pool(u) for u in x)
 
 
@@ -75,6 +76,7 @@ def loss_fn(layers, backprop, rngs=None):
     def loss(params, x):
         y = engine.apply(layers, params, x, rngs, backprop=backprop)
         return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(y))
+
     return loss
 
 
@@ -121,7 +123,9 @@ def test_reversible_gradients_equal_store_float64(step, form, dropout):
     else:
         layers, params = chain(step)
         k = jax.random.split(jax.random.key(9), 4)
-        rngs = (jax.random.split(k[0], 3), k[1], None, jax.random.split(k[3], 3)) if dropout else None
+        rngs = (
+            (jax.random.split(k[0], 3), k[1], None, jax.random.split(k[3], 3)) if dropout else None
+        )
     x = make_state(jax.random.key(4))
     g_rev = jax.grad(loss_fn(layers, "reversible", rngs), argnums=(0, 1))(params, x)
     g_store = jax.grad(loss_fn(layers, "store", rngs), argnums=(0, 1))(params, x)
@@ -131,7 +135,7 @@ def test_reversible_gradients_equal_store_float64(step, form, dropout):
 
 
 def test_check_grads_on_the_custom_rule():
-    """jax.test_util.check_grads (reverse mode) on the reversible chain, against finite differences."""
+    """check_grads (reverse mode) on the reversible chain agrees with finite differences."""
     layers, params = chain(ADDITIVE, depth=2)
     x = make_state(jax.random.key(5), shape=(1, 4, 4, 2 * C))
     f = lambda params, x: engine.apply(layers, params, x)
@@ -141,9 +145,11 @@ def test_check_grads_on_the_custom_rule():
 def test_custom_backward_is_the_one_that_runs():
     """The reversible VJP calls the step's fused backward (not autodiff through forward)."""
     calls = []
+
     def counting_backward(*args):
         calls.append(1)
         return ADDITIVE.backward(*args)
+
     step = ADDITIVE._replace(backward=counting_backward)
     x = make_state(jax.random.key(0))
     params = (init_coupling(jax.random.key(1)),)

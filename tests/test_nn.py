@@ -50,6 +50,7 @@ def test_coupling_stack_init_apply_and_gradients(coupling):
                 {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(5)}
             )
             return jnp.sum(jnp.sin(y))
+
         return f
 
     g_rev = jax.grad(loss("reversible"), argnums=(0, 1))(variables["params"], x)
