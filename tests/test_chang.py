@@ -11,15 +11,15 @@ from revjax.conv import conv, conv_transpose
 from revjax.families import chang
 from revjax.models.chang import ChangNet
 
-TINY_FILTERS = {"stored": (4, 4, 8, 16), "reversible": (4, 4, 16, 64)}
+TINY_FILTERS = {"stored": (4, 4, 8), "reversible": (4, 4, 16)}  # two stages, one transition
 NETWORKS = [
     ("hamiltonian", "stored", None),
     ("hamiltonian", "reversible", None),
     ("midpoint", "stored", None),
     ("midpoint", "reversible", None),
     ("leapfrog", "stored", "zero_velocity"),
-    ("leapfrog", "stored", "second_order"),
-    ("leapfrog", "reversible", "zero_velocity"),
+    pytest.param("leapfrog", "stored", "second_order", marks=pytest.mark.slow),
+    pytest.param("leapfrog", "reversible", "zero_velocity", marks=pytest.mark.slow),
     ("leapfrog", "reversible", "second_order"),
 ]
 
@@ -27,7 +27,7 @@ NETWORKS = [
 def tiny_net(family, transition, start, dtype=jnp.float64, **overrides):
     fields = dict(
         family=family,
-        units=(2, 2, 2),
+        units=(2, 2),
         filters=TINY_FILTERS[transition],
         h=0.5,
         num_classes=3,
@@ -96,18 +96,25 @@ def test_step_inverse_round_trip(name):
         assert float(jnp.max(jnp.abs(a - b))) < 1e-11
 
 
-@pytest.mark.parametrize("family,start", [("hamiltonian", None), ("midpoint", None),
-                                          ("leapfrog", "zero_velocity"),
-                                          ("leapfrog", "second_order")])
+@pytest.mark.parametrize(
+    "family,start",
+    [
+        ("hamiltonian", None),
+        ("midpoint", None),
+        ("leapfrog", "zero_velocity"),
+        ("leapfrog", "second_order"),
+    ],
+)
 def test_reversible_body_inverts(family, start):
     """engine.invert(body, body(x)) = x (float64, 1e-12) through space-to-depth transitions."""
-    config = chang.make_config(family, (2, 2, 2), (4, 16, 64), 0.5, "reversible", start)
+    config = chang.make_config(family, (2, 2), (4, 16), 0.5, "reversible", start)
     tree = chang.init_body_params(jax.random.key(2), config, jnp.float64)
     layers, params = chang.body_layers(config), chang.body_params(tree, config)
     x = chang.to_state(jax.random.normal(jax.random.key(3), (2, 8, 8, 4)), config)
-    y = engine.apply(layers, params, x)
-    assert y[0].shape[-1] == (32 if family == "hamiltonian" else 64)
-    assert rel(engine.invert(layers, params, y), x) < 1e-12
+    y = jax.jit(lambda p, u: engine.apply(layers, p, u))(params, x)
+    assert y[0].shape[-1] == (8 if family == "hamiltonian" else 16)
+    x_hat = jax.jit(lambda p, v: engine.invert(layers, p, v))(params, y)
+    assert rel(x_hat, x) < 1e-12
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,12 +133,13 @@ def test_network_reversible_gradients_equal_store(family, transition, start):
         net = model.clone(backprop=backprop)
         return lambda v, u: jnp.sum(weights * jnp.tanh(net.apply(v, u)))
 
-    g_rev = jax.grad(loss("reversible"), argnums=(0, 1))(variables, x)
-    g_store = jax.grad(loss("store"), argnums=(0, 1))(variables, x)
+    g_rev = jax.jit(jax.grad(loss("reversible"), argnums=(0, 1)))(variables, x)
+    g_store = jax.jit(jax.grad(loss("store"), argnums=(0, 1)))(variables, x)
     for a, b in zip(jax.tree.leaves(g_rev), jax.tree.leaves(g_store)):
         scale = max(float(jnp.max(jnp.abs(b))), 1e-30)
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-9 * scale
-    assert any(float(jnp.max(jnp.abs(b))) > 0 for b in jax.tree.leaves(g_store["params"]))
+    body_grads = [g_store[0]["params"][f"stage{s}"] for s in (1, 2)]
+    assert all(float(jnp.max(jnp.abs(b))) > 0 for b in jax.tree.leaves(body_grads))
 
 
 def test_parameter_counts_match_spec():
@@ -154,7 +162,8 @@ def test_weight_smoothness_matches_hand_computation():
     """R = λ Σ ½‖K_{j+1} − K_j‖², F and G separately, mismatched pairs skipped, no biases."""
     config = chang.make_config("hamiltonian", (3, 2, 1), (4, 8, 12), 1.0)
     tree = chang.init_body_params(jax.random.key(7), config, jnp.float64)
-    tree = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(8), a.shape), tree)
+    rng = np.random.default_rng(8)
+    tree = jax.tree.map(lambda a: a + rng.normal(size=a.shape), tree)
     hand = 0.0
     for s, units in enumerate(config.units):
         stage = tree[f"stage{s + 1}"]
@@ -165,19 +174,18 @@ def test_weight_smoothness_matches_hand_computation():
             for a, b in zip(seq[:-1], seq[1:]):
                 if a.shape == b.shape:
                     hand += 0.5 * float(np.sum((b - a) ** 2))
-    assert abs(float(chang.weight_smoothness(tree, rate=0.5)) - 0.5 * hand) < 1e-10 * hand
+    smoothness = jax.jit(chang.weight_smoothness)
+    assert abs(float(smoothness(tree, 0.5)) - 0.5 * hand) < 1e-10 * hand
     shifted = jax.tree_util.tree_map_with_path(
         lambda p, a: a + 1.0 if p[-1].key.startswith("b") else a, tree
     )
-    assert float(chang.weight_smoothness(shifted, 0.5)) == float(
-        chang.weight_smoothness(tree, 0.5)
-    )
+    assert float(smoothness(shifted, 0.5)) == float(smoothness(tree, 0.5))
     # inside a model's variables, as a loss term
-    model = tiny_net("midpoint", "stored", None, units=(3, 3, 3))
-    variables = model.init(jax.random.key(9), jnp.ones((1, 8, 8, 3)))
-    value = chang.weight_smoothness(variables)
+    model = tiny_net("midpoint", "stored", None, units=(3, 3))
+    shapes = jax.eval_shape(model.init, jax.random.key(9), jnp.ones((1, 8, 8, 3)))
+    variables = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), shapes)
+    value, grads = jax.jit(jax.value_and_grad(chang.weight_smoothness))(variables)
     assert float(value) > 0
-    grads = jax.grad(chang.weight_smoothness)(variables)
     assert float(jnp.max(jnp.abs(grads["params"]["stage1"]["rest"]["b"]))) == 0.0
 
 
@@ -208,10 +216,14 @@ def _linear_operator(fn, shape):
 @pytest.mark.parametrize("h2mu,expected", [(3.24, 1.0), (4.84, growth(4.84))])
 def test_hamiltonian_verlet_stability_threshold(h2mu, expected):
     """Verlet block: ρ = 1 at h²μ_max(AB) = 3.24, ρ ≈ 2.43 at 4.84 (A = K₁^T K₁, B = K₂^T K₂)."""
+    # positive kernels keep every pre-activation of the step at (0, 0) positive
     keys = jax.random.split(jax.random.key(10), 2)
     blocks = [
-        {"K": 0.5 * jax.random.normal(k, (3, 3, 1, 1)), "b1": jnp.zeros(1),
-         "b2": jnp.full(1, BIG_BIAS)}
+        {
+            "K": jnp.abs(jax.random.normal(k, (3, 3, 1, 1))),
+            "b1": jnp.zeros(1),
+            "b2": jnp.full(1, BIG_BIAS),
+        }
         for k in keys
     ]
     shape = (1, 4, 4, 1)
@@ -229,8 +241,10 @@ def test_hamiltonian_verlet_stability_threshold(h2mu, expected):
 @pytest.mark.parametrize("h2mu,expected", [(3.24, 1.0), (4.84, growth(4.84))])
 def test_leapfrog_stability_threshold(h2mu, expected):
     """Leapfrog: ρ = 1 at h²λ_max(K^T K) = 3.24, ρ ≈ 2.43 at 4.84."""
-    params = {"K": 0.5 * jax.random.normal(jax.random.key(11), (3, 3, 2, 2)),
-              "b": jnp.full(2, BIG_BIAS)}
+    params = {
+        "K": 0.5 * jax.random.normal(jax.random.key(11), (3, 3, 2, 2)),
+        "b": jnp.full(2, BIG_BIAS),
+    }
     shape = (1, 4, 4, 2)
     jac = _linear_operator(lambda y: chang.leapfrog_force(params, y), shape)
     mu = float(np.max(-np.linalg.eigvalsh(jac)))
@@ -241,8 +255,10 @@ def test_leapfrog_stability_threshold(h2mu, expected):
 @pytest.mark.parametrize("h_omega,expected", [(0.9, 1.0), (1.1, 1.1 + np.sqrt(1.1**2 - 1))])
 def test_midpoint_stability_threshold(h_omega, expected):
     """Midpoint, anti-symmetric K = W − W^T: ρ = 1 at hω_max = 0.9, ρ ≈ 1.56 at 1.1."""
-    params = {"W": 0.5 * jax.random.normal(jax.random.key(12), (3, 3, 2, 2)),
-              "b": jnp.full(2, BIG_BIAS)}
+    params = {
+        "W": 0.5 * jax.random.normal(jax.random.key(12), (3, 3, 2, 2)),
+        "b": jnp.full(2, BIG_BIAS),
+    }
     shape = (1, 4, 4, 2)
     jac = _linear_operator(lambda y: chang.midpoint_residual(params, y), shape)
     assert np.allclose(jac, -jac.T)
@@ -320,4 +336,4 @@ def test_bad_configurations_raise():
         models.create("hamiltonian74", units=(0, 6, 6))
     model = tiny_net("hamiltonian", "stored", None)
     with pytest.raises(ValueError, match="cannot halve"):
-        model.init(jax.random.key(0), jnp.ones((1, 6, 6, 3)))
+        model.init(jax.random.key(0), jnp.ones((1, 7, 7, 3)))

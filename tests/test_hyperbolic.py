@@ -8,6 +8,7 @@ import pytest
 from revjax import engine, models
 from revjax.conv import conv, conv_transpose
 from revjax.families import hyperbolic
+from revjax.models.hyperbolic import training_step_memory
 
 TINY = {
     2: dict(shape=(2, 8, 8, 3), width=4),
@@ -19,7 +20,7 @@ def tiny_config(spatial_dims, **overrides):
     kwargs = dict(
         spatial_dims=spatial_dims,
         in_channels=3,
-        width=TINY[spatial_dims]["width"],
+        width=TINY.get(spatial_dims, TINY[2])["width"],
         levels=2,
         layers_per_level=2,
         ranks=(3, 5, 6),
@@ -94,20 +95,21 @@ def test_unnormalised_force_has_symmetric_nsd_jacobian():
 # The multilevel body: inverse, gradients, float32 drift.
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("spatial_dims", [3])  # 2-D: test_model_body_inverts_with_model_params
 def test_whole_network_inverse_float64(spatial_dims):
     """engine.invert(body, apply(body, x)) == x to 1e-12 (pad, leapfrog, Haar down and up)."""
     config = tiny_config(spatial_dims)
     layers = hyperbolic.multilevel_layers(config)
     params = hyperbolic.init_multilevel_params(jax.random.key(3), config, jnp.float64)
     x = jax.random.normal(jax.random.key(4), TINY[spatial_dims]["shape"], jnp.float64)
-    y = engine.apply(layers, params, x)
+    y = jax.jit(lambda p, u: engine.apply(layers, p, u))(params, x)
     assert y[1].shape == x.shape[:-1] + (config.width,)
-    assert relative(engine.invert(layers, params, y), x) < 1e-12
+    x_hat = jax.jit(lambda p, v: engine.invert(layers, p, v))(params, y)
+    assert relative(x_hat, x) < 1e-12
 
 
 def test_body_layer_sequence():
-    """2 levels: pad, duplicate, 5 units separated by haar, haar, haar⁻¹, haar⁻¹ (stored: Transitions)."""
+    """2 levels: pad, duplicate, 5 units between haar, haar, haar⁻¹, haar⁻¹ (or 4 Transitions)."""
     layers = hyperbolic.multilevel_layers(tiny_config(2))
     names = [layer.name for layer in layers]
     assert names == [
@@ -135,7 +137,7 @@ def test_model_gradients_reversible_equal_store(spatial_dims, coarsening):
         def loss(v, u):
             return jnp.sum(jnp.sin(m.apply(v, u)) * target)
 
-        return jax.grad(loss, argnums=(0, 1))(variables, x)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, x)
 
     reversible, stored = grads("reversible"), grads("store")
     for a, b in zip(jax.tree.leaves(reversible), jax.tree.leaves(stored)):
@@ -144,20 +146,24 @@ def test_model_gradients_reversible_equal_store(spatial_dims, coarsening):
     assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(reversible))
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("spatial_dims", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_float32_reconstruction_error_bounded(spatial_dims, record_property):
     """float32 down/up pass: worst relative reconstruction error of any step input < 1e-4."""
     config = tiny_config(spatial_dims)
     layers = hyperbolic.multilevel_layers(config)
     params = hyperbolic.init_multilevel_params(jax.random.key(8), config, jnp.float32)
     x = jax.random.normal(jax.random.key(9), TINY[spatial_dims]["shape"], jnp.float32)
-    worst = engine.check_reconstruction(layers, params, x, rtol=1e-4)
-    y = engine.apply(layers, params, x)
-    round_trip = relative(engine.invert(layers, params, y), x)
+    errors = jax.jit(lambda p, u: engine.reconstruction_error(layers, p, u))(params, x)
+    worst = max(float(jnp.max(e)) for e in errors)
+    round_trip = float(
+        jax.jit(lambda p, u: engine._relative_error(
+            engine.invert(layers, p, engine.apply(layers, p, u)), u))(params, x)
+    )  # fmt: skip
     record_property("float32_reconstruction_error", worst)
     record_property("float32_round_trip_error", round_trip)
     print(f"{spatial_dims}-D float32: worst step error {worst:.2e}, round trip {round_trip:.2e}")
-    assert round_trip < 1e-4
+    assert worst < 1e-4 and round_trip < 1e-4
+    assert worst > 0  # float32 drift is measured, not trivially zero
 
 
 def test_model_body_inverts_with_model_params():
@@ -167,9 +173,9 @@ def test_model_body_inverts_with_model_params():
     variables = model.init(jax.random.key(11), x)
     layers = hyperbolic.multilevel_layers(model.config(3))
     params = model.body_params(variables)
-    y = engine.apply(layers, params, x)
-    assert relative(engine.invert(layers, params, y), x) < 1e-12
-    logits = model.apply(variables, x)
+    y = jax.jit(lambda p, u: engine.apply(layers, p, u))(params, x)
+    assert relative(jax.jit(lambda p, v: engine.invert(layers, p, v))(params, y), x) < 1e-12
+    logits = jax.jit(model.apply)(variables, x)
     head = variables["params"]["head"]
     np.testing.assert_allclose(logits, y[1] @ head["kernel"] + head["bias"], rtol=1e-12)
 
@@ -202,7 +208,8 @@ def test_model_parameter_count_equals_table():
     """count_params(model) = Σ low-rank kernels + biases (n_l·r_l) + head (width·K + K)."""
     model = tiny_model(2)
     x = jnp.zeros(TINY[2]["shape"], jnp.float64)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     config = model.config(3)
     rows = hyperbolic.parameter_count_table(config)
     biases = sum(row["layers"] * row["rank"] for row in rows)
@@ -214,17 +221,6 @@ def test_model_parameter_count_equals_table():
 # Memory: the fully reversible body is flat in depth.
 
 
-def _train_step_temp_bytes(model, shape):
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-
-    def loss(v, u):
-        return jnp.mean(jnp.square(model.apply(v, u)))
-
-    compiled = jax.jit(jax.grad(loss)).lower(variables, x).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
-
-
 def test_reversible_memory_flat_in_depth():
     """Temp bytes of a training step: reversible constant in depth, store grows with depth."""
     shape = (1, 16, 16, 3)
@@ -232,7 +228,7 @@ def test_reversible_memory_flat_in_depth():
     for backprop in ("reversible", "store"):
         for depth in (2, 6):
             model = tiny_model(2, layers_per_level=depth, backprop=backprop, dtype=jnp.float32)
-            temps[backprop, depth] = _train_step_temp_bytes(model, shape)
+            temps[backprop, depth] = training_step_memory(model, shape)["temp"]
     assert temps["reversible", 6] <= 1.05 * temps["reversible", 2]
     assert temps["store", 6] > 1.5 * temps["store", 2]
 

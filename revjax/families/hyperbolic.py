@@ -143,7 +143,7 @@ def symmetric_force(norm: str | None = "tv_norm"):
 def hyperbolic_step(
     h: float, norm: str | None = "tv_norm", *, damping: float = 0.0, name: str = "hyperbolic"
 ) -> engine.InvertibleStep:
-    """Leapfrog step (Y_{j−1}, Y_j) -> (Y_j, 2Y_j − Y_{j−1} + h² f(Y_j)) with the symmetric layer."""
+    """Leapfrog (Y_{j−1}, Y_j) -> (Y_j, 2Y_j − Y_{j−1} + h² f(Y_j)), f the symmetric layer."""
     return integrators.leapfrog_step(symmetric_force(norm), h, damping=damping, name=name)
 
 
@@ -236,7 +236,7 @@ def make_config(
     width: int,
     levels: int,
     layers_per_level: int | Sequence[int],
-    ranks: int | Sequence[int],
+    ranks: int | Sequence[int] | None,
     h: float,
     kernel_size: int = 3,
     norm: str | None = "tv_norm",
@@ -247,7 +247,8 @@ def make_config(
     """A validated `MultilevelConfig`; every field error is a ValueError naming the field.
 
     `layers_per_level` and `ranks` are an int (same at every level) or one entry per level
-    0..L. Rank r_l must satisfy 1 ≤ r_l ≤ C_l = width · 2^{d·l}.
+    0..L. Rank r_l must satisfy 1 ≤ r_l ≤ C_l = width · 2^{d·l}; `ranks=None` means r_l = width
+    at every level (full rank at level 0, compression 2^{d·l} at level l).
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -267,7 +268,7 @@ def make_config(
     layers = _per_level(layers_per_level, levels, "layers_per_level")
     if min(layers) < 1:
         raise ValueError(f"layers_per_level must be >= 1 at every level, got {layers}")
-    ranks = _per_level(ranks, levels, "ranks")
+    ranks = _per_level(width if ranks is None else ranks, levels, "ranks")
     for level, (r, c) in enumerate(zip(ranks, level_channels(spatial_dims, width, levels))):
         if not 1 <= r <= c:
             raise ValueError(

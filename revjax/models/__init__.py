@@ -12,6 +12,7 @@ Each family module registers its configurations with `@register("name")` on a fa
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -52,17 +53,26 @@ def create(name: str, **overrides) -> nn.Module:
 def count_params(variables) -> int:
     """Number of trainable scalars in variables["params"] (or a bare params tree)."""
     params = variables.get("params", variables) if isinstance(variables, dict) else variables
-    return int(sum(jnp.size(leaf) for leaf in jax.tree.leaves(params)))
+    return int(sum(math.prod(getattr(leaf, "shape", ())) for leaf in jax.tree.leaves(params)))
 
 
 def summary(name_or_model, input_shape, **overrides) -> str:
     """One-line summary: name, parameter count (exact), input shape; shapes only, no compute."""
     model = create(name_or_model, **overrides) if isinstance(name_or_model, str) else name_or_model
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape), train=False),
-                               jax.random.key(0))
+    variables = jax.eval_shape(
+        lambda k: model.init(k, jnp.zeros(x.shape), train=False), jax.random.key(0)
+    )
     label = name_or_model if isinstance(name_or_model, str) else type(model).__name__
     return f"{label}: {count_params(variables):,} parameters, input {tuple(input_shape)}"
 
 
 # Family registrations (each import registers that family's models).
+from revjax.models import (
+    chang,  # noqa: E402,F401
+    hyperbolic,  # noqa: E402,F401
+    lean,  # noqa: E402,F401
+    mini,  # noqa: E402,F401
+    revnet,  # noqa: E402,F401
+    revup,  # noqa: E402,F401
+)

@@ -1,0 +1,187 @@
+"""Activation memory of one classifier training step: RevNet vs ResNet (SPEC §2.5, §8.1.3).
+
+For CIFAR shapes (batch 128, 32x32x3) this compiles one training step,
+
+    (params, batch_stats, x, labels) -> value_and_grad(mean cross-entropy)(params)
+                                        with the BN running averages mutable,
+
+and reports XLA's exact scratch allocation `compiled.memory_analysis().temp_size_in_bytes`
+(parameters, inputs and outputs excluded; nothing is allocated: inputs are
+`jax.ShapeDtypeStruct`s). Three tables:
+
+1. registry models (default revnet110, resnet110, and hamiltonian218 when registered) under
+   backprop = reversible / store / remat (ResNet: store / remat only; it is not invertible);
+2. RevNet-110 with stored vs fully reversible stage transitions (the latter also widens the
+   stages to 32/128/512 channels, see `revjax.families.revnet`);
+3. RevNet at increasing depth (units per stage 3, 9, 18 = RevNet-38/110/218 widths of
+   RevNet-110) under reversible and store: reversible temp memory should stay flat.
+
+Expected: reversible temp bytes well below store for RevNet-110 and nearly independent of depth
+(what remains scales with the stored stage inputs and the widest single block), store growing
+linearly with depth.
+
+Usage::
+
+    python experiments/classifier_memory.py --quick     # < 1 min on 2 CPU cores
+    python experiments/classifier_memory.py             # all models, depths 3/9/18
+
+Writes `<out>` JSON (default results/classifier_memory.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from revjax import models
+
+BACKPROPS = ("reversible", "store", "remat")
+
+
+def train_step_temp_bytes(model, batch: int, size: int, channels: int = 3) -> int:
+    """temp_size_in_bytes of the compiled value_and_grad of cross-entropy w.r.t. params."""
+    x = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    variables = jax.eval_shape(
+        lambda k: model.init(k, jnp.zeros(x.shape, x.dtype), train=False), jax.random.key(0)
+    )
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    mutable = list(state)
+
+    def loss(params, state, x, labels):
+        out = model.apply({"params": params, **state}, x, train=True, mutable=mutable)
+        logits, updates = out if mutable else (out, {})
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return ce, updates
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    compiled = step.lower(params, state, x, labels).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+_CACHE: dict = {}
+
+
+def measure(label: str, name: str, batch: int, size: int, **overrides) -> dict:
+    """One configuration's temp bytes (identical configurations are compiled once)."""
+    start = time.perf_counter()
+    model = models.create(name, **overrides)
+    key = (repr(model), batch, size)
+    if key not in _CACHE:
+        _CACHE[key] = train_step_temp_bytes(model, batch, size)
+    temp = _CACHE[key]
+    record = {
+        "label": label,
+        "model": name,
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
+        "temp_bytes": temp,
+        "temp_mib": temp / 2**20,
+        "compile_s": time.perf_counter() - start,
+    }
+    print(f"  {label:<34} {record['temp_mib']:9.1f} MiB  ({record['compile_s']:.1f} s)", flush=True)
+    return record
+
+
+def supported_backprops(name: str) -> tuple[str, ...]:
+    """ResNets only support store/remat; everything else gets all three."""
+    return ("store", "remat") if name.startswith("resnet") else BACKPROPS
+
+
+def run(args) -> dict:
+    results = {"batch": args.batch, "size": args.size, "models": [], "transitions": [], "depth": []}
+    print("1. registry models")
+    for name in args.models:
+        if name not in models.names():
+            print(f"  (skipping {name}: not registered)")
+            continue
+        for backprop in args.backprops:
+            if backprop not in supported_backprops(name):
+                continue
+            results["models"].append(
+                measure(f"{name} {backprop}", name, args.batch, args.size, backprop=backprop)
+            )
+    print("2. revnet110 stage transitions (backprop=reversible)")
+    for transition in ("stored", "reversible"):
+        results["transitions"].append(
+            measure(f"revnet110 transition={transition}", "revnet110", args.batch, args.size,
+                    backprop="reversible", transition=transition)
+        )  # fmt: skip
+    print("3. revnet depth sweep")
+    for units in args.units:
+        for backprop in args.depth_backprops:
+            results["depth"].append(
+                measure(f"revnet units={units} {backprop}", "revnet110", args.batch, args.size,
+                        backprop=backprop, units=(units,) * 3)
+            )  # fmt: skip
+    return results
+
+
+def ratio(records, label_a, label_b):
+    by_label = {r["label"]: r["temp_bytes"] for r in records}
+    if label_a in by_label and label_b in by_label and by_label[label_b]:
+        return by_label[label_a] / by_label[label_b]
+    return None
+
+
+def format_table(results) -> str:
+    lines = ["| section | configuration | temp MiB |", "|---|---|---:|"]
+    for section in ("models", "transitions", "depth"):
+        for r in results[section]:
+            lines.append(f"| {section} | {r['label']} | {r['temp_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="sub-minute subset")
+    parser.add_argument("--out", default="results/classifier_memory.json")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--models", nargs="*", default=["revnet110", "resnet110", "hamiltonian218"])
+    parser.add_argument("--backprops", nargs="*", default=list(BACKPROPS))
+    parser.add_argument("--units", type=int, nargs="*", default=[3, 9, 18])
+    parser.add_argument("--depth-backprops", nargs="*", default=["reversible", "store"])
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models = ["revnet110", "resnet110"]
+        args.backprops = ["reversible", "store"]
+        args.units = [3, 9]
+    results = run(args)
+    results["ratios"] = {
+        "revnet110 reversible / store": ratio(
+            results["models"], "revnet110 reversible", "revnet110 store"
+        ),
+        "revnet110 reversible / resnet110 store": ratio(
+            results["models"], "revnet110 reversible", "resnet110 store"
+        ),
+        "revnet110 reversible transitions / stored transitions": ratio(
+            results["transitions"],
+            "revnet110 transition=reversible",
+            "revnet110 transition=stored",
+        ),
+    }
+    depths = [r for r in results["depth"] if r["backprop"] == "reversible"]
+    if len(depths) > 1:
+        results["ratios"]["reversible deepest / shallowest"] = (
+            depths[-1]["temp_bytes"] / depths[0]["temp_bytes"]
+        )
+    print()
+    print(format_table(results))
+    for key, value in results["ratios"].items():
+        if value is not None:
+            print(f"{key}: {value:.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Default: the small reversible network ``revnet_mini`` on scikit-learn digits (no download).
+
+Model: stem (3x3 conv, 32 channels) -> 4 additive couplings (2 x 16 channels, 3x3 convs,
+``backprop="reversible"``) -> BN/ReLU/mean/dense; 37,866 parameters on 8x8x1 inputs.
+Training: 1437 train images, batch 64 (22 steps/epoch), 30 epochs = 660 steps, SGD momentum
+0.9, lr 0.1 decayed x0.1 at epochs 15 and 23, weight decay 5e-4 on kernels.
+
+Expected result: test accuracy >= 97% on the 360 held-out digits, in a couple of minutes
+on 2 CPU cores including compilation; the printed memory line shows the reversible training
+step needing less compiled temp memory than "store".
+
+Smoke (``--config=default:smoke``): depth 2, 8 channels, 20 steps (seconds).
+"""
+
+import ml_collections
+
+from revjax.configs import is_smoke
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = "default"
+    config.model = "revnet_mini"
+    config.model_kwargs = ml_collections.ConfigDict(
+        {"channels": 16, "depth": 4, "backprop": "reversible"}
+    )
+    config.dataset = "digits"
+    config.dataset_options = ml_collections.ConfigDict()
+    config.data_dir = None
+    config.global_batch_size = 64
+    config.eval_batch_size = 120
+    config.num_epochs = 30
+    config.num_steps = 0  # > 0 overrides num_epochs
+    config.seed = 0
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.schedule = "piecewise"
+    config.optimizer.boundaries_epochs = (15, 23)
+    config.optimizer.boundaries_steps = ()  # explicit step boundaries (override epochs)
+    config.optimizer.decay_factor = 0.1
+    config.optimizer.halve_every_epochs = 0.0
+    config.optimizer.grad_clip_norm = 0.0
+    config.weight_smoothness = 0.0  # Chang et al. smoothness-in-depth penalty weight
+
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 200
+    config.keep_checkpoints = 3
+    config.async_checkpointing = True
+    config.eval_every_steps = 0  # 0: evaluate at the end only
+    config.memory_report = True
+    config.memory_modes = ("reversible", "store")
+    config.progress_bar = True
+
+    if is_smoke(arg):
+        config.model_kwargs.channels = 8
+        config.model_kwargs.depth = 2
+        config.num_steps = 20
+        config.log_every_steps = 5
+        config.checkpoint_every_steps = 10
+    return config

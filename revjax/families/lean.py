@@ -1,0 +1,437 @@
+r"""Low-cost convolution steps of LeanResNet (Ephrath, Treister, Haber & Ruthotto; SPEC §6).
+
+Six step types share one ResNet skeleton (SPEC §6.2). With ``y`` of shape ``(N, H, W, c)``
+(NHWC, ``C_in = C_out = c``), ``m x m`` stencils, ``N`` = BatchNorm and ``σ`` = ReLU:
+
+=============  ===========================================================  ===================
+step           map                                                          weights (+ BN)
+=============  ===========================================================  ===================
+resnet         y + K₂ σ(N(K₁ y)),  K₁, K₂ full ``m x m`` convs               2m²c² (+2c)
+mobilenet      σ(N(M σ(N(K_dw y))))                                         m²c + c² (+4c)
+linear_mix     y + K_lm,2 σ(N(K_lm,1 y)),  K_lm = K_dw + M (diag(M) = 0)     2(m²c + c² − c) (+2c)
+explicit_rd    y + h(−K_dwᵀ K_dw y + σ(N(M y)))                             m²c + c² (+2c)
+implicit_rd    (I + h K_dwᵀ K_dw)⁻¹ (y + h σ(N(M y)))                       m²c + c² (+2c)
+circular_rd    y + h(−K_circᵀ K_circ y + σ(N(M y)))                         m²c + c² (+2c)
+=============  ===========================================================  ===================
+
+``K_dw`` is a depthwise conv (one stencil per channel, kernel ``(m, m, c)``), ``M`` a 1x1 conv
+(``c x c`` matrix, ``u ↦ u @ M``), ``K_circ`` the block-circulant operator of
+:mod:`revjax.fft`. No convolution has a bias.
+
+LinearMix. ``K_lm = K_dw + M`` is a full conv whose off-centre taps are zero off the channel
+diagonal. The diagonal of ``M`` duplicates the centre tap of ``K_dw``, so ``M`` is stored as
+its ``c(c − 1)`` off-diagonal entries (:func:`off_diagonal`): ``m²c + c² − c`` weights per
+``K_lm``, applied at cost ``O(n(m²c + c²))`` (a depthwise conv plus a 1x1 mix, never a full
+conv).
+
+Boundary conditions. The three reaction-diffusion (RD) steps use the FFT operators of
+:mod:`revjax.fft`, hence *periodic* boundaries (as in the paper); their ``K_dwᵀ`` is the exact
+adjoint of that periodic operator. The ResNet, MobileNet and LinearMix steps (and the
+connecting layers of the reference networks) use direct convolutions with *zero* ``"SAME"``
+padding, the usual deep-learning convention.
+
+Step size. SPEC §6.8 leaves ``h`` unknown; ``DEFAULT_H = 0.1`` is a module field. With the
+depthwise initialisation used here (truncated normal, std ``1/m``) the explicit diffusion
+stability condition ``h ‖K_dw‖² ≤ 2`` (SPEC §6.2) holds comfortably at initialisation. The
+implicit step is stable for every ``h ≥ 0``.
+
+Reversible use (SPEC §6.7). None of the six steps is invertible. The low-cost operators are
+instead used as the ``K`` inside the reversible Hamiltonian force ``F(z) = h Kᵀ σ(K z + b)``
+(:func:`low_cost_force`, :func:`low_cost_hamiltonian_step`), with ``K = M ∘ K_dw`` (FFT
+depthwise then 1x1 mix) or ``K = K_circ``, and ``Kᵀ`` the exact adjoint built from
+``revjax.fft.*_adjoint``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from revjax import fft, integrators
+from revjax.conv import conv
+from revjax.engine import InvertibleStep
+from revjax.models.heads import BN_EPSILON, BN_MOMENTUM, conv_init
+
+__all__ = [
+    "DEFAULT_H",
+    "STEP_TYPES",
+    "LOW_COST_OPERATORS",
+    "check_step_size",
+    "depthwise_init",
+    "depthwise_zero_pad",
+    "channel_mix",
+    "channel_mix_adjoint",
+    "off_diagonal",
+    "step_param_count",
+    "ResNetStep",
+    "MobileNetStep",
+    "LinearMixStep",
+    "ExplicitRDStep",
+    "ImplicitRDStep",
+    "CircularRDStep",
+    "STEP_MODULES",
+    "ConnectingLayer",
+    "low_cost_operator",
+    "low_cost_force",
+    "low_cost_hamiltonian_step",
+    "init_low_cost_force",
+]
+
+DEFAULT_H = 0.1
+STEP_TYPES = ("resnet", "mobilenet", "linear_mix", "explicit_rd", "implicit_rd", "circular_rd")
+LOW_COST_OPERATORS = ("dw_mix", "circulant")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_step_size(h) -> float:
+    """``h`` must be a finite number ``>= 0`` (static configuration)."""
+    value = float(h)
+    if not (value >= 0 and value < float("inf")):
+        raise ValueError(f"step size h must be finite and >= 0, got {h}")
+    return value
+
+
+def _check_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
+    """Raises ValueError for a non-NHWC input, a dtype other than ``dtype`` or a kernel
+    larger than the image; returns the channel count."""
+    if x.ndim != 4:
+        raise ValueError(f"{where}: expected NHWC input (rank 4), got shape {x.shape}")
+    if jnp.dtype(x.dtype) != jnp.dtype(dtype):
+        raise ValueError(
+            f"{where}: dtype mismatch: input is {x.dtype} but the module's dtype is "
+            f"{jnp.dtype(dtype)} (pass dtype=... to the module; revjax never promotes silently)"
+        )
+    if kernel_size < 1:
+        raise ValueError(f"{where}: kernel_size must be >= 1, got {kernel_size}")
+    for label, size in zip(("height", "width"), x.shape[1:3], strict=True):
+        if kernel_size > size:
+            raise ValueError(
+                f"{where}: kernel {label} {kernel_size} is larger than the image {label} {size}"
+            )
+    return x.shape[-1]
+
+
+def _check_channels(kernel: jax.Array, channels: int, where: str) -> None:
+    if kernel.shape[-1] != channels:
+        raise ValueError(
+            f"{where}: kernel has {kernel.shape[-1]} channels but the input has {channels}"
+        )
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def depthwise_init(kernel_size: int):
+    """Truncated normal, std ``1/m``: ``‖K_dw‖² ≈ (Σ|w|)² ≈ 6`` for a 3x3 stencil."""
+    return nn.initializers.truncated_normal(stddev=1.0 / kernel_size)
+
+
+def _mix_init(channels: int):
+    return nn.initializers.truncated_normal(stddev=(2.0 / channels) ** 0.5)
+
+
+def depthwise_zero_pad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Depthwise cross-correlation with zero ``"SAME"`` padding (direct, ``lax``).
+
+    Args:
+        x: ``(N, H, W, c)``.
+        kernel: ``(m, m, c)``, one stencil per channel (the layout of :mod:`revjax.fft`).
+
+    Returns:
+        ``(N, H, W, c)``.
+    """
+    c = x.shape[-1]
+    _check_channels(kernel, c, "depthwise_zero_pad")
+    return lax.conv_general_dilated(
+        x,
+        kernel[:, :, None, :],
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+    )
+
+
+def channel_mix(x: jax.Array, matrix: jax.Array) -> jax.Array:
+    """1x1 convolution ``M``: ``(M x)[..., d] = Σ_c x[..., c] matrix[c, d]``."""
+    return jnp.einsum("...c,cd->...d", x, matrix)
+
+
+def channel_mix_adjoint(y: jax.Array, matrix: jax.Array) -> jax.Array:
+    """Exact adjoint ``Mᵀ``: ``(Mᵀ y)[..., c] = Σ_d matrix[c, d] y[..., d]``."""
+    return jnp.einsum("...d,cd->...c", y, matrix)
+
+
+def off_diagonal(entries: jax.Array) -> jax.Array:
+    """``(c, c − 1)`` off-diagonal entries -> ``(c, c)`` matrix with a zero diagonal.
+
+    Row ``i`` of ``entries`` fills columns ``0..c−1`` of row ``i`` except column ``i``.
+    """
+    c = entries.shape[0]
+    if entries.shape != (c, c - 1):
+        raise ValueError(f"off_diagonal expects shape (c, c - 1), got {entries.shape}")
+    rows = jnp.arange(c)[:, None]
+    cols = jnp.arange(c - 1)[None, :]
+    cols = cols + (cols >= rows)  # skip the diagonal
+    return jnp.zeros((c, c), entries.dtype).at[rows, cols].set(entries)
+
+
+def step_param_count(step: str, channels: int, kernel_size: int = 3, with_bn: bool = True):
+    """Closed-form trainable parameter count of one step (table in the module docstring).
+
+    Args:
+        step: one of ``STEP_TYPES``.
+        channels: ``c``.
+        kernel_size: ``m``.
+        with_bn: include the BatchNorm scales and offsets (2 per normalised channel).
+    """
+    c, m2 = channels, kernel_size * kernel_size
+    weights, bn_channels = {
+        "resnet": (2 * m2 * c * c, c),
+        "mobilenet": (m2 * c + c * c, 2 * c),
+        "linear_mix": (2 * (m2 * c + c * c - c), c),
+        "explicit_rd": (m2 * c + c * c, c),
+        "implicit_rd": (m2 * c + c * c, c),
+        "circular_rd": (m2 * c + c * c, c),
+    }[_check_step_type(step)]
+    return weights + (2 * bn_channels if with_bn else 0)
+
+
+def _check_step_type(step: str) -> str:
+    if step not in STEP_TYPES:
+        raise ValueError(f"unknown step type {step!r}; expected one of {STEP_TYPES}")
+    return step
+
+
+# --------------------------------------------------------------------------- step modules
+
+
+class _LeanModule(nn.Module):
+    """Shared fields and helpers (not registered; subclass only)."""
+
+    kernel_size: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    def _bn(self, x, train: bool, name: str):
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            param_dtype=self.dtype,
+            name=name,
+        )(x)
+
+    def _depthwise_kernel(self, name: str, c: int):
+        m = self.kernel_size
+        return self.param(name, depthwise_init(m), (m, m, c), self.dtype)
+
+    def _mix(self, name: str, c: int):
+        return self.param(name, _mix_init(c), (c, c), self.dtype)
+
+
+class ResNetStep(_LeanModule):
+    """``y + K₂ σ(N(K₁ y))`` with full ``m x m`` convs (zero padding); ``2m²c² + 2c`` params."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(y, self.kernel_size, self.dtype, "ResNetStep")
+        m = self.kernel_size
+        k1 = self.param("kernel1", conv_init(m, c), (m, m, c, c), self.dtype)
+        k2 = self.param("kernel2", conv_init(m, c), (m, m, c, c), self.dtype)
+        return y + conv(nn.relu(self._bn(conv(y, k1), train, "bn")), k2)
+
+
+class MobileNetStep(_LeanModule):
+    """``σ(N(M σ(N(K_dw y))))`` (zero padding); ``m²c + c² + 4c`` params."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(y, self.kernel_size, self.dtype, "MobileNetStep")
+        dw = self._depthwise_kernel("dw_kernel", c)
+        mix = self._mix("mix", c)
+        u = nn.relu(self._bn(depthwise_zero_pad(y, dw), train, "bn_dw"))
+        return nn.relu(self._bn(channel_mix(u, mix), train, "bn_mix"))
+
+
+class LinearMixStep(_LeanModule):
+    """``y + K_lm,2 σ(N(K_lm,1 y))``, ``K_lm u = K_dw u + M_off u``; ``2(m²c + c² − c) + 2c``.
+
+    ``M_off`` has a zero diagonal (stored as ``(c, c − 1)``, see :func:`off_diagonal`) so that
+    the centre tap is parameterised once, by ``K_dw``.
+    """
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(y, self.kernel_size, self.dtype, "LinearMixStep")
+        if c < 2:
+            raise ValueError(f"LinearMixStep needs at least 2 channels, got {c}")
+
+        def k_lm(u, index):
+            dw = self._depthwise_kernel(f"dw_kernel{index}", c)
+            off = self.param(f"mix_off{index}", _mix_init(c), (c, c - 1), self.dtype)
+            return depthwise_zero_pad(u, dw) + channel_mix(u, off_diagonal(off))
+
+        return y + k_lm(nn.relu(self._bn(k_lm(y, 1), train, "bn")), 2)
+
+
+class _ReactionDiffusion(_LeanModule):
+    """Shared RD pieces: step size ``h`` and the reaction term ``σ(N(M y))``."""
+
+    h: float = DEFAULT_H
+
+    def _reaction(self, y, c, train):
+        return nn.relu(self._bn(channel_mix(y, self._mix("mix", c)), train, "bn"))
+
+
+class ExplicitRDStep(_ReactionDiffusion):
+    """``y + h(−K_dwᵀ K_dw y + σ(N(M y)))``, periodic FFT depthwise; ``m²c + c² + 2c``."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        h = check_step_size(self.h)
+        c = _check_input(y, self.kernel_size, self.dtype, "ExplicitRDStep")
+        dw = self._depthwise_kernel("dw_kernel", c)
+        diffusion = fft.depthwise_conv_adjoint(fft.depthwise_conv(y, dw), dw)
+        return y + h * (self._reaction(y, c, train) - diffusion)
+
+
+class ImplicitRDStep(_ReactionDiffusion):
+    """``(I + h K_dwᵀ K_dw)⁻¹ (y + h σ(N(M y)))`` by FFT (periodic); ``m²c + c² + 2c``."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        h = check_step_size(self.h)
+        c = _check_input(y, self.kernel_size, self.dtype, "ImplicitRDStep")
+        dw = self._depthwise_kernel("dw_kernel", c)
+        return fft.implicit_diffusion_solve(y + h * self._reaction(y, c, train), dw, h)
+
+
+class CircularRDStep(_ReactionDiffusion):
+    """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        h = check_step_size(self.h)
+        c = _check_input(y, self.kernel_size, self.dtype, "CircularRDStep")
+        circ = self._depthwise_kernel("circ_kernel", c)
+        diffusion = fft.circulant_conv_adjoint(fft.circulant_conv(y, circ), circ)
+        return y + h * (self._reaction(y, c, train) - diffusion)
+
+
+STEP_MODULES: dict[str, type[_LeanModule]] = {
+    "resnet": ResNetStep,
+    "mobilenet": MobileNetStep,
+    "linear_mix": LinearMixStep,
+    "explicit_rd": ExplicitRDStep,
+    "implicit_rd": ImplicitRDStep,
+    "circular_rd": CircularRDStep,
+}
+
+
+class ConnectingLayer(_LeanModule):
+    """``x ↦ avg_pool₂ₓ₂(BN([x ; K_dw x]))``: ``(N, H, W, c) -> (N, H/2, W/2, 2c)``.
+
+    ``K_dw`` is a zero-padded depthwise ``m x m`` conv; ``m²c + 4c`` parameters (SPEC §6.5).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(x, self.kernel_size, self.dtype, "ConnectingLayer")
+        for label, size in zip(("height", "width"), x.shape[1:3], strict=True):
+            if size % 2:
+                raise ValueError(
+                    f"ConnectingLayer: image {label} {size} is odd; 2x2 average pooling "
+                    "needs even sizes (no silent cropping)"
+                )
+        dw = self._depthwise_kernel("dw_kernel", c)
+        u = self._bn(jnp.concatenate([x, depthwise_zero_pad(x, dw)], axis=-1), train, "bn")
+        return nn.avg_pool(u, (2, 2), strides=(2, 2))
+
+
+# --------------------------------------------------------------------------- reversible use
+
+ForceFn = Callable[..., jax.Array]
+
+
+def low_cost_operator(kind: str) -> tuple[Callable, Callable]:
+    """``(K, Kᵀ)`` as pure ``(params, u) -> v`` for a low-cost ``K`` (periodic, by FFT).
+
+    * ``"dw_mix"``: ``K u = M(K_dw u)`` with params ``{"dw": (m, m, c), "mix": (c, c)}``;
+      ``Kᵀ v = K_dwᵀ(Mᵀ v)``.
+    * ``"circulant"``: ``K u = K_circ u`` with params ``{"circ": (m, m, c)}``;
+      ``Kᵀ = K_circᵀ``.
+
+    Both adjoints are exact: ``<K u, v> = <u, Kᵀ v>``.
+    """
+    if kind == "dw_mix":
+
+        def op(p, u):
+            return channel_mix(fft.depthwise_conv(u, p["dw"]), p["mix"])
+
+        def adjoint(p, v):
+            return fft.depthwise_conv_adjoint(channel_mix_adjoint(v, p["mix"]), p["dw"])
+
+    elif kind == "circulant":
+
+        def op(p, u):
+            return fft.circulant_conv(u, p["circ"])
+
+        def adjoint(p, v):
+            return fft.circulant_conv_adjoint(v, p["circ"])
+
+    else:
+        raise ValueError(
+            f"unknown low-cost operator {kind!r}; expected one of {LOW_COST_OPERATORS}"
+        )
+    return op, adjoint
+
+
+def low_cost_force(kind: str, h: float) -> ForceFn:
+    """Pure ``F(params, z, rng) = h Kᵀ σ(K z + b)`` with a low-cost ``K`` (SPEC §4.1, §6.7).
+
+    ``params`` holds the operator's entries (see :func:`low_cost_operator`) and ``"bias"``,
+    shape ``(c,)``; ``z`` is ``(N, H, W, c)``.
+    """
+    h = integrators.check_step_size(h)
+    op, adjoint = low_cost_operator(kind)
+
+    def force(params, z, rng=None):
+        return h * adjoint(params, nn.relu(op(params, z) + params["bias"]))
+
+    return force
+
+
+def low_cost_hamiltonian_step(kind: str = "dw_mix", h: float = 1.0) -> InvertibleStep:
+    """Hamiltonian (Verlet) step with low-cost ``K``; state ``(Y, Z)``, params ``{"F", "G"}``.
+
+    ``Y' = Y + h K_Fᵀ σ(K_F Z + b_F)``, ``Z' = Z − h K_Gᵀ σ(K_G Y' + b_G)``; the exact inverse
+    and the fused backward come from :func:`revjax.integrators.verlet_step`.
+    """
+    force = low_cost_force(kind, h)
+    return integrators.verlet_step(force, force, name=f"lean_hamiltonian_{kind}")
+
+
+def init_low_cost_force(
+    key: jax.Array, kind: str, channels: int, kernel_size: int = 3, dtype=jnp.float32
+) -> dict:
+    """Parameters of :func:`low_cost_force` for ``c = channels`` (zero bias)."""
+    k_op, k_mix = jax.random.split(key)
+    stencil = depthwise_init(kernel_size)(k_op, (kernel_size, kernel_size, channels), dtype)
+    params = {"bias": jnp.zeros((channels,), dtype)}
+    if kind == "dw_mix":
+        params["dw"] = stencil
+        params["mix"] = _mix_init(channels)(k_mix, (channels, channels), dtype)
+    elif kind == "circulant":
+        params["circ"] = stencil
+    else:
+        raise ValueError(
+            f"unknown low-cost operator {kind!r}; expected one of {LOW_COST_OPERATORS}"
+        )
+    return params

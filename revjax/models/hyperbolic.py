@@ -1,0 +1,205 @@
+"""Hyperbolic segmentation networks: `hyperbolic2d` (images, NHWC) and `hyperbolic3d` (NDHWC).
+
+The body is the fully reversible multilevel network of `revjax.families.hyperbolic` (zero
+channel padding, zero-velocity start, leapfrog units of symmetric block-low-rank layers,
+Haar down to level L and back up); the head is a 1x1 convolution of the final state Y_N to
+per-pixel (per-voxel) class logits. The head is not invertible and runs under ordinary
+autodiff; Y_{N−1} is discarded, so its cotangent starts at 0 (SPEC §5.1).
+
+    x (N, *S, c_in) -> body -> (Y_{N−1}, Y_N) each (N, *S, width) -> logits (N, *S, classes)
+
+>>> import jax, jax.numpy as jnp
+>>> from revjax import models
+>>> model = models.create("hyperbolic2d", num_classes=3, width=8, levels=2)
+>>> x = jnp.zeros((1, 16, 16, 3))
+>>> variables = model.init(jax.random.key(0), x, train=False)
+>>> model.apply(variables, x, train=False).shape
+(1, 16, 16, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from revjax import engine
+from revjax.families import hyperbolic
+from revjax.models import register
+from revjax.models.heads import check_num_classes
+
+__all__ = ["HyperbolicSegmenter", "pixelwise_cross_entropy", "training_step_memory"]
+
+
+class HyperbolicSegmenter(nn.Module):
+    """Fully reversible multilevel hyperbolic network with a per-pixel 1x1-conv head.
+
+    Attributes:
+      spatial_dims: 2 (NHWC) or 3 (NDHWC).
+      num_classes: logits per pixel/voxel (including background).
+      levels: L Haar coarsenings; every spatial size must be divisible by 2**L.
+      layers_per_level: leapfrog steps per unit, int or one per level 0..L.
+      ranks: hidden channels r_l ≤ C_l = width·2^{d·l}, int or one per level; None: r_l = width.
+      h: leapfrog step size.
+      width: state channels at full resolution; the c_in input channels are zero-padded to it.
+      norm: "tv_norm" or "none".
+      kernel_size: odd k of the k^d convolution K.
+      use_bias: bias inside σ(N(K Y + b)).
+      coarsening: "reversible" (fully reversible) or "stored" (block-reversible: the engine
+        stores both states at every resolution change, the RevNet/Chang approach).
+      backprop: "reversible" | "store" | "remat" (engine strategy for the body).
+      damping: telegraph damping γ (0 = conservative leapfrog).
+      dtype: dtype of the parameters and of the computation (the input is cast to it).
+
+    Parameters: params["unit{u}"] = {"kernel": (n_l, k.., C_l, r_l), "bias": (n_l, r_l)} for
+    the 2L+1 units, params["head"] = 1x1 conv {"kernel": (width, classes), "bias": (classes,)}.
+    """
+
+    spatial_dims: int = 2
+    num_classes: int = 2
+    levels: int = 2
+    layers_per_level: int | Sequence[int] = 2
+    ranks: int | Sequence[int] | None = None
+    h: float = 0.5
+    width: int = 8
+    norm: str = "tv_norm"
+    kernel_size: int = 3
+    use_bias: bool = True
+    coarsening: str = "reversible"
+    backprop: str = "reversible"
+    damping: float = 0.0
+    dtype: Any = jnp.float32
+
+    def config(self, in_channels: int) -> hyperbolic.MultilevelConfig:
+        """The validated body configuration for inputs with `in_channels` channels."""
+        return hyperbolic.make_config(
+            spatial_dims=self.spatial_dims,
+            in_channels=in_channels,
+            width=self.width,
+            levels=self.levels,
+            layers_per_level=self.layers_per_level,
+            ranks=self.ranks,
+            h=self.h,
+            kernel_size=self.kernel_size,
+            norm=self.norm,
+            use_bias=self.use_bias,
+            coarsening=self.coarsening,
+            damping=self.damping,
+        )
+
+    def body_params(self, variables) -> list[Any]:
+        """The engine parameter list of the body from bound/unbound `variables`."""
+        params = variables.get("params", variables)
+        units = sorted((k for k in params if k.startswith("unit")), key=lambda k: int(k[4:]))
+        out: list[Any] = [None, None]
+        for u, name in enumerate(units):
+            if u > 0:
+                out.append(None)
+            out.append(params[name])
+        return out
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits (N, *S, num_classes) for x (N, *S, c_in); `train` is accepted for the API."""
+        del train  # no batch statistics or dropout
+        check_num_classes(self.num_classes)
+        engine._check_backprop(self.backprop)
+        if x.ndim not in (4, 5) or x.ndim != self.spatial_dims + 2:
+            layout = {2: "NHWC", 3: "NDHWC"}.get(self.spatial_dims, "?")
+            raise ValueError(
+                f"hyperbolic{self.spatial_dims}d expects {self.spatial_dims + 2}-D {layout} "
+                f"inputs, got shape {x.shape}"
+            )
+        config = self.config(x.shape[-1])
+        hyperbolic.check_input(x.shape, config)
+        layers = hyperbolic.multilevel_layers(config)
+
+        unit_params = [
+            self.param(f"unit{u}", functools.partial(_init_unit, config, u, self.dtype))
+            for u in range(len(hyperbolic.unit_levels(config.levels)))
+        ]
+        params: list[Any] = [None, None]
+        for u, p in enumerate(unit_params):
+            if u > 0:
+                params.append(None)
+            params.append(p)
+        state = engine.apply(layers, params, x.astype(self.dtype), backprop=self.backprop)
+        head = nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head"
+        )  # a 1x1 convolution on the channel axis
+        return head(state[1])
+
+
+def _init_unit(config: hyperbolic.MultilevelConfig, unit: int, dtype, key: jax.Array):
+    """Stacked parameters of unit `unit` (its level's channels, rank and depth)."""
+    level = hyperbolic.unit_levels(config.levels)[unit]
+    channels = hyperbolic.level_channels(config.spatial_dims, config.width, config.levels)
+    return hyperbolic.init_layer_params(
+        key,
+        spatial_dims=config.spatial_dims,
+        channels=channels[level],
+        rank=config.ranks[level],
+        depth=config.layers_per_level[level],
+        kernel_size=config.kernel_size,
+        use_bias=config.use_bias,
+        dtype=dtype,
+    )
+
+
+@register("hyperbolic2d")
+def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
+    """2-D segmentation (NHWC): width 16, 3 levels, 2 layers per unit, rank = width, h = 0.5."""
+    config = dict(
+        spatial_dims=2, num_classes=2, levels=3, layers_per_level=2, ranks=None, h=0.5, width=16
+    )
+    config.update(overrides)
+    return HyperbolicSegmenter(**config)
+
+
+@register("hyperbolic3d")
+def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
+    """3-D video/volume segmentation (NDHWC): width 8, 2 levels, 2 layers per unit, rank = width."""
+    config = dict(
+        spatial_dims=3, num_classes=4, levels=2, layers_per_level=2, ranks=None, h=0.5, width=8
+    )
+    config.update(overrides)
+    return HyperbolicSegmenter(**config)
+
+
+def pixelwise_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean over pixels/voxels of −log softmax(logits)[label]; logits (N, *S, K), labels (N, *S)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def training_step_memory(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Bytes of one compiled training step, from XLA's memory analysis (compile only).
+
+    The step is the gradient of `pixelwise_cross_entropy` w.r.t. the parameters, for a float32
+    input of `input_shape` (N, *S, c_in) and int32 labels (N, *S). All inputs are
+    `jax.ShapeDtypeStruct`s, so nothing is allocated or run.
+
+    Returns:
+      {"temp", "arguments", "outputs", "total"} in bytes; temp is XLA's scratch (activations
+      kept for the backward pass and workspaces); total = arguments + outputs + temp.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    labels = jax.ShapeDtypeStruct(shape[:-1], jnp.int32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+
+    def loss(v, u, y):
+        return pixelwise_cross_entropy(model.apply(v, u, train=True), y)
+
+    stats = jax.jit(jax.grad(loss)).lower(variables, x, labels).compile().memory_analysis()
+    out = {
+        "temp": int(stats.temp_size_in_bytes),
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+    }
+    out["total"] = out["temp"] + out["arguments"] + out["outputs"]
+    return out

@@ -1,0 +1,334 @@
+"""LeanResNet reference networks A, B, C (SPEC §6.5) and a reversible low-cost Hamiltonian net.
+
+Registered names: ``lean_{a,b,c}_{resnet,mobilenet,linear_mix,explicit_rd,implicit_rd,
+circular_rd}`` (18 classifiers, CIFAR-10 by default; pass ``num_classes=100`` for CIFAR-100,
+and 96x96 inputs for STL-10: the counts do not depend on the image size) and
+``lean_hamiltonian`` / ``lean_hamiltonian_circulant`` (reversible).
+
+Skeleton, for an input ``(N, H, W, 3)`` with ``H, W`` divisible by ``2^num_blocks``::
+
+    stem      5x5 conv 3 -> c₀ (no bias) + BN + ReLU                (N, H, W, c₀)
+    block i   4 steps of the chosen type at width cᵢ = c₀ 2^i       (N, H/2^i, W/2^i, cᵢ)
+    connect   x ↦ avgpool₂ₓ₂(BN([x ; K_dw x]))                      (N, H/2^{i+1}, ..., 2cᵢ)
+    head      global average pool + dense                           (N, num_classes)
+
+A and B have 3 blocks (c₀ = 32 and 48), C has 4 (c₀ = 32). A connecting layer follows *every*
+block, the last one included: only then do the paper's counts for B on CIFAR-10 vs CIFAR-100
+(216K vs 250K) differ by the 384 x 90 + 90 = 34,650 weights of a 384-wide classifier.
+
+Parameter counts (``parameter_table``). Table 2 of the paper is reproduced when BatchNorm
+scales/offsets are *not* counted (the paper evidently counts conv and FC weights only):
+MobileNet and all RD nets A/B/B-100/C-100 give 101,066 / 216,106 / 250,756 / 423,460, printed
+101K, 216K, 250K or 251K, 423K (the paper rounds some figures and truncates others, see
+``printed_as``); ResNet B and C match too. The remaining differences are documented, not
+fudged:
+
+* LinearMix: the paper's figures (195K, 422K, 456K, 789K) equal ``2(m²c + c²)`` per step, i.e.
+  the duplicated centre tap was *not* dropped; here it is (SPEC §6.1: ``m²c + c² − c``), so
+  ours are ``8 Σᵢ cᵢ`` lower (1.8K for A, 2.7K for B, 3.8K for C).
+* ResNet A is 1,555,274 (paper "1.5M": truncated) but ResNet B on CIFAR-100 is 3,528,772,
+  which the paper prints as "3.4M", below its own CIFAR-10 figure of 3.5M for a network with
+  34,650 *more* weights: no configuration of this skeleton gives that, presumably a typo.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from revjax import engine, transitions
+from revjax.families import lean
+from revjax.models import create, register
+from revjax.models.heads import ClassifierHead, Stem, check_num_classes
+
+__all__ = [
+    "NETWORKS",
+    "PAPER_TABLE2",
+    "LeanResNet",
+    "LeanHamiltonian",
+    "count_weights",
+    "parameter_table",
+    "printed_as",
+    "format_parameter_table",
+]
+
+NETWORKS = {"a": (32, 3), "b": (48, 3), "c": (32, 4)}  # stem width c₀, number of blocks
+
+# SPEC §6.6 (paper Table 2), parameter counts as printed: (network, num_classes) -> count.
+_RD_COUNTS = {("a", 10): 101e3, ("b", 10): 216e3, ("b", 100): 250e3, ("c", 100): 423e3}
+PAPER_TABLE2 = {
+    "resnet": {("a", 10): 1.5e6, ("b", 10): 3.5e6, ("b", 100): 3.4e6, ("c", 100): 6.3e6},
+    "mobilenet": {("a", 10): 101e3, ("b", 10): 216e3, ("b", 100): 251e3, ("c", 100): 423e3},
+    "linear_mix": {("a", 10): 195e3, ("b", 10): 422e3, ("b", 100): 456e3, ("c", 100): 789e3},
+    "explicit_rd": dict(_RD_COUNTS),
+    "implicit_rd": dict(_RD_COUNTS),
+    "circular_rd": dict(_RD_COUNTS),
+}
+
+
+def _check_config(step: str, features: int, num_blocks: int, steps_per_block: int, h: float):
+    lean._check_step_type(step)
+    for name, value in (
+        ("features", features),
+        ("num_blocks", num_blocks),
+        ("steps_per_block", steps_per_block),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    lean.check_step_size(h)
+
+
+class LeanResNet(nn.Module):
+    """Stem, ``num_blocks`` blocks of ``steps_per_block`` low-cost steps, connecting layers, head.
+
+    Attributes:
+        step: one of ``revjax.families.lean.STEP_TYPES``.
+        features: stem width ``c₀``; block ``i`` runs at ``c₀ 2^i``.
+        num_blocks: 3 (A, B) or 4 (C).
+        steps_per_block: 4 in the paper.
+        num_classes: classifier outputs (10 CIFAR-10 / STL-10, 100 CIFAR-100).
+        kernel_size: stencil ``m`` of the steps and connecting layers.
+        stem_kernel_size: 5 in the paper.
+        h: RD step size (ignored by resnet / mobilenet / linear_mix).
+        dtype: parameter and computation dtype; inputs must match.
+
+    Input ``(N, H, W, 3)``, output logits ``(N, num_classes)``.
+    """
+
+    step: str
+    features: int = 32
+    num_blocks: int = 3
+    steps_per_block: int = 4
+    num_classes: int = 10
+    kernel_size: int = 3
+    stem_kernel_size: int = 5
+    h: float = lean.DEFAULT_H
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        _check_config(self.step, self.features, self.num_blocks, self.steps_per_block, self.h)
+        check_num_classes(self.num_classes)
+        step_cls = lean.STEP_MODULES[self.step]
+        step_kwargs = {"kernel_size": self.kernel_size, "dtype": self.dtype}
+        if self.step.endswith("_rd"):
+            step_kwargs["h"] = self.h
+        x = Stem(self.features, kernel_size=self.stem_kernel_size, dtype=self.dtype)(x, train)
+        for block in range(self.num_blocks):
+            for j in range(self.steps_per_block):
+                x = step_cls(**step_kwargs, name=f"block{block}_step{j}")(x, train)
+            x = lean.ConnectingLayer(
+                kernel_size=self.kernel_size, dtype=self.dtype, name=f"connect{block}"
+            )(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype)(x)
+
+
+class LeanHamiltonian(nn.Module):
+    """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator (SPEC §6.7).
+
+    Body per stage: ``depth`` Verlet steps on the channel halves ``(Y, Z)``,
+    ``Y' = Y + h K_Fᵀ σ(K_F Z + b_F)``, ``Z' = Z − h K_Gᵀ σ(K_G Y' + b_G)``, with
+    ``K = M ∘ K_dw`` (``operator="dw_mix"``) or ``K = K_circ`` (``"circulant"``), periodic,
+    and ``Kᵀ`` the exact adjoint. Stages are joined by the stored (non-invertible) transition
+    ``pool_pad`` (2x2 average pool + zero channel padding). Stem: 3x3 conv + BN + ReLU; head:
+    BN + ReLU + global average pool + dense. Gradients through the body are computed by
+    reconstruction when ``backprop="reversible"``.
+
+    Attributes:
+        widths: channels per stage (even, non-decreasing, even differences).
+        depth: Verlet steps per stage.
+        operator: ``"dw_mix"`` or ``"circulant"``.
+        h: step size inside the force (Chang et al.'s convention, SPEC §4.1).
+        kernel_size: stencil ``m``.
+        num_classes: classifier outputs.
+        backprop: ``"reversible"`` | ``"store"`` | ``"remat"``.
+        dtype: parameter and computation dtype.
+    """
+
+    widths: Sequence[int] = (32, 64, 128)
+    depth: int = 4
+    operator: str = "dw_mix"
+    h: float = 0.2
+    kernel_size: int = 3
+    num_classes: int = 10
+    backprop: str = "reversible"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        _check_hamiltonian_config(self)
+        step = engine.Scan(lean.low_cost_hamiltonian_step(self.operator, self.h))
+        x = Stem(self.widths[0], kernel_size=3, dtype=self.dtype)(x, train)
+        state = tuple(jnp.split(x, 2, axis=-1))
+        layers, params = [], []
+        for i, width in enumerate(self.widths):
+            if i > 0:
+                layers.append(transitions.pool_pad_transition(width // 2))
+                params.append(None)
+            layers.append(step)
+            params.append(self.param(f"stage{i}", self._init_stage, width // 2))
+        y, z = engine.apply(layers, params, state, backprop=self.backprop)
+        return ClassifierHead(self.num_classes, dtype=self.dtype)(
+            jnp.concatenate([y, z], axis=-1), train
+        )
+
+    def _init_stage(self, key: jax.Array, half_width: int) -> dict:
+        def one(k):
+            kf, kg = jax.random.split(k)
+            args = (self.operator, half_width, self.kernel_size, self.dtype)
+            return {
+                "F": lean.init_low_cost_force(kf, *args),
+                "G": lean.init_low_cost_force(kg, *args),
+            }
+
+        return jax.vmap(one)(jax.random.split(key, self.depth))
+
+
+def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
+    engine._check_backprop(model.backprop)
+    check_num_classes(model.num_classes)
+    if model.operator not in lean.LOW_COST_OPERATORS:
+        raise ValueError(
+            f"unknown operator {model.operator!r}; expected one of {lean.LOW_COST_OPERATORS}"
+        )
+    if model.depth < 1:
+        raise ValueError(f"depth must be >= 1, got {model.depth}")
+    widths = tuple(model.widths)
+    if not widths or any(w < 2 or w % 2 for w in widths):
+        raise ValueError(f"widths must be even and >= 2, got {widths}")
+    for a, b in zip(widths, widths[1:]):
+        if b < a or (b - a) % 4:
+            raise ValueError(
+                f"widths {widths}: each stage must grow by a multiple of 4 channels (each half "
+                "is zero-padded symmetrically)"
+            )
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _lean_factory(network: str, step: str):
+    features, num_blocks = NETWORKS[network]
+
+    def factory(**overrides) -> LeanResNet:
+        config = {"step": step, "features": features, "num_blocks": num_blocks, **overrides}
+        model = LeanResNet(**config)
+        _check_config(model.step, model.features, model.num_blocks, model.steps_per_block, model.h)
+        check_num_classes(model.num_classes)
+        return model
+
+    factory.__doc__ = f"LeanResNet {network.upper()} with {step} steps (SPEC §6.5)."
+    return factory
+
+
+for _network in NETWORKS:
+    for _step in lean.STEP_TYPES:
+        register(f"lean_{_network}_{_step}")(_lean_factory(_network, _step))
+
+
+def _hamiltonian_factory(operator: str):
+    def factory(**overrides) -> LeanHamiltonian:
+        model = LeanHamiltonian(**{"operator": operator, **overrides})
+        _check_hamiltonian_config(model)
+        return model
+
+    return factory
+
+
+register("lean_hamiltonian")(_hamiltonian_factory("dw_mix"))
+register("lean_hamiltonian_circulant")(_hamiltonian_factory("circulant"))
+
+
+# --------------------------------------------------------------------------- parameter table
+
+
+def _is_batch_norm(path) -> bool:
+    return any(
+        "BatchNorm" in str(getattr(k, "key", "")) or str(getattr(k, "key", "")).startswith("bn")
+        for k in path
+    )
+
+
+def count_weights(params, include_batch_norm: bool = False) -> int:
+    """Trainable scalars, by default excluding BatchNorm scales/offsets (the paper's convention).
+
+    Works on concrete arrays and on ``jax.eval_shape`` output (``ShapeDtypeStruct`` leaves).
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return sum(
+        math.prod(leaf.shape)
+        for path, leaf in leaves
+        if include_batch_norm or not _is_batch_norm(path)
+    )
+
+
+def _abstract_params(model: nn.Module, image_size: int):
+    x = jnp.zeros((1, image_size, image_size, 3), model.dtype)
+    return jax.eval_shape(lambda k: model.init(k, x, train=False), jax.random.key(0))["params"]
+
+
+def printed_as(count: int, reported: float) -> bool:
+    """Whether ``count`` prints as ``reported`` at its precision, rounded *or* truncated.
+
+    The paper prints "1.5M" for 1,555,274 and "250K" for 250,756 (truncated) but "251K" for
+    the same 250,756 elsewhere (rounded), so both readings are accepted; the unit is 100K for
+    figures of a million or more, else 1K.
+    """
+    unit = 1e5 if reported >= 1e6 else 1e3
+    return reported in (round(count / unit) * unit, (count // unit) * unit)
+
+
+def parameter_table(image_size: int = 32) -> list[dict]:
+    """Parameter counts of the 24 (step, network, classes) entries of Table 2, by eval_shape.
+
+    Returns one dict per entry with keys ``name``, ``num_classes``, ``params`` (all trainable,
+    BN included), ``weights`` (BN excluded, the paper's convention), ``paper`` (printed figure),
+    ``matches`` (:func:`printed_as`) and ``note`` (why not, if known).
+    """
+    rows = []
+    for step, entries in PAPER_TABLE2.items():
+        for (network, num_classes), reported in entries.items():
+            name = f"lean_{network}_{step}"
+            params = _abstract_params(create(name, num_classes=num_classes), image_size)
+            weights = count_weights(params)
+            matches = printed_as(weights, reported)
+            note = ""
+            if step == "linear_mix":
+                features, num_blocks = NETWORKS[network]
+                widths = [features * 2**i for i in range(num_blocks)]
+                undropped = weights + 8 * sum(widths)
+                note = f"{undropped:,} with the duplicated centre tap kept"
+                if printed_as(undropped, reported):
+                    note += " (matches)"
+            elif not matches:
+                note = "differs beyond rounding (see module docstring)"
+            rows.append(
+                {
+                    "name": name,
+                    "num_classes": num_classes,
+                    "params": count_weights(params, include_batch_norm=True),
+                    "weights": weights,
+                    "paper": int(reported),
+                    "matches": bool(matches),
+                    "note": note,
+                }
+            )
+    return rows
+
+
+def format_parameter_table(rows: list[dict] | None = None) -> str:
+    """The rows of :func:`parameter_table` as a fixed-width text table."""
+    rows = parameter_table() if rows is None else rows
+    header = f"{'model':<24}{'classes':>8}{'params':>12}{'weights':>12}{'paper':>12}  match  note"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['name']:<24}{r['num_classes']:>8}{r['params']:>12,}{r['weights']:>12,}"
+            f"{r['paper']:>12,}  {'yes' if r['matches'] else 'no':<5}  {r['note']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,297 @@
+"""RevUp classifiers (SPEC §3.2 [H]): Fixup-initialised invertible residual networks, no BN.
+
+Layout (NHWC)::
+
+    stem -> [stage 0: n_0 blocks] -> down -> [stage 1: n_1 blocks] -> ... -> head
+
+- Blocks: `revup.invertible_residual_step` over the Fixup branch (spectrally normalised 3x3
+  convs, coefficient c), one `engine.Scan` per stage; gradients by fixed-point reconstruction.
+- `downsample="reversible"`: i-RevNet space-to-depth ψ between stages (fully invertible, state
+  channels x4 per stage; the branch's hidden width is `widths[s]`, so W1: 4^s·C_0 -> widths[s]
+  is a bottleneck as in i-ResNet). `downsample="stored"`: the first block of each later stage is
+  the Fixup strided block (an `engine.Transition`, input stored, widths exactly `widths`): the
+  network then has the FixupResNet parameter count.
+- `stem="conv"`: ReLU(conv_{k×k, stride}(x) + b) (+ 3x3/2 max-pool when `stem_pool`), stored
+  (Transition; its input is the image). `stem="pad"`: injective zero-channel padding to
+  `widths[0]` (i-RevNet style, invertible, no parameters).
+- Head: global average pool of ReLU(x), + scalar bias, dense; weights and bias 0 (Fixup).
+
+Spectral-norm power-iteration vectors live in the "spectral_stats" collection. They advance
+`n_power_iterations` times per call only when `train=True` *and* the collection is mutable::
+
+    y, updates = model.apply(variables, x, train=True, mutable=["spectral_stats"])
+
+Nothing depends on the mini-batch (no BN): an example's logits are the same alone or in a batch.
+`model.apply(variables, x, method="fixed_point_trace")` returns the `FixedPointInfo` of every
+solve the reversible backward pass performs (iterations, residual, converged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from revjax import engine
+from revjax.conv import conv
+from revjax.families import revup
+from revjax.models import register
+from revjax.models.heads import check_num_classes, conv_init
+from revjax.spectral_norm import check_coefficient
+from revjax.transitions import check_halvable, space_to_depth_step
+
+__all__ = ["RevUp", "DOWNSAMPLE_MODES", "STEM_MODES"]
+
+DOWNSAMPLE_MODES = ("reversible", "stored")
+STEM_MODES = ("conv", "pad")
+STATS = "spectral_stats"
+
+
+def _stem_transition(pool: bool, stride: int) -> engine.Transition:
+    def apply(p, x, rng=None):
+        h = jax.nn.relu(conv(x, p["w"], stride=stride) + p["b"])
+        if pool:
+            h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
+        return h
+
+    return engine.Transition(apply, name="stem")
+
+
+class RevUp(nn.Module):
+    """RevUp classifier. Input (N, H, W, C_in) -> logits (N, num_classes).
+
+    Attributes:
+      stage_sizes: residual blocks per stage (n_s ≥ 1).
+      widths: branch widths per stage (CIFAR: 16, 32, 64).
+      num_classes: logits.
+      c: spectral-norm coefficient in (0, 1); Lip(g) < c.
+      max_iter, tol: fixed-point budget of the inverse (tol relative to ‖y‖ per example).
+      on_nonconvergence: "error" | "flag" (see revjax.families.revup).
+      downsample: "reversible" | "stored".
+      stem: "conv" | "pad"; stem_kernel, stem_stride, stem_pool configure the conv stem.
+      activation: "relu" | "elu".
+      n_power_iterations: power-iteration steps per training call (reference: 1).
+      n_init_power_iterations: warm-up steps at init (so σ̂ is accurate from the start).
+      backprop: "reversible" | "store" | "remat".
+      dtype: dtype of parameters, statistics and activations.
+    """
+
+    stage_sizes: Sequence[int] = (3, 3, 3)
+    widths: Sequence[int] = (16, 32, 64)
+    num_classes: int = 10
+    c: float = 0.9
+    max_iter: int = 100
+    tol: float = 1e-5
+    on_nonconvergence: str = "error"
+    downsample: str = "reversible"
+    stem: str = "conv"
+    stem_kernel: int = 3
+    stem_stride: int = 1
+    stem_pool: bool = False
+    activation: str = "relu"
+    n_power_iterations: int = 1
+    n_init_power_iterations: int = 20
+    backprop: str = "reversible"
+    dtype: jnp.dtype = jnp.float32
+
+    def check_config(self) -> None:
+        """Clear ValueErrors for a bad configuration (called before tracing anything)."""
+        check_coefficient(self.c)
+        revup.check_fixed_point_config(self.max_iter, self.tol, self.on_nonconvergence)
+        check_num_classes(self.num_classes)
+        engine._check_backprop(self.backprop)
+        if self.downsample not in DOWNSAMPLE_MODES:
+            raise ValueError(
+                f"downsample must be one of {DOWNSAMPLE_MODES}, got {self.downsample!r}"
+            )
+        if self.stem not in STEM_MODES:
+            raise ValueError(f"stem must be one of {STEM_MODES}, got {self.stem!r}")
+        if self.activation not in revup.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(revup.ACTIVATIONS)}")
+        if len(self.stage_sizes) != len(self.widths) or not self.stage_sizes:
+            raise ValueError("stage_sizes and widths must be non-empty and of equal length")
+        if any(int(n) < 1 for n in self.stage_sizes) or any(int(w) < 1 for w in self.widths):
+            raise ValueError(
+                f"stage sizes and widths must be >= 1: {self.stage_sizes}, {self.widths}"
+            )
+        if self.n_power_iterations < 0 or self.n_init_power_iterations < 0:
+            raise ValueError("power-iteration counts must be >= 0")
+
+    def _body(self, x: jax.Array, train: bool):
+        """(layers, params, residual_fns) of the engine body, and the stats updates applied."""
+        self.check_config()
+        dtype = self.dtype
+        num_branches = sum(self.stage_sizes)
+        update = train and self.is_mutable_collection(STATS) and not self.is_initializing()
+        layers, params, fns = [], [], []
+        n, h, w, ch = x.shape
+
+        if self.stem == "conv":
+            k, width = self.stem_kernel, self.widths[0]
+            stem = {
+                "w": self.param("stem_w", conv_init(k, width), (k, k, ch, width), dtype),
+                "b": self.param("stem_b", nn.initializers.zeros, (), dtype),
+            }
+            layers.append(_stem_transition(self.stem_pool, self.stem_stride))
+            params.append(stem)
+            h, w = -(-h // self.stem_stride), -(-w // self.stem_stride)
+            if self.stem_pool:
+                h, w = -(-h // 2), -(-w // 2)
+        else:
+            if ch > self.widths[0]:
+                raise ValueError(f"stem='pad' needs widths[0] >= input channels ({ch})")
+            layers.append(revup.zero_pad_channels_step(ch, self.widths[0]))
+            params.append(None)
+        fns.append(None)
+        ch = self.widths[0]
+
+        for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+            if s > 0:
+                check_halvable((n, h, w, ch), f"stage {s} downsampling")
+                if self.downsample == "reversible":
+                    layers.append(space_to_depth_step())
+                    params.append(None)
+                    ch = 4 * ch
+                else:
+                    p = self.param(
+                        f"down{s}",
+                        lambda key, c_in=ch, c_out=width: revup.init_fixup_downsample(
+                            key, c_in, c_out, num_branches, dtype
+                        ),
+                    )
+                    layers.append(revup.fixup_downsample_block(width, self.activation))
+                    params.append(p)
+                    ch, blocks = width, blocks - 1
+                fns.append(None)
+                h, w = h // 2, w // 2
+            if blocks == 0:
+                continue
+            init_raw = jax.vmap(
+                partial(
+                    revup.init_fixup_branch,
+                    channels=ch,
+                    hidden=width,
+                    num_branches=num_branches,
+                    c=self.c,
+                    dtype=dtype,
+                )
+            )
+            raw = self.param(
+                f"stage{s}",
+                lambda key, d=blocks, init_raw=init_raw: init_raw(jax.random.split(key, d)),
+            )
+            init_stats = jax.vmap(
+                partial(
+                    revup.init_branch_stats,
+                    spatial=(h, w),
+                    num_iterations=self.n_init_power_iterations,
+                )
+            )
+            stats = self.variable(
+                STATS,
+                f"stage{s}",
+                lambda d=blocks, r=raw, init_stats=init_stats: init_stats(
+                    jax.random.split(self.make_rng("params"), d), r
+                ),
+            )
+            normalise = jax.vmap(
+                partial(
+                    revup.normalise_branch,
+                    c=self.c,
+                    num_iterations=self.n_power_iterations if update else 0,
+                )
+            )
+            p, new_stats = normalise(raw, stats.value)
+            if update:
+                stats.value = new_stats
+            g = partial(revup.fixup_branch, activation=self.activation)
+            step = revup.invertible_residual_step(
+                g,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                on_nonconvergence=self.on_nonconvergence,
+                name=f"revup_stage{s}",
+            )
+            layers.append(engine.Scan(step, name=f"stage{s}"))
+            params.append(p)
+            fns.append(g)
+        return layers, params, fns
+
+    def _head(self, h: jax.Array) -> jax.Array:
+        feats = jnp.mean(jax.nn.relu(h), axis=(1, 2))
+        feats = feats + self.param("head_bias", nn.initializers.zeros, (), self.dtype)
+        return nn.Dense(
+            check_num_classes(self.num_classes),
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=self.dtype,
+            name="head",
+        )(feats)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, *, trace: bool = False):
+        """Logits (N, num_classes); with `trace=True` the body's fixed-point trace instead."""
+        x = x.astype(self.dtype)
+        layers, params, fns = self._body(x, train)
+        if trace:
+            return revup.reconstruction_trace(
+                layers, params, fns, x, max_iter=self.max_iter, tol=self.tol
+            )
+        h = engine.apply(layers, params, x, backprop=self.backprop)
+        return self._head(h)
+
+    def fixed_point_trace(self, x: jax.Array) -> tuple:
+        """Per-layer `FixedPointInfo` of the reversible backward pass at input x (eval mode).
+
+        One entry per body layer (stem, stages, transitions); residual stages give
+        FixedPointInfo with (depth,) leaves, other layers None.
+        """
+        return self(x, train=False, trace=True)
+
+
+def _cifar(n: int, **overrides) -> RevUp:
+    config = dict(stage_sizes=(n, n, n), widths=(16, 32, 64))
+    config.update(overrides)
+    return RevUp(**config)
+
+
+@register("revup20")
+def revup20(**overrides) -> RevUp:
+    """RevUp-20 (CIFAR): [3, 3, 3] blocks, widths 16/32/64, depth 6n+2 = 20."""
+    return _cifar(3, **overrides)
+
+
+@register("revup56")
+def revup56(**overrides) -> RevUp:
+    """RevUp-56 (CIFAR): [9, 9, 9] blocks, widths 16/32/64."""
+    return _cifar(9, **overrides)
+
+
+@register("revup110")
+def revup110(**overrides) -> RevUp:
+    """RevUp-110 (CIFAR): [18, 18, 18] blocks, widths 16/32/64."""
+    return _cifar(18, **overrides)
+
+
+@register("revup_imagenet")
+def revup_imagenet(**overrides) -> RevUp:
+    """ImageNet-shaped RevUp: 7x7/2 conv stem + max-pool, [2,2,2,2] blocks, widths 64..512.
+
+    Defaults to stored strided transitions (ResNet-18 layout); `downsample="reversible"` makes
+    the state 64·4^s channels wide (large).
+    """
+    config = dict(
+        stage_sizes=(2, 2, 2, 2),
+        widths=(64, 128, 256, 512),
+        num_classes=1000,
+        stem_kernel=7,
+        stem_stride=2,
+        stem_pool=True,
+        downsample="stored",
+    )
+    config.update(overrides)
+    return RevUp(**config)

@@ -1,0 +1,38 @@
+"""Training: ``python -m revjax.train --config=<name|path> --workdir=<dir>``.
+
+Public API:
+
+* ``train_and_evaluate(config, workdir) -> summary dict`` (``revjax.train.trainer``);
+* ``make_train_step``, ``make_eval_step``, ``create_state``, ``build_model``;
+* ``make_optimizer`` (``revjax.train.optim``); ``Checkpointer`` (``checkpointing``);
+  ``make_mesh``, ``maybe_initialize_distributed`` (``sharding``); ``train_step_memory``
+  (``memory``); ``load_config`` (named configs in ``revjax/configs``).
+"""
+
+from revjax.train.checkpointing import Checkpointer, IncompatibleCheckpointError
+from revjax.train.memory import train_step_memory
+from revjax.train.optim import make_optimizer
+from revjax.train.sharding import make_mesh, maybe_initialize_distributed
+from revjax.train.trainer import (
+    NonFiniteLossError,
+    build_model,
+    create_state,
+    make_eval_step,
+    make_train_step,
+    train_and_evaluate,
+)
+
+__all__ = [
+    "Checkpointer",
+    "IncompatibleCheckpointError",
+    "NonFiniteLossError",
+    "build_model",
+    "create_state",
+    "make_eval_step",
+    "make_optimizer",
+    "make_mesh",
+    "make_train_step",
+    "maybe_initialize_distributed",
+    "train_and_evaluate",
+    "train_step_memory",
+]

@@ -1,0 +1,211 @@
+"""Checkpoints with orbax: train state + input-pipeline position + config, and safe resume.
+
+Each checkpoint step directory holds three orbax items (``ocp.args.Composite``):
+
+* ``state``: the train-state pytree {step, params, opt_state, batch_stats, rng} (arrays);
+* ``data``: the grain iterator's ``get_state()`` (JSON), so a resumed run reads exactly the
+  batches an uninterrupted one would;
+* ``config``: the run's config (JSON); on resume, the model-relevant fields
+  (``COMPATIBILITY_FIELDS``) are compared with the current config and any difference is an
+  ``IncompatibleCheckpointError`` naming each field and both values.
+
+``Checkpointer.restore_latest`` tries the newest step first; if it cannot be read (truncated
+or corrupted files, e.g. a crash during a non-atomic copy) it moves that step aside to
+``<workdir>/corrupted_checkpoints/`` and falls back to the previous one, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+__all__ = [
+    "COMPATIBILITY_FIELDS",
+    "IGNORED_MODEL_KWARGS",
+    "IncompatibleCheckpointError",
+    "NoReadableCheckpointError",
+    "compatibility_view",
+    "config_differences",
+    "Checkpointer",
+]
+
+logger = logging.getLogger(__name__)
+
+# Fields that fix the shapes/structure of the saved state or the meaning of the data position.
+COMPATIBILITY_FIELDS = ("model", "model_kwargs", "dataset", "dataset_options", "optimizer.name")
+# Model kwargs that change how gradients are computed but not the parameters.
+IGNORED_MODEL_KWARGS = ("backprop",)
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The checkpoint in the workdir was written by a config with a different model."""
+
+
+class NoReadableCheckpointError(RuntimeError):
+    """Checkpoints exist but none of them can be restored."""
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key in sorted(value):
+            out.update(_flatten(f"{prefix}.{key}", value[key]))
+        return out
+    if isinstance(value, tuple):
+        value = list(value)
+    return {prefix: value}
+
+
+def compatibility_view(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat {dotted field: value} of the model-relevant fields of a config dict."""
+    view: dict[str, Any] = {}
+    for field in COMPATIBILITY_FIELDS:
+        value = _get(config, field)
+        if field == "model_kwargs" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in IGNORED_MODEL_KWARGS}
+        view.update(_flatten(field, value))
+    return view
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Lines "field: checkpoint X, now Y" for each model-relevant field that differs."""
+    a, b = compatibility_view(saved), compatibility_view(current)
+    return [
+        f"{key}: checkpoint {a.get(key, '<unset>')!r}, now {b.get(key, '<unset>')!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key, "<unset>") != b.get(key, "<unset>")
+    ]
+
+
+class Checkpointer:
+    """Saves and restores (state, data position, config) under ``directory``.
+
+    Args:
+      directory: checkpoint root (``<workdir>/checkpoints``); created if missing.
+      max_to_keep: newest checkpoints kept.
+      async_save: write in a background thread (``wait()`` before exiting).
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self._options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+        )
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory, options=self._options, item_names=("state", "data", "config")
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: Any, config: dict[str, Any]) -> bool:
+        """Writes checkpoint ``step`` (no-op if it already exists); returns whether saved."""
+        if step in self._manager.all_steps():
+            return False
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=True,
+        )
+
+    def _restore_step(self, step: int, abstract_state: Any, config: dict[str, Any]):
+        saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        differences = config_differences(dict(saved["config"]), config)
+        if differences:
+            raise IncompatibleCheckpointError(
+                f"The checkpoint at step {step} in {self.directory} was written by an "
+                "incompatible config:\n  "
+                + "\n  ".join(differences)
+                + "\nUse a fresh --workdir, or restore the original values."
+            )
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], restored["data"]
+
+    def _move_aside(self, step: int) -> Path:
+        target = self.directory.parent / "corrupted_checkpoints" / f"{step}_{int(time.time())}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(target))
+        self._manager.close()
+        self._manager = self._open()
+        return target
+
+    def restore_latest(
+        self, abstract_state: Any, config: dict[str, Any]
+    ) -> tuple[Any, Any, int, list[int]] | None:
+        """Restores the newest readable checkpoint.
+
+        Args:
+          abstract_state: pytree of ``jax.ShapeDtypeStruct`` (with shardings) or arrays
+            giving the structure to restore into.
+          config: the current config as a dict (compared on ``COMPATIBILITY_FIELDS``).
+
+        Returns:
+          None when there is no checkpoint, else (state, data_state, step, corrupted steps
+          that were skipped and moved aside).
+
+        Raises:
+          IncompatibleCheckpointError: the checkpoint's model-relevant config differs.
+          NoReadableCheckpointError: checkpoints exist but none can be read.
+        """
+        skipped: list[int] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                state, data_state = self._restore_step(step, abstract_state, config)
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any read failure means "unusable"
+                target = self._move_aside(step)
+                logger.warning(
+                    "Checkpoint at step %d is unreadable (%s: %s); moved it to %s and falling "
+                    "back to the previous checkpoint.",
+                    step,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "",
+                    target,
+                )
+                skipped.append(step)
+                continue
+            return state, data_state, step, skipped
+        if skipped:
+            raise NoReadableCheckpointError(
+                f"No readable checkpoint in {self.directory}; unreadable steps {skipped} were "
+                "moved to corrupted_checkpoints/. Start a fresh run or repair them."
+            )
+        return None
+
+    def wait(self) -> None:
+        """Blocks until background saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,72 @@
+"""Compiled memory of a training step, per backprop mode, without running it.
+
+XLA's ``memory_analysis()`` of the compiled executable reports ``temp_size_in_bytes``: the
+scratch memory the step needs beyond its arguments and outputs, i.e. mostly the activations
+kept for the backward pass. Lowering from ``jax.ShapeDtypeStruct`` allocates nothing, so this
+is exact and cheap even for models that would not fit.
+
+>>> temp = train_step_memory(config, modes=("reversible", "store"))   # doctest: +SKIP
+>>> temp["store"] / temp["reversible"]                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["compiled_temp_bytes", "train_step_temp_bytes", "train_step_memory"]
+
+
+def compiled_temp_bytes(compiled: Any) -> int:
+    """``temp_size_in_bytes`` of a ``jax.stages.Compiled`` (0 if the backend reports none)."""
+    analysis = compiled.memory_analysis()
+    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
+
+
+def train_step_temp_bytes(step_fn: Callable, state: Any, batch: Any) -> int:
+    """Temp bytes of ``jax.jit(step_fn, donate_argnums=0)`` compiled for (state, batch).
+
+    Args:
+      step_fn: ``(state, batch) -> (state, metrics)``.
+      state, batch: arrays or ``jax.ShapeDtypeStruct`` pytrees (only shapes/dtypes are used).
+    """
+    lowered = jax.jit(step_fn, donate_argnums=0).lower(_abstract(state), _abstract(batch))
+    return compiled_temp_bytes(lowered.compile())
+
+
+def train_step_memory(
+    config: Any, modes: Sequence[str] = ("reversible", "store", "remat")
+) -> dict[str, int]:
+    """{mode: compiled temp bytes of the train step} for ``config``'s model and batch.
+
+    Builds the model with ``backprop=mode`` for each mode (the model must take ``backprop``);
+    nothing is trained and no data is read.
+    """
+    from revjax import data as data_lib
+    from revjax.train import optim, trainer
+
+    info = data_lib.dataset_info(config.dataset, **dict(config.get("dataset_options", {}) or {}))
+    steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
+    batch = {
+        "image": jax.ShapeDtypeStruct((config.global_batch_size, *info.image_shape), jnp.float32),
+        "label": jax.ShapeDtypeStruct(
+            (config.global_batch_size, *trainer._label_shape(info)), jnp.int32
+        ),
+    }
+    out = {}
+    for mode in modes:
+        model = trainer.build_model(config, info, backprop=mode)
+        state = jax.eval_shape(
+            lambda m=model: trainer.create_state(m, tx, config.seed, info.image_shape)
+        )
+        step = trainer.make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
+        out[mode] = train_step_temp_bytes(step, state, batch)
+    return out

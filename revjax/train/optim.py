@@ -1,0 +1,117 @@
+"""Optimizers and learning-rate schedules of the papers, as optax transformations.
+
+``make_optimizer(config, steps_per_epoch)`` reads ``config.optimizer`` (a ConfigDict)::
+
+    name:            "sgd" (momentum) | "adam"
+    learning_rate:   base rate eta_0
+    momentum, nesterov:            SGD only
+    b1, b2, eps:                   Adam only
+    weight_decay:    lambda; adds lambda * w to the gradient of conv/dense *kernels* only
+                     (biases, BN scales/offsets untouched), as in RevNet (SPEC §2.4)
+    schedule:        "constant" | "piecewise" | "halving" | "cosine"
+    boundaries_epochs, decay_factor:   piecewise: eta = eta_0 * decay_factor^k after the
+                     k-th boundary (RevNet/Hamiltonian: 0.1 at fixed epochs);
+                     ``boundaries_steps`` (non-empty) gives the boundaries in steps instead
+    halve_every_epochs:                halving: eta = eta_0 * 0.5^floor(epoch / N)
+                     (LeanResNet: Adam, 0.01, halved every 60 epochs, SPEC §6.5)
+    grad_clip_norm:  > 0 clips the global gradient norm first
+
+The update is ``chain(clip?, add_decayed_weights(mask=kernels), sgd|adam(schedule))``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import optax
+
+__all__ = ["SCHEDULES", "OPTIMIZERS", "kernel_mask", "make_schedule", "make_optimizer"]
+
+SCHEDULES = ("constant", "piecewise", "halving", "cosine")
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _leaf_name(path) -> str:
+    last = path[-1]
+    return str(getattr(last, "key", getattr(last, "name", last)))
+
+
+# Leaf names that are *not* kernels: biases ("bias", "b", "b1", "b2a", "head_bias", "stem_b"),
+# normalisation scales/offsets ("scale", "scale_raw") and running statistics.
+_NOT_KERNEL = re.compile(r"(.*_)?(bias|b\d*[a-z]?|scale|scale_raw|offset|mean|var)")
+
+
+def is_kernel(path) -> bool:
+    """Whether a parameter path names a convolution/dense kernel (weight-decayed).
+
+    Every registry family names biases and normalisation parameters ``bias``, ``b``,
+    ``b1``/``b2``/``b1a``..., ``*_bias``, ``*_b``, ``scale``, ``scale_raw``; every other leaf
+    (``kernel``, ``K``, ``W``, ``w1``, ``dw_kernel``, ``mix``, ``circ``...) is a kernel.
+    """
+    return _NOT_KERNEL.fullmatch(_leaf_name(path)) is None
+
+
+def kernel_mask(params: Any) -> Any:
+    """Pytree of bools: True on conv/dense kernels (see ``is_kernel``), else False."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_kernel(path), params)
+
+
+def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    """Learning-rate schedule eta(step) from ``config.optimizer`` (see module docstring)."""
+    eta0 = float(opt.learning_rate)
+    name = opt.get("schedule", "constant")
+    if name == "constant":
+        return optax.constant_schedule(eta0)
+    if name == "piecewise":
+        factor = float(opt.get("decay_factor", 0.1))
+        boundaries = [int(s) for s in opt.get("boundaries_steps", ()) or ()]
+        if not boundaries:
+            epochs = opt.get("boundaries_epochs", ()) or ()
+            boundaries = [int(round(e * steps_per_epoch)) for e in epochs]
+        return optax.piecewise_constant_schedule(eta0, {b: factor for b in boundaries if b > 0})
+    if name == "halving":
+        every = int(round(float(opt.halve_every_epochs) * steps_per_epoch))
+        if every < 1:
+            raise ValueError(f"halve_every_epochs gives {every} steps; must be >= 1 step")
+        return optax.exponential_decay(eta0, every, 0.5, staircase=True)
+    if name == "cosine":
+        return optax.cosine_decay_schedule(eta0, max(total_steps, 1))
+    raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(
+    config: Any, steps_per_epoch: int, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optax transformation, its learning-rate schedule) for ``config.optimizer``."""
+    opt = config.optimizer
+    name = opt.get("name", "sgd")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    schedule = make_schedule(opt, steps_per_epoch, total_steps)
+    parts = []
+    clip = float(opt.get("grad_clip_norm", 0.0) or 0.0)
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
+    wd = float(opt.get("weight_decay", 0.0) or 0.0)
+    if wd > 0:
+        parts.append(optax.add_decayed_weights(wd, mask=kernel_mask))
+    if name == "sgd":
+        parts.append(
+            optax.sgd(
+                schedule,
+                momentum=opt.get("momentum", 0.9) or None,
+                nesterov=bool(opt.get("nesterov", False)),
+            )
+        )
+    else:
+        parts.append(
+            optax.adam(
+                schedule,
+                b1=float(opt.get("b1", 0.9)),
+                b2=float(opt.get("b2", 0.999)),
+                eps=float(opt.get("eps", 1e-8)),
+            )
+        )
+    return optax.chain(*parts), schedule
