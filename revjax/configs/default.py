@@ -33,6 +33,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_steps = 0  # > 0 overrides num_epochs
     config.seed = 0
 
+    # Device mesh (revjax.train.sharding): "data" splits the batch (-1 = all devices left by
+    # "space"); "space" > 1 splits input axis `spatial_axis` of every example (volumes, video);
+    # shards must be multiples of `spatial_multiple` (2**levels for Haar networks).
+    config.mesh = ml_collections.ConfigDict(
+        {"data": -1, "space": 1, "spatial_axis": 1, "spatial_multiple": 1}
+    )
+    config.fsdp = False  # shard parameters and optimizer state over "data" too
+
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.1

@@ -34,6 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.schedule = "constant"
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
+    # Spatial parallelism for clips too large for one device: --config.mesh.space=N splits
+    # H (axis 2 of (B, T, H, W, C)) into N shards, each a multiple of 2**levels.
+    config.mesh.spatial_axis = 2
+    config.mesh.spatial_multiple = 4
     if is_smoke(arg):
         config.dataset_options = ml_collections.ConfigDict(
             {"frames": 4, "height": 16, "width": 16, "num_train": 16, "num_test": 4}

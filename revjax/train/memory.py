@@ -27,7 +27,13 @@ def compiled_temp_bytes(compiled: Any) -> int:
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
+    """Shapes, dtypes and (when present) shardings: a sharded step is measured per device."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            jnp.shape(x), x.dtype, sharding=getattr(x, "sharding", None)
+        ),
+        tree,
+    )
 
 
 def train_step_temp_bytes(step_fn: Callable, state: Any, batch: Any) -> int:
@@ -35,7 +41,8 @@ def train_step_temp_bytes(step_fn: Callable, state: Any, batch: Any) -> int:
 
     Args:
       step_fn: ``(state, batch) -> (state, metrics)``.
-      state, batch: arrays or ``jax.ShapeDtypeStruct`` pytrees (only shapes/dtypes are used).
+      state, batch: arrays or ``jax.ShapeDtypeStruct`` pytrees (shapes, dtypes and shardings
+        are used; with shardings the figure is per device).
     """
     lowered = jax.jit(step_fn, donate_argnums=0).lower(_abstract(state), _abstract(batch))
     return compiled_temp_bytes(lowered.compile())

@@ -320,7 +320,7 @@ def memory_line(temp_bytes: Mapping[str, int]) -> str:
 # ----------------------------------------------------------------------------- main loop
 
 
-def evaluate(eval_fn, state, config, mesh) -> dict[str, float]:
+def evaluate(eval_fn, state, config, mesh, spatial_axis=None) -> dict[str, float]:
     """Mean loss and accuracy over the whole test split (last batch padded and masked)."""
     batch_size = int(config.get("eval_batch_size", 0) or config.global_batch_size)
     ds = data_lib.make_dataset(
@@ -336,7 +336,7 @@ def evaluate(eval_fn, state, config, mesh) -> dict[str, float]:
     local = batch_size // jax.process_count()
     totals = np.zeros(3)
     for batch in ds:
-        out = eval_fn(state, sharding.shard_batch(_pad_batch(batch, local), mesh))
+        out = eval_fn(state, sharding.shard_batch(_pad_batch(batch, local), mesh, spatial_axis))
         totals += np.array([out["loss_sum"], out["correct"], out["count"]], dtype=np.float64)
     loss_sum, correct, count = totals
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
@@ -364,10 +364,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = prepare_workdir(workdir)
     dataset_options = dict(config.get("dataset_options", {}) or {})
     info = data_lib.dataset_info(config.dataset, **dataset_options)
-    mesh = sharding.make_mesh()
-    sharding.check_batch_divisible(config.global_batch_size, jax.device_count())
+    mesh_config = dict(config.get("mesh", {}) or {})
+    mesh = sharding.make_mesh(mesh_config.get("data", -1), mesh_config.get("space", 1))
+    data_devices = mesh.shape[sharding.DATA_AXIS]
+    sharding.check_batch_divisible(config.global_batch_size, data_devices)
     eval_batch_size = int(config.get("eval_batch_size", 0) or config.global_batch_size)
-    sharding.check_batch_divisible(eval_batch_size, jax.device_count())
+    sharding.check_batch_divisible(eval_batch_size, data_devices)
+    spatial_axis = mesh_config.get("spatial_axis", 1) if mesh.shape["space"] > 1 else None
+    if spatial_axis is not None:
+        sharding.check_spatial_divisible(
+            (config.global_batch_size, *info.image_shape),
+            mesh,
+            spatial_axis,
+            mesh_config.get("spatial_multiple", 1),
+        )
 
     model = build_model(config, info)
     steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
@@ -378,11 +388,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
     train_step = make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
     replicated = sharding.replicated_sharding(mesh)
-    batch_sharding = sharding.batch_sharding(mesh)
+    label_shape = _label_shape(info)
+    batch_shardings = {
+        "image": sharding.batch_sharding(mesh, 1 + len(info.image_shape), spatial_axis),
+        "label": sharding.batch_sharding(
+            mesh, 1 + len(label_shape), spatial_axis if label_shape else None
+        ),
+    }
 
-    init = jax.jit(
-        lambda: create_state(model, tx, config.seed, info.image_shape), out_shardings=replicated
+    def make_state():
+        return create_state(model, tx, config.seed, info.image_shape)
+
+    state_shardings = sharding.state_shardings(
+        mesh, jax.eval_shape(make_state), fsdp=bool(config.get("fsdp", False))
     )
+    init = jax.jit(make_state, out_shardings=state_shardings)
     state = init()
     num_params = models.count_params(state["params"])
     config_dict = json.loads(config.to_json())
@@ -415,16 +435,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # Compile the step once; its memory analysis is the configured mode's figure.
     abstract_batch = {
         "image": jax.ShapeDtypeStruct(
-            (config.global_batch_size, *info.image_shape), jnp.float32, sharding=batch_sharding
+            (config.global_batch_size, *info.image_shape),
+            jnp.float32,
+            sharding=batch_shardings["image"],
         ),
         "label": jax.ShapeDtypeStruct(
-            (config.global_batch_size, *_label_shape(info)), jnp.int32, sharding=batch_sharding
+            (config.global_batch_size, *label_shape), jnp.int32, sharding=batch_shardings["label"]
         ),
     }
     jitted = jax.jit(
         train_step,
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
     compiled = jitted.lower(state, abstract_batch).compile()
@@ -490,7 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     with _PreemptionFlag() as preemption:
         loop_start = time.time()
         while step < total_steps:
-            batch = sharding.shard_batch(next(train_iter), mesh)
+            batch = sharding.shard_batch(next(train_iter), mesh, spatial_axis)
             state, metrics = compiled(state, batch)
             step += 1
             if pending is not None:
@@ -507,7 +529,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 preempted = True
                 break
             if eval_every and step % eval_every == 0 and step < total_steps:
-                writer.write(step, "test", evaluate(eval_fn, state, config, mesh))
+                writer.write(step, "test", evaluate(eval_fn, state, config, mesh, spatial_axis))
         if pending is not None:
             _log_metrics(pending, check, writer, bar, last, log_every)
         train_time = time.time() - loop_start
@@ -532,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if not preempted:
         save(step)
         checkpointer.wait()
-        result = evaluate(eval_fn, state, config, mesh)
+        result = evaluate(eval_fn, state, config, mesh, spatial_axis)
         writer.write(step, "test", result)
         summary["test_loss"] = float(result["loss"])
         summary["test_accuracy"] = float(result["accuracy"])
