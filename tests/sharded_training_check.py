@@ -104,9 +104,7 @@ def run_case(name: str, mode: str) -> dict:
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
         scale = max(float(np.max(np.abs(b))), 1e-6)
         worst = max(worst, float(np.max(np.abs(a - b))) / scale)
-    sharded_leaves = sum(
-        1 for s in jax.tree.leaves(state_sh) if any(p is not None for p in s.spec)
-    )
+    sharded_leaves = sum(1 for s in jax.tree.leaves(state_sh) if any(p is not None for p in s.spec))
     return {"model": name, "mode": mode, "max_rel_diff": worst, "sharded_leaves": sharded_leaves}
 
 
@@ -119,9 +117,12 @@ def fft_sharded_case() -> dict:
     reference = jax.jit(fft.depthwise_conv)(x, k)
     xs = jax.device_put(x, sharding.batch_sharding(mesh, 4, spatial_axis=1))
     out = jax.jit(fft.depthwise_conv)(xs, k)
-    return {"model": "fft_depthwise", "mode": "spatial", "max_rel_diff": float(
-        jnp.max(jnp.abs(out - reference)) / jnp.max(jnp.abs(reference))
-    ), "sharded_leaves": 1}
+    return {
+        "model": "fft_depthwise",
+        "mode": "spatial",
+        "max_rel_diff": float(jnp.max(jnp.abs(out - reference)) / jnp.max(jnp.abs(reference))),
+        "sharded_leaves": 1,
+    }
 
 
 def main(argv: list[str]) -> None:

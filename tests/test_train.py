@@ -156,7 +156,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         trainer.train_and_evaluate(tiny_config(dataset="mnist"), tmp_path / "a")
     with pytest.raises(ValueError, match="valid names|Valid names"):
         trainer.train_and_evaluate(tiny_config(model="no_such_model"), tmp_path / "b")
-    with pytest.raises(ValueError, match="global_batch_size=10 .* devices \\(4\\)"):
+    with pytest.raises(ValueError, match="global_batch_size=10 .* axis .data. \\(4\\)"):
         sharding.check_batch_divisible(10, 4)
     blocker = tmp_path / "file"
     blocker.write_text("x")
