@@ -1,27 +1,40 @@
 """Float32 reconstruction drift of reversible bodies versus depth (SPEC §8.2, §4).
 
 For each family body -- RevNet-style additive coupling, Hamiltonian (Verlet), midpoint,
-leapfrog -- at random (reference) initialisation and the default step size, at depths
-10 / 100 / 1000 (--quick: 10 / 100), on CIFAR-like small shapes (batch 4, 16x16, 16 state
-channels), this measures in float32:
+leapfrog -- at the default step size, at depths 10 / 100 / 1000 (--quick: 10 / 100), on small
+shapes (batch 2, 8x8, 8 state channels), this measures in float32:
 
 - worst relative reconstruction error ‖x̂ − x‖/‖x‖ at the body input
   (`engine.reconstruction_error`, entry of the first layer: errors accumulate towards it);
-- forward growth ‖Y_N‖/‖Y_0‖ of the features the head would read.
+- forward growth ‖Y_N‖/‖Y_0‖ of the features the head would read;
+- the frozen-coefficient statistic of the worst block (power iteration at the input shape):
+  h²‖K_j‖²_op for Verlet / leapfrog (stable iff ≤ 4), h‖W_j − W_jᵀ‖_op for the midpoint net
+  (stable for ≤ 1), ‖W2_j‖_op ‖W1_j‖_op (a Lipschitz bound of a RevNet branch).
+
+Two weight regimes:
+
+- "default init, i.i.d.": every block drawn independently from the reference init
+  (std sqrt(2/(9 C_out)), zero biases). Parametric resonance and violated step bounds make the
+  forward pass explode by depth 100, so the deep rows carry no drift information.
+- "stable": kernels vary smoothly over depth, K_j = K_0 + δ (j/N) P (δ = 0.1, P a fresh
+  kernel of the same std; the situation weight-smoothness decay aims for), then each block is
+  rescaled, K_j ← K_j · min(1, target/σ̂_j), so that its frozen-coefficient bound holds with
+  margin: h²‖K‖²_op ≤ 1 (Verlet, leapfrog; bound 4), h‖W − Wᵀ‖_op ≤ 0.5 (midpoint; bound 1),
+  and for RevNet ‖W1‖_op, ‖W2‖_op ≤ sqrt(L) so each branch is L-Lipschitz (L = 0.01;
+  generic F, G cannot meet the scalar condition −4 ≤ ab ≤ 0, so the branches are just small).
 
 Bodies (one stage, no transitions):
 
-- revnet: `couplings.additive_coupling` with F, G = conv3x3(ReLU(conv3x3(u) + b)) + no BN,
-  reference init (std sqrt(2/(9 C_out))); state (x1, x2) = channel halves.
+- revnet: `couplings.additive_coupling` with F, G = conv3x3(ReLU(conv3x3(u) + b)), no BN;
+  state (x1, x2) = channel halves.
 - hamiltonian: `families.chang.hamiltonian_step(h = 1.0)` (official h).
 - midpoint: forward-Euler start + `midpoint_step(h = 0.1)`.
 - leapfrog: zero-velocity start + `leapfrog_step(h = 0.5)`.
 
-Expected (SPEC §8.2 lesson 1): error ≈ amplification × 1e-7; the official Hamiltonian h = 1
-violates the frozen-coefficient bound h²μ ≤ 4 at this initialisation, so it grows with depth.
+Expected (SPEC §8.2 lesson 1): error ≈ amplification × 1e-7.
 
 Usage: python experiments/reconstruction_drift.py [--quick] [--out results/reconstruction_drift]
-Writes <out>.json and <out>.png.
+Writes <out>.json and <out>.png (a trailing ".json" on --out is dropped).
 """
 
 from __future__ import annotations
@@ -34,14 +47,32 @@ import os
 import jax
 import jax.numpy as jnp
 
-from revjax import couplings, engine
+from revjax import couplings, engine, spectral_norm
 from revjax.conv import conv
 from revjax.families import chang
+from revjax.heads import conv_init
 from revjax.models.chang import DEFAULT_STEP_SIZES
-from revjax.models.heads import conv_init
 
-BATCH, SIZE, WIDTH = 4, 16, 16
+BATCH, SIZE, WIDTH = 2, 8, 8
 DTYPE = jnp.float32
+FAMILIES = ("revnet", "hamiltonian", "midpoint", "leapfrog")
+REGIMES = ("default init, i.i.d.", "stable")
+SMOOTH_PERTURBATION = 0.1  # δ in K_j = K_0 + δ (j/N) P
+POWER_ITERATIONS = 30
+VERLET_MARGIN = 1.0  # target h²‖K‖² (frozen-coefficient bound: 4)
+MIDPOINT_MARGIN = 0.5  # target h‖W − Wᵀ‖ (bound: 1)
+REVNET_BRANCH_LIPSCHITZ = 0.01  # target ‖W2‖‖W1‖ per RevNet branch
+# Kernel paths inside one block, per family.
+KERNEL_PATHS = {
+    "revnet": (("F", "W1"), ("F", "W2"), ("G", "W1"), ("G", "W2")),
+    "hamiltonian": (("F", "K"), ("G", "K")),
+    "midpoint": (("W",),),
+    "leapfrog": (("K",),),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies.
 
 
 def revnet_residual(p, u, rng=None):
@@ -50,6 +81,8 @@ def revnet_residual(p, u, rng=None):
 
 
 def init_revnet(key, depth, half):
+    """Stacked i.i.d. RevNet blocks {"F", "G"}: {"W1", "W2"} (3, 3, half, half), "b" (half,)."""
+
     def one(k):
         k1, k2, k3, k4 = jax.random.split(k, 4)
         init = conv_init(3, half)
@@ -65,22 +98,158 @@ def init_revnet(key, depth, half):
     return jax.vmap(one)(jax.random.split(key, depth))
 
 
-def family_body(family: str, depth: int, key):
-    """(layers, params, input state, feature readout) of a one-stage body of `depth` blocks."""
+def _get(tree, path):
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
+def _set(tree, path, value):
+    """A copy of the nested dict `tree` with tree[path] = value."""
+    if not path:
+        return value
+    return {**tree, path[0]: _set(tree.get(path[0], {}), path[1:], value)}
+
+
+def split_kernels(family, tree):
+    """({path: (depth, kh, kw, C_in, C_out)} nested kernels of all blocks, rebuild(kernels)).
+
+    `tree` is the stacked RevNet tree or `chang.init_body_params`' tree (one stage, whose
+    "first" block and stacked "rest" blocks share one width); `rebuild` puts new kernels back.
+    """
+    kernels = {}
+    for path in KERNEL_PATHS[family]:
+        if family == "revnet":
+            stack = _get(tree, path)
+        else:
+            stage = tree["stage1"]
+            parts = [_get(stage["first"], path)[None]]
+            if "rest" in stage:
+                parts.append(_get(stage["rest"], path))
+            stack = jnp.concatenate(parts)
+        kernels = _set(kernels, path, stack)
+
+    def rebuild(new):
+        if family == "revnet":
+            out = tree
+            for path in KERNEL_PATHS[family]:
+                out = _set(out, path, _get(new, path))
+            return out
+        stage = dict(tree["stage1"])
+        for path in KERNEL_PATHS[family]:
+            stack = _get(new, path)
+            stage["first"] = _set(stage["first"], path, stack[0])
+            if "rest" in stage:
+                stage["rest"] = _set(stage["rest"], path, stack[1:])
+        return {"stage1": stage}
+
+    return kernels, rebuild
+
+
+# --------------------------------------------------------------------------------------------
+# Operator norms and the stable regime.
+
+
+def _kernel_norm(kernel, key):
+    """σ̂ ≈ ‖K‖_op of a stride-1 SAME conv on (SIZE, SIZE, C_in) inputs (power iteration)."""
+    v = spectral_norm.init_power_vector(key, (SIZE, SIZE, kernel.shape[-2]), kernel.dtype)
+    v = spectral_norm.power_iteration(kernel, v, POWER_ITERATIONS)
+    return spectral_norm.operator_norm_estimate(kernel, v)
+
+
+def _antisymmetric_norm(kernel, key):
+    """σ̂ ≈ ‖W − Wᵀ‖_op by power iteration on (W − Wᵀ)ᵀ(W − Wᵀ) = −(W − Wᵀ)²."""
+    op = chang.antisymmetric_conv
+    v = spectral_norm.init_power_vector(key, (SIZE, SIZE, kernel.shape[-2]), kernel.dtype)
+
+    def body(_, u):
+        w = -op(op(u, kernel), kernel)
+        return w / jnp.linalg.norm(w)
+
+    v = jax.lax.fori_loop(0, POWER_ITERATIONS, body, v)
+    return jnp.linalg.norm(op(v, kernel))
+
+
+def stacked_norms(family, kernels):
+    """{path: (depth,) operator-norm estimates} of every kernel of every block."""
+    norm = _antisymmetric_norm if family == "midpoint" else _kernel_norm
+    key = jax.random.key(7)
+    return {
+        path: jax.vmap(lambda k: norm(k, key))(_get(kernels, path)) for path in KERNEL_PATHS[family]
+    }
+
+
+def frozen_statistic(family, h, norms):
+    """Worst block's frozen-coefficient statistic (see module docstring)."""
+    if family == "revnet":
+        return max(float(jnp.max(norms[(b, "W1")] * norms[(b, "W2")])) for b in ("F", "G"))
+    if family == "midpoint":
+        return float(h * jnp.max(norms[("W",)]))
+    return max(float(h * h * jnp.max(n) ** 2) for n in norms.values())
+
+
+def norm_target(family, h):
+    """Largest operator norm a single kernel may have in the stable regime."""
+    if family == "revnet":
+        return math.sqrt(REVNET_BRANCH_LIPSCHITZ)
+    if family == "midpoint":
+        return MIDPOINT_MARGIN / h
+    return math.sqrt(VERLET_MARGIN) / h
+
+
+def smooth_over_depth(kernels, key):
+    """K_j = K_0 + δ (j/N) P for every kernel path: weights that drift slowly with depth."""
+    leaves, treedef = jax.tree.flatten(kernels)
+    new = []
+    for leaf, k in zip(leaves, jax.random.split(key, len(leaves))):
+        depth = leaf.shape[0]
+        direction = jax.random.normal(k, leaf.shape[1:], leaf.dtype) * jnp.std(leaf[0])
+        ramp = (jnp.arange(depth, dtype=leaf.dtype) / depth)[:, None, None, None, None]
+        new.append(leaf[0] + SMOOTH_PERTURBATION * ramp * direction)
+    return jax.tree.unflatten(treedef, new)
+
+
+def stabilise(family, h, kernels):
+    """K_j ← K_j · min(1, target/σ̂_j): every block meets its bound with margin."""
+    norms = stacked_norms(family, kernels)
+    target = norm_target(family, h)
+    for path, sigma in norms.items():
+        scale = jnp.minimum(1.0, target / sigma).astype(DTYPE)
+        kernels = _set(kernels, path, _get(kernels, path) * scale[:, None, None, None, None])
+    return kernels
+
+
+def family_body(family: str, depth: int, regime: str, key):
+    """(layers, params, input state, readout, h, frozen statistic) of a one-stage body."""
     x = jax.random.normal(jax.random.key(1), (BATCH, SIZE, SIZE, WIDTH), DTYPE)
     if family == "revnet":
+        h = None
         step = couplings.additive_coupling(revnet_residual, revnet_residual, name="revnet")
-        params = init_revnet(key, depth, WIDTH // 2)
+        layers, tree = [engine.Scan(step)], init_revnet(key, depth, WIDTH // 2)
         state = tuple(jnp.split(x, 2, axis=-1))
-        return [engine.Scan(step)], [params], state, lambda s: jnp.concatenate(s, -1)
-    config = chang.make_config(family, (depth,), (WIDTH,), DEFAULT_STEP_SIZES[family])
-    tree = chang.init_body_params(key, config, DTYPE)
-    layers, params = chang.body_layers(config), chang.body_params(tree, config)
-    return layers, params, chang.to_state(x, config), lambda s: chang.from_state(s, config)
+        to_params = lambda t: [t]  # noqa: E731
+        readout = lambda s: jnp.concatenate(s, -1)  # noqa: E731
+    else:
+        h = DEFAULT_STEP_SIZES[family]
+        config = chang.make_config(family, (depth,), (WIDTH,), h)
+        layers, tree = chang.body_layers(config), chang.init_body_params(key, config, DTYPE)
+        state = chang.to_state(x, config)
+        to_params = lambda t: chang.body_params(t, config)  # noqa: E731
+        readout = lambda s: chang.from_state(s, config)  # noqa: E731
+    kernels, rebuild = split_kernels(family, tree)
+    if regime == "stable":
+        kernels = stabilise(family, h, smooth_over_depth(kernels, jax.random.fold_in(key, 1)))
+    elif regime != REGIMES[0]:
+        raise ValueError(f"unknown regime {regime!r}; use one of {REGIMES}")
+    statistic = frozen_statistic(family, h, stacked_norms(family, kernels))
+    return layers, to_params(rebuild(kernels)), state, readout, h, statistic
 
 
-def measure(family: str, depth: int) -> dict:
-    layers, params, state, readout = family_body(family, depth, jax.random.key(0))
+def measure(family: str, depth: int, regime: str) -> dict:
+    """One table row: errors, growth and the frozen statistic of one body."""
+    layers, params, state, readout, h, statistic = family_body(
+        family, depth, regime, jax.random.key(0)
+    )
 
     @jax.jit
     def run(params, state):
@@ -93,9 +262,11 @@ def measure(family: str, depth: int) -> dict:
 
     at_input, worst, growth = (float(v) for v in run(params, state))
     return {
+        "regime": regime,
         "family": family,
         "depth": depth,
-        "h": None if family == "revnet" else DEFAULT_STEP_SIZES[family],
+        "h": h,
+        "frozen_statistic": statistic,
         "input_error": at_input,
         "worst_error": worst,
         "growth": growth,
@@ -107,18 +278,30 @@ def _finite_or_none(value):
 
 
 def plot(rows, path):
+    """Error and growth vs depth: one colour per family, one line style per regime."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for family in dict.fromkeys(r["family"] for r in rows):
-        sel = [r for r in rows if r["family"] == family]
-        depths = [r["depth"] for r in sel]
-        for ax, key in zip(axes, ("input_error", "growth")):
-            values = [r[key] if math.isfinite(r[key]) else float("nan") for r in sel]
-            ax.loglog(depths, values, "o-", label=family)
+    styles = dict(zip(REGIMES, ("o:", "s-")))
+    colours = dict(zip(FAMILIES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for regime in REGIMES:
+        for family in FAMILIES:
+            sel = [r for r in rows if r["family"] == family and r["regime"] == regime]
+            if not sel:
+                continue
+            depths = [r["depth"] for r in sel]
+            for ax, key in zip(axes, ("input_error", "growth")):
+                values = [r[key] if math.isfinite(r[key]) else float("nan") for r in sel]
+                ax.loglog(
+                    depths,
+                    values,
+                    styles[regime],
+                    color=colours[family],
+                    label=f"{family} ({regime})",
+                )
     axes[0].set(
         xlabel="depth (blocks)",
         ylabel="float32 relative error at input",
@@ -127,36 +310,63 @@ def plot(rows, path):
     axes[1].set(xlabel="depth (blocks)", ylabel="‖Y_N‖ / ‖Y_0‖", title="forward growth")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def output_stem(out: str) -> str:
+    """--out is a stem: "results/x.json" -> "results/x" (files become x.json and x.png)."""
+    root, ext = os.path.splitext(out)
+    return root if ext.lower() in (".json", ".png") else out
+
+
+def print_table(rows):
+    print(
+        f"{'regime':<22}{'family':<12}{'h':>5}{'depth':>7}{'frozen':>9}"
+        f"{'err@input':>12}{'worst err':>12}{'growth':>12}"
+    )
+    for r in rows:
+        h = "-" if r["h"] is None else f"{r['h']:g}"
+        print(
+            f"{r['regime']:<22}{r['family']:<12}{h:>5}{r['depth']:>7}"
+            f"{r['frozen_statistic']:>9.3g}{r['input_error']:>12.2e}"
+            f"{r['worst_error']:>12.2e}{r['growth']:>12.3g}"
+        )
+    print(
+        "frozen = worst block's h²‖K‖² (Verlet, leapfrog; stable ≤ 4), h‖W−Wᵀ‖ (midpoint; ≤ 1), "
+        "‖W2‖‖W1‖ (RevNet branch Lipschitz bound)"
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="depths 10 and 100 only")
-    parser.add_argument("--out", default="results/reconstruction_drift", help="path prefix")
+    parser.add_argument(
+        "--out", default="results/reconstruction_drift", help="output stem (<out>.json, .png)"
+    )
     args = parser.parse_args(argv)
+    out = output_stem(args.out)
     depths = (10, 100) if args.quick else (10, 100, 1000)
-    rows = [
-        measure(f, d) for f in ("revnet", "hamiltonian", "midpoint", "leapfrog") for d in depths
-    ]
-    print(f"{'family':<12}{'h':>6}{'depth':>7}{'err@input':>12}{'worst err':>12}{'growth':>12}")
-    for r in rows:
-        h = "-" if r["h"] is None else f"{r['h']:g}"
-        print(
-            f"{r['family']:<12}{h:>6}{r['depth']:>7}{r['input_error']:>12.2e}"
-            f"{r['worst_error']:>12.2e}{r['growth']:>12.3g}"
-        )
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    rows = [measure(f, d, r) for r in REGIMES for f in FAMILIES for d in depths]
+    print_table(rows)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     setup = {
         "batch": BATCH,
         "size": SIZE,
         "width": WIDTH,
         "dtype": "float32",
+        "smooth_perturbation": SMOOTH_PERTURBATION,
+        "power_iterations": POWER_ITERATIONS,
+        "stable_targets": {
+            "verlet_leapfrog_h2_norm2": VERLET_MARGIN,
+            "midpoint_h_norm": MIDPOINT_MARGIN,
+            "revnet_branch_lipschitz": REVNET_BRANCH_LIPSCHITZ,
+        },
         "devices": str(jax.devices()),
     }
-    with open(args.out + ".json", "w") as f:
+    with open(out + ".json", "w") as f:
         json.dump(
             {
                 "setup": setup,
@@ -168,8 +378,8 @@ def main(argv=None):
             f,
             indent=2,
         )
-    plot(rows, args.out + ".png")
-    print(f"wrote {args.out}.json and {args.out}.png")
+    plot(rows, out + ".png")
+    print(f"wrote {out}.json and {out}.png")
 
 
 if __name__ == "__main__":

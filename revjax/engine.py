@@ -367,6 +367,7 @@ def invert(
 ) -> PyTree:
     """x such that apply(layers, params, x) == y, for a sequence with no Transition."""
     layers, params, rngs = _normalise(layers, params, rngs)
+    _validate(layers, params, y, rngs)
     h = y
     for layer, p, r in reversed(tuple(zip(layers, params, rngs))):
         if isinstance(layer, Transition):

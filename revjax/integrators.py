@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
 from revjax.couplings import additive_coupling
 from revjax.engine import InvertibleStep
@@ -141,7 +142,8 @@ def duplicate_state(name: str = "duplicate_state") -> InvertibleStep:
         return y[1]
 
     def backward(params, y, y_bar, rng=None):
-        return y[1], params, jax.tree.map(lambda u, v: u + v, *y_bar)
+        params_bar = jax.tree.map(jnp.zeros_like, params)
+        return y[1], params_bar, jax.tree.map(lambda u, v: u + v, *y_bar)
 
     return InvertibleStep(forward, inverse, backward, name=name)
 

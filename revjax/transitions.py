@@ -29,6 +29,7 @@ __all__ = [
     "pool_pad",
     "pool_pad_transition",
     "orthogonal_step",
+    "zero_pad_channels_step",
     "space_to_depth_step",
     "haar_step",
     "haar_inverse_step",
@@ -92,9 +93,28 @@ def orthogonal_step(
         return jax.tree.map(inverse_fn, y)
 
     def backward(params, y, y_bar, rng=None):
-        return jax.tree.map(inverse_fn, y), params, jax.tree.map(adjoint_fn, y_bar)
+        params_bar = jax.tree.map(jnp.zeros_like, params)
+        return jax.tree.map(inverse_fn, y), params_bar, jax.tree.map(adjoint_fn, y_bar)
 
     return InvertibleStep(forward, inverse, backward, name=name)
+
+
+def zero_pad_channels_step(extra: int, name: str = "zero_pad_channels") -> InvertibleStep:
+    """Injective i-RevNet "inj_pad": append `extra` zero channels to every state leaf.
+
+    (N, ..., c) -> (N, ..., c + extra). The inverse (exact on the image) drops them; the
+    adjoint of zero-padding is the same truncation, so the backward pass needs no storage.
+    """
+    if extra < 0:
+        raise ValueError(f"cannot zero-pad by a negative number of channels ({extra})")
+
+    def pad(u):
+        return jnp.pad(u, [(0, 0)] * (u.ndim - 1) + [(0, extra)])
+
+    def crop(u):
+        return u[..., : u.shape[-1] - extra]
+
+    return orthogonal_step(pad, crop, name=name)
 
 
 def space_to_depth_step() -> InvertibleStep:

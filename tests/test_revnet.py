@@ -12,7 +12,7 @@ from revjax import models
 from revjax.couplings import split_halves
 from revjax.families.resnet import BasicResidual, BottleneckResidual
 from revjax.families.revnet import bn_coupling
-from revjax.models.heads import BN_MOMENTUM
+from revjax.heads import BN_MOMENTUM
 
 F64 = jnp.float64
 # One stage of two blocks: basic at stride 2 (pool_pad shortcut / space-to-depth) and

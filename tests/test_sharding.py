@@ -95,6 +95,8 @@ def test_fsdp_shards_largest_divisible_axis():
 def test_multiprocess_detection():
     """jax.distributed is initialised only for multi-process environments (SLURM, TPU, env)."""
     assert not sharding.is_multiprocess_env({})
+    assert not sharding.is_multiprocess_env({"SLURM_NTASKS": "1"})
     assert sharding.is_multiprocess_env({"SLURM_NTASKS": "8"})
+    assert sharding.is_multiprocess_env({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
     assert sharding.is_multiprocess_env({"TPU_WORKER_HOSTNAMES": "a,b"})
     assert not sharding.is_multiprocess_env({"TPU_WORKER_HOSTNAMES": "a"})

@@ -164,14 +164,6 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         trainer.train_and_evaluate(tiny_config(), blocker / "workdir")
 
 
-def test_multiprocess_detection():
-    """jax.distributed.initialize is called only for coordinator / SLURM_NTASKS > 1 jobs."""
-    assert not sharding.is_multiprocess_env({})
-    assert not sharding.is_multiprocess_env({"SLURM_NTASKS": "1"})
-    assert sharding.is_multiprocess_env({"SLURM_NTASKS": "4"})
-    assert sharding.is_multiprocess_env({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
-
-
 # ----------------------------------------------------------------------------- real steps
 
 
@@ -317,3 +309,26 @@ def test_default_digits_run_reaches_97_percent(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "summary.json").read_text())["test_accuracy"] >= 0.97
+
+
+def test_structure_mismatch_is_refused_not_discarded(tmp_path):
+    """A readable checkpoint whose state structure differs (e.g. gradient clipping added to the
+    optimizer) raises IncompatibleCheckpointError and stays on disk."""
+    import optax
+
+    from revjax.train.checkpointing import Checkpointer, IncompatibleCheckpointError
+
+    params = {"w": jnp.ones((3,))}
+    plain = {"params": params, "opt_state": optax.sgd(0.1, momentum=0.9).init(params)}
+    config = {"model": "m", "optimizer": {"name": "sgd"}}
+    ckpt = Checkpointer(tmp_path / "ck", async_save=False)
+    ckpt.save(5, plain, {"next_index": 0}, config)
+    ckpt.wait()
+    clipped_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
+    clipped = {"params": params, "opt_state": clipped_tx.init(params)}
+    with pytest.raises(IncompatibleCheckpointError, match="structure"):
+        ckpt.restore_latest(clipped, config)
+    assert ckpt.all_steps() == [5]
+    state, _, step, skipped = ckpt.restore_latest(plain, config)
+    assert step == 5 and not skipped
+    ckpt.close()

@@ -440,11 +440,21 @@ def weight_smoothness(params: PyTree, rate: float = WEIGHT_SMOOTH_RATE) -> jax.A
 
     Returns:
       A scalar, differentiable in `params` (add it to the loss).
+
+    Raises:
+      ValueError: `params` contains no stage of stacked blocks (not a Chang et al. model).
     """
     if hasattr(params, "keys") and "params" in params:
         params = params["params"]
+    stages = list(_stage_nodes(params))
+    if not stages:
+        raise ValueError(
+            "weight_smoothness found no stage of stacked blocks (dicts with 'first'/'rest') in "
+            "these parameters; it applies to Chang et al.'s networks (hamiltonian*, midpoint*, "
+            "leapfrog*) only"
+        )
     total = jnp.zeros(())
-    for stage in _stage_nodes(params):
+    for stage in stages:
         for path, stacked in jax.tree_util.tree_flatten_with_path(stage["rest"])[0]:
             if getattr(path[-1], "key", None) not in _KERNEL_NAMES:
                 continue

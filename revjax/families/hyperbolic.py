@@ -158,18 +158,7 @@ def pad_channels_step(in_channels: int, width: int) -> engine.InvertibleStep:
             f"cannot lift {in_channels} input channels to a state of width {width}; "
             "need 1 <= in_channels <= width"
         )
-    pad = width - in_channels
-
-    def forward(params, x, rng=None):
-        return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-
-    def inverse(params, y, rng=None):
-        return y[..., :in_channels]
-
-    def backward(params, y, y_bar, rng=None):
-        return y[..., :in_channels], params, y_bar[..., :in_channels]
-
-    return engine.InvertibleStep(forward, inverse, backward, name="pad_channels")
+    return transitions.zero_pad_channels_step(width - in_channels, name="pad_channels")
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from jax import lax
 from revjax import fft, integrators
 from revjax.conv import conv
 from revjax.engine import InvertibleStep
-from revjax.models.heads import BN_EPSILON, BN_MOMENTUM, conv_init
+from revjax.heads import BN_EPSILON, BN_MOMENTUM, conv_init
 
 __all__ = [
     "DEFAULT_H",

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from revjax import conv as conv_ops
-from revjax.models.heads import (
+from revjax.heads import (
     BN_EPSILON,
     BN_MOMENTUM,
     ClassifierHead,

@@ -58,16 +58,15 @@ from revjax.families.resnet import (
     residual_module,
     stage_widths,
 )
-from revjax.models.heads import ClassifierHead, Stem, conv_init
+from revjax.heads import ClassifierHead, Stem, conv_init
 from revjax.nn import init_stacked
-from revjax.transitions import orthogonal_step, space_to_depth_step
+from revjax.transitions import space_to_depth_step, zero_pad_channels_step
 
 __all__ = [
     "TRANSITIONS",
     "residual_with_stats",
     "bn_coupling",
     "stored_transition_block",
-    "channel_pad_step",
     "body_widths",
     "initial_batch_stats",
     "RevNet",
@@ -159,22 +158,6 @@ def stored_transition_block(
         return (y, {"F": f_stats, "G": g_stats}) if train else y
 
     return engine.Transition(apply, has_aux=train, name=name)
-
-
-def channel_pad_step(extra: int, name: str = "channel_pad") -> engine.InvertibleStep:
-    """Injective map appending `extra` zero channels to each half; inverse drops them.
-
-    (N, ..., c) -> (N, ..., c + extra). Exact inverse on its image; the backward pass is the
-    adjoint (slicing) of the cotangent. Parameter-free (params = None).
-    """
-
-    def pad(u):
-        return jnp.pad(u, [(0, 0)] * (u.ndim - 1) + [(0, extra)])
-
-    def crop(u):
-        return u[..., : u.shape[-1] - extra]
-
-    return orthogonal_step(pad, crop, name=name)
 
 
 def body_widths(
@@ -370,7 +353,7 @@ class RevNet(nn.Module):
                     add(space_to_depth_step())
                     height, width, c = height // 2, width // 2, 4 * c
                 if c_out > c:
-                    add(channel_pad_step((c_out - c) // 2))
+                    add(zero_pad_channels_step((c_out - c) // 2))
                 remaining = n
                 if i == 0:
                     add_coupling(c_out, None, preactivate=False)

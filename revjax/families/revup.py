@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from revjax import engine
+from revjax import engine, transitions
 from revjax.conv import conv
 from revjax.spectral_norm import init_power_vector, power_iteration, spectral_normalise
 from revjax.transitions import pool_pad
@@ -391,18 +391,7 @@ def zero_pad_channels_step(in_channels: int, out_channels: int) -> engine.Invert
     """
     if out_channels < in_channels:
         raise ValueError(f"cannot zero-pad {in_channels} channels down to {out_channels}")
-    widths = lambda nd: [(0, 0)] * (nd - 1) + [(0, out_channels - in_channels)]  # noqa: E731
-
-    def forward(params, x, rng=None):
-        return jnp.pad(x, widths(x.ndim))
-
-    def inverse(params, y, rng=None):
-        return y[..., :in_channels]
-
-    def backward(params, y, y_bar, rng=None):
-        return y[..., :in_channels], params, y_bar[..., :in_channels]
-
-    return engine.InvertibleStep(forward, inverse, backward, name="zero_pad_channels")
+    return transitions.zero_pad_channels_step(out_channels - in_channels)
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 
 from revjax import engine
 from revjax.families import chang
+from revjax.heads import ClassifierHead, Stem, check_num_classes
 from revjax.models import register
-from revjax.models.heads import ClassifierHead, Stem, check_num_classes
 
 __all__ = ["ChangNet", "DEFAULT_STEP_SIZES"]
 

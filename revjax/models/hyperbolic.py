@@ -30,8 +30,8 @@ import optax
 
 from revjax import engine
 from revjax.families import hyperbolic
+from revjax.heads import check_num_classes
 from revjax.models import register
-from revjax.models.heads import check_num_classes
 
 __all__ = ["HyperbolicSegmenter", "pixelwise_cross_entropy", "training_step_memory"]
 

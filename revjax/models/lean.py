@@ -42,8 +42,8 @@ import jax.numpy as jnp
 
 from revjax import engine, transitions
 from revjax.families import lean
+from revjax.heads import ClassifierHead, Stem, check_num_classes
 from revjax.models import create, register
-from revjax.models.heads import ClassifierHead, Stem, check_num_classes
 
 __all__ = [
     "NETWORKS",

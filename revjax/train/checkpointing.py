@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 __all__ = [
@@ -142,13 +143,31 @@ class Checkpointer:
                 + "\n  ".join(differences)
                 + "\nUse a fresh --workdir, or restore the original values."
             )
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:
+            self._raise_if_readable(step, error)
+            raise
         return restored["state"], restored["data"]
+
+    def _raise_if_readable(self, step: int, error: Exception) -> None:
+        """A checkpoint that reads fine without a target has a different *structure* (e.g.
+        optimizer options that change the optimizer state): refuse it, never discard it."""
+        try:
+            self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        except Exception:  # noqa: BLE001 - unreadable: the caller treats it as corrupted
+            return
+        raise IncompatibleCheckpointError(
+            f"The checkpoint at step {step} in {self.directory} is readable but its state does "
+            "not match the current model/optimizer structure (for example a changed optimizer "
+            f"option such as grad_clip_norm or weight_decay): {str(error).splitlines()[0][:300]}"
+            "\nUse a fresh --workdir, or restore the original values."
+        ) from error
 
     def _move_aside(self, step: int) -> Path:
         target = self.directory.parent / "corrupted_checkpoints" / f"{step}_{int(time.time())}"
@@ -183,7 +202,7 @@ class Checkpointer:
             except IncompatibleCheckpointError:
                 raise
             except Exception as error:  # noqa: BLE001 - any read failure means "unusable"
-                target = self._move_aside(step)
+                target = self._move_aside(step) if jax.process_index() == 0 else "(left)"
                 logger.warning(
                     "Checkpoint at step %d is unreadable (%s: %s); moved it to %s and falling "
                     "back to the previous checkpoint.",

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import os
@@ -153,16 +152,9 @@ def _smoothness_fn(weight: float) -> Callable[[PyTree], jax.Array] | None:
     """
     if not weight:
         return None
-    try:
-        from revjax.families.chang import weight_smoothness
-    except ImportError as error:
-        raise ValueError(
-            f"config.weight_smoothness={weight} needs revjax.families.chang.weight_smoothness, "
-            f"which is not available ({error}); set weight_smoothness=0."
-        ) from error
-    if "rate" in inspect.signature(weight_smoothness).parameters:
-        return functools.partial(weight_smoothness, rate=weight)
-    return lambda params: weight * weight_smoothness(params)
+    from revjax.families.chang import weight_smoothness
+
+    return functools.partial(weight_smoothness, rate=weight)
 
 
 def make_train_step(
