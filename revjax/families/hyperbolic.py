@@ -83,6 +83,7 @@ __all__ = [
     "multilevel_layers",
     "init_layer_params",
     "init_multilevel_params",
+    "init_unit_params",
     "layer_param_count",
     "parameter_count_table",
 ]
@@ -346,29 +347,34 @@ def init_layer_params(
     return params
 
 
+def init_unit_params(
+    key: jax.Array, config: MultilevelConfig, unit: int, dtype: Any = jnp.float32
+) -> dict[str, jax.Array]:
+    """Stacked parameters of unit `unit` (its level's channels, rank and depth)."""
+    level = unit_levels(config.levels)[unit]
+    channels = level_channels(config.spatial_dims, config.width, config.levels)
+    return init_layer_params(
+        key,
+        spatial_dims=config.spatial_dims,
+        channels=channels[level],
+        rank=config.ranks[level],
+        depth=config.layers_per_level[level],
+        kernel_size=config.kernel_size,
+        use_bias=config.use_bias,
+        dtype=dtype,
+    )
+
+
 def init_multilevel_params(
     key: jax.Array, config: MultilevelConfig, dtype: Any = jnp.float32
 ) -> list[Any]:
     """One entry per layer of `multilevel_layers(config)`: None or a unit's stacked params."""
-    channels = level_channels(config.spatial_dims, config.width, config.levels)
-    levels = unit_levels(config.levels)
-    keys = jax.random.split(key, len(levels))
+    keys = jax.random.split(key, len(unit_levels(config.levels)))
     params: list[Any] = [None, None]
-    for u, level in enumerate(levels):
+    for u, unit_key in enumerate(keys):
         if u > 0:
             params.append(None)
-        params.append(
-            init_layer_params(
-                keys[u],
-                spatial_dims=config.spatial_dims,
-                channels=channels[level],
-                rank=config.ranks[level],
-                depth=config.layers_per_level[level],
-                kernel_size=config.kernel_size,
-                use_bias=config.use_bias,
-                dtype=dtype,
-            )
-        )
+        params.append(init_unit_params(unit_key, config, u, dtype))
     return params
 
 

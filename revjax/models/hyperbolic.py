@@ -19,7 +19,6 @@ autodiff; Y_{N−1} is discarded, so its cotangent starts at 0 (SPEC §5.1).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,7 +119,9 @@ class HyperbolicSegmenter(nn.Module):
         layers = hyperbolic.multilevel_layers(config)
 
         unit_params = [
-            self.param(f"unit{u}", functools.partial(_init_unit, config, u, self.dtype))
+            self.param(
+                f"unit{u}", lambda key, u=u: hyperbolic.init_unit_params(key, config, u, self.dtype)
+            )
             for u in range(len(hyperbolic.unit_levels(config.levels)))
         ]
         params: list[Any] = [None, None]
@@ -133,22 +134,6 @@ class HyperbolicSegmenter(nn.Module):
             self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head"
         )  # a 1x1 convolution on the channel axis
         return head(state[1])
-
-
-def _init_unit(config: hyperbolic.MultilevelConfig, unit: int, dtype, key: jax.Array):
-    """Stacked parameters of unit `unit` (its level's channels, rank and depth)."""
-    level = hyperbolic.unit_levels(config.levels)[unit]
-    channels = hyperbolic.level_channels(config.spatial_dims, config.width, config.levels)
-    return hyperbolic.init_layer_params(
-        key,
-        spatial_dims=config.spatial_dims,
-        channels=channels[level],
-        rank=config.ranks[level],
-        depth=config.layers_per_level[level],
-        kernel_size=config.kernel_size,
-        use_bias=config.use_bias,
-        dtype=dtype,
-    )
 
 
 @register("hyperbolic2d")
