@@ -41,7 +41,7 @@ import jax
 import ml_collections
 
 from revjax import models
-from revjax.models.hyperbolic import training_step_memory
+from revjax.train.memory import segmentation_step_memory
 
 GIB = 2**30
 VARIANTS = {
@@ -71,8 +71,8 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def compiled_memory(model, shape: tuple[int, ...]) -> dict[str, int]:
-    """Bytes of one compiled training step (see `revjax.models.hyperbolic.training_step_memory`)."""
-    return training_step_memory(model, shape)
+    """Bytes of one compiled training step (see `revjax.train.memory.segmentation_step_memory`)."""
+    return segmentation_step_memory(model, shape)
 
 
 def make_model(config, variant: str, depth: int):

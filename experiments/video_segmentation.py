@@ -35,7 +35,8 @@ import numpy as np
 import optax
 
 from revjax import data, models
-from revjax.models.hyperbolic import pixelwise_cross_entropy, training_step_memory
+from revjax.models.hyperbolic import pixelwise_cross_entropy
+from revjax.train.memory import segmentation_step_memory
 
 VARIANTS = {
     "(a) reversible": dict(backprop="reversible", coarsening="reversible"),
@@ -174,7 +175,7 @@ def train_and_evaluate(config) -> dict:
     }
     if config.memory_report:
         result["train_step_memory"] = {
-            name: training_step_memory(
+            name: segmentation_step_memory(
                 models.create("hyperbolic3d", num_classes=num_classes, **config.model, **v),
                 shape,
             )

@@ -8,7 +8,7 @@ import pytest
 from revjax import engine, models
 from revjax.conv import conv, conv_transpose
 from revjax.families import hyperbolic
-from revjax.models.hyperbolic import training_step_memory
+from revjax.train.memory import segmentation_step_memory
 
 TINY = {
     2: dict(shape=(2, 8, 8, 3), width=4),
@@ -228,7 +228,7 @@ def test_reversible_memory_flat_in_depth():
     for backprop in ("reversible", "store"):
         for depth in (2, 6):
             model = tiny_model(2, layers_per_level=depth, backprop=backprop, dtype=jnp.float32)
-            temps[backprop, depth] = training_step_memory(model, shape)["temp"]
+            temps[backprop, depth] = segmentation_step_memory(model, shape)["temp"]
     assert temps["reversible", 6] <= 1.05 * temps["reversible", 2]
     assert temps["store", 6] > 1.5 * temps["store", 2]
 

@@ -32,7 +32,7 @@ from revjax.families import hyperbolic
 from revjax.heads import check_num_classes
 from revjax.models import register
 
-__all__ = ["HyperbolicSegmenter", "pixelwise_cross_entropy", "training_step_memory"]
+__all__ = ["HyperbolicSegmenter", "pixelwise_cross_entropy"]
 
 
 class HyperbolicSegmenter(nn.Module):
@@ -159,32 +159,3 @@ def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
 def pixelwise_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean over pixels/voxels of −log softmax(logits)[label]; logits (N, *S, K), labels (N, *S)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def training_step_memory(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """Bytes of one compiled training step, from XLA's memory analysis (compile only).
-
-    The step is the gradient of `pixelwise_cross_entropy` w.r.t. the parameters, for a float32
-    input of `input_shape` (N, *S, c_in) and int32 labels (N, *S). All inputs are
-    `jax.ShapeDtypeStruct`s, so nothing is allocated or run.
-
-    Returns:
-      {"temp", "arguments", "outputs", "total"} in bytes; temp is XLA's scratch (activations
-      kept for the backward pass and workspaces); total = arguments + outputs + temp.
-    """
-    shape = tuple(int(s) for s in input_shape)
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    labels = jax.ShapeDtypeStruct(shape[:-1], jnp.int32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-
-    def loss(v, u, y):
-        return pixelwise_cross_entropy(model.apply(v, u, train=True), y)
-
-    stats = jax.jit(jax.grad(loss)).lower(variables, x, labels).compile().memory_analysis()
-    out = {
-        "temp": int(stats.temp_size_in_bytes),
-        "arguments": int(stats.argument_size_in_bytes),
-        "outputs": int(stats.output_size_in_bytes),
-    }
-    out["total"] = out["temp"] + out["arguments"] + out["outputs"]
-    return out

@@ -16,8 +16,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
-__all__ = ["compiled_temp_bytes", "train_step_temp_bytes", "train_step_memory"]
+__all__ = [
+    "compiled_temp_bytes",
+    "train_step_temp_bytes",
+    "train_step_memory",
+    "segmentation_step_memory",
+]
 
 
 def compiled_temp_bytes(compiled: Any) -> int:
@@ -76,4 +82,34 @@ def train_step_memory(
         )
         step = trainer.make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
         out[mode] = train_step_temp_bytes(step, state, batch)
+    return out
+
+
+def segmentation_step_memory(model: Any, input_shape: Sequence[int]) -> dict[str, int]:
+    """Bytes of one compiled training step, from XLA's memory analysis (compile only).
+
+    The step is the gradient of the mean per-pixel softmax cross-entropy w.r.t. the
+    parameters (no optimizer update), for a float32 input of `input_shape` (N, *S, c_in) and
+    int32 labels (N, *S). All inputs are `jax.ShapeDtypeStruct`s: nothing is allocated or run.
+
+    Returns:
+      {"temp", "arguments", "outputs", "total"} in bytes; temp is XLA's scratch (activations
+      kept for the backward pass and workspaces); total = arguments + outputs + temp.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    labels = jax.ShapeDtypeStruct(shape[:-1], jnp.int32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+
+    def loss(v, u, y):
+        logits = model.apply(v, u, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    stats = jax.jit(jax.grad(loss)).lower(variables, x, labels).compile().memory_analysis()
+    out = {
+        "temp": int(stats.temp_size_in_bytes),
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+    }
+    out["total"] = out["temp"] + out["arguments"] + out["outputs"]
     return out

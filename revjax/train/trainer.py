@@ -503,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )
     with _PreemptionFlag() as preemption:
         loop_start = time.time()
+        side_time = 0.0  # evaluation and checkpoint saves, excluded from steps_per_sec
         while step < total_steps:
             batch = sharding.shard_batch(next(train_iter), mesh, spatial_axis)
             state, metrics = compiled(state, batch)
@@ -514,17 +515,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if preemption.requested or (save_every and step % save_every == 0):
                 _log_metrics(pending, check, writer, bar, last, log_every)
                 pending = None
+                side_start = time.time()
                 save(step)
+                side_time += time.time() - side_start
             if preemption.requested:
                 checkpointer.wait()
                 tqdm.write(f"SIGTERM: saved checkpoint at step {step}; exiting for preemption.")
                 preempted = True
                 break
             if eval_every and step % eval_every == 0 and step < total_steps:
+                side_start = time.time()
                 writer.write(step, "test", evaluate(eval_fn, state, config, mesh, spatial_axis))
+                side_time += time.time() - side_start
         if pending is not None:
             _log_metrics(pending, check, writer, bar, last, log_every)
-        train_time = time.time() - loop_start
+        train_time = time.time() - loop_start - side_time
     bar.close()
 
     summary: dict[str, Any] = {
