@@ -41,14 +41,10 @@ import jax
 import ml_collections
 
 from revjax import models
+from revjax.models.hyperbolic import COMPARISON_VARIANTS
 from revjax.train.memory import segmentation_step_memory
 
 GIB = 2**30
-VARIANTS = {
-    "reversible": dict(backprop="reversible", coarsening="reversible"),
-    "store": dict(backprop="store", coarsening="reversible"),
-    "block": dict(backprop="reversible", coarsening="stored"),
-}
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:
@@ -77,7 +73,7 @@ def compiled_memory(model, shape: tuple[int, ...]) -> dict[str, int]:
 
 def make_model(config, variant: str, depth: int):
     return models.create(
-        "hyperbolic3d", layers_per_level=depth, **config.model, **VARIANTS[variant]
+        "hyperbolic3d", layers_per_level=depth, **config.model, **COMPARISON_VARIANTS[variant]
     )
 
 
@@ -88,7 +84,7 @@ def depth_sweep(config) -> list[dict]:
     rows = []
     for depth in config.depths:
         row = {"layers_per_unit": depth, "clip": list(shape[1:4])}
-        for variant in VARIANTS:
+        for variant in COMPARISON_VARIANTS:
             mem = compiled_memory(make_model(config, variant, depth), shape)
             row[variant] = mem["temp"]
         rows.append(row)
@@ -103,7 +99,7 @@ def largest_clips(config) -> list[dict]:
     """Affine fit total(V) = α + β·V from two compiled sizes, solved for each budget."""
     multiple = 2 ** config.model["levels"]
     rows = []
-    for variant in VARIANTS:
+    for variant in COMPARISON_VARIANTS:
         model = make_model(config, variant, config.fit_depth)
         points = []
         for s in config.fit_sizes:

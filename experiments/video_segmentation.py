@@ -35,14 +35,10 @@ import numpy as np
 import optax
 
 from revjax import data, models
-from revjax.models.hyperbolic import pixelwise_cross_entropy
+from revjax.models.hyperbolic import COMPARISON_VARIANTS, pixelwise_cross_entropy
 from revjax.train.memory import segmentation_step_memory
 
-VARIANTS = {
-    "(a) reversible": dict(backprop="reversible", coarsening="reversible"),
-    "(b) store": dict(backprop="store", coarsening="reversible"),
-    "(c) block-reversible": dict(backprop="reversible", coarsening="stored"),
-}
+LABELS = {"reversible": "(a) reversible", "store": "(b) store", "block": "(c) block-reversible"}
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:
@@ -175,11 +171,11 @@ def train_and_evaluate(config) -> dict:
     }
     if config.memory_report:
         result["train_step_memory"] = {
-            name: segmentation_step_memory(
+            LABELS[name]: segmentation_step_memory(
                 models.create("hyperbolic3d", num_classes=num_classes, **config.model, **v),
                 shape,
             )
-            for name, v in VARIANTS.items()
+            for name, v in COMPARISON_VARIANTS.items()
         }
     return result
 

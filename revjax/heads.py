@@ -10,10 +10,35 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BN_EPSILON", "conv_init", "Stem", "ClassifierHead", "check_num_classes"]
+__all__ = [
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "batch_norm",
+    "conv_init",
+    "Stem",
+    "ClassifierHead",
+    "check_num_classes",
+]
 
 BN_EPSILON = 1e-3  # RevNet / Hamiltonian reference code (SPEC §2.2)
 BN_MOMENTUM = 0.9
+
+
+def batch_norm(dtype, name: str | None = None) -> nn.BatchNorm:
+    """BN with the reference eps/momentum; statistics kept in `dtype` (no float32 forcing).
+
+    Keeping the running averages in the parameter dtype lets them ride in the same pytree as
+    the parameters through the reversible engine, which rejects mixed dtypes. Call it with
+    `use_running_average=not train`.
+    """
+    return nn.BatchNorm(
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        param_dtype=dtype,
+        force_float32_reductions=False,
+        name=name,
+    )
 
 
 def conv_init(kernel_size: int, out_channels: int):
@@ -50,14 +75,7 @@ class Stem(nn.Module):
             dtype=self.dtype,
             param_dtype=self.dtype,
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            param_dtype=self.dtype,
-        )(x)
-        x = nn.relu(x)
+        x = nn.relu(batch_norm(self.dtype)(x, use_running_average=not train))
         if self.max_pool:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         return x
@@ -74,13 +92,7 @@ class ClassifierHead(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_num_classes(self.num_classes)
         if self.use_bn:
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=BN_MOMENTUM,
-                epsilon=BN_EPSILON,
-                dtype=self.dtype,
-                param_dtype=self.dtype,
-            )(x)
+            x = batch_norm(self.dtype)(x, use_running_average=not train)
         x = nn.relu(x)
         x = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype)(x)

@@ -82,7 +82,6 @@ class CouplingStack(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        engine._check_backprop(self.backprop)
         x1, x2 = split_halves(x)
         F, G = self.F.clone(parent=None), self.G.clone(parent=None)
         f_vars = self.param("F_blocks", lambda k: init_stacked(F, k, self.depth, x2))

@@ -54,7 +54,7 @@ from jax import lax
 from revjax import fft, integrators
 from revjax.conv import conv
 from revjax.engine import InvertibleStep
-from revjax.heads import BN_EPSILON, BN_MOMENTUM, conv_init
+from revjax.heads import batch_norm, conv_init
 
 __all__ = [
     "DEFAULT_H",
@@ -219,14 +219,7 @@ class _LeanModule(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def _bn(self, x, train: bool, name: str):
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            param_dtype=self.dtype,
-            name=name,
-        )(x)
+        return batch_norm(self.dtype, name=name)(x, use_running_average=not train)
 
     def _depthwise_kernel(self, name: str, c: int):
         m = self.kernel_size

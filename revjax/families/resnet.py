@@ -35,10 +35,9 @@ import jax.numpy as jnp
 
 from revjax import conv as conv_ops
 from revjax.heads import (
-    BN_EPSILON,
-    BN_MOMENTUM,
     ClassifierHead,
     Stem,
+    batch_norm,
     check_num_classes,
     conv_init,
 )
@@ -87,21 +86,6 @@ class Conv(nn.Module):
             self.dtype,
         )
         return conv_ops.conv(u, kernel, self.strides, "SAME")
-
-
-def batch_norm(dtype) -> nn.BatchNorm:
-    """BN with the reference eps/momentum; statistics kept in `dtype` (no float32 forcing).
-
-    Keeping the running averages in the parameter dtype lets them ride in the same pytree as
-    the parameters through the reversible engine, which rejects mixed dtypes.
-    """
-    return nn.BatchNorm(
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        dtype=dtype,
-        param_dtype=dtype,
-        force_float32_reductions=False,
-    )
 
 
 def _pre_activation(module: nn.Module, u: jax.Array, train: bool) -> jax.Array:

@@ -32,7 +32,15 @@ from revjax.families import hyperbolic
 from revjax.heads import check_num_classes
 from revjax.models import register
 
-__all__ = ["HyperbolicSegmenter", "pixelwise_cross_entropy"]
+__all__ = ["COMPARISON_VARIANTS", "HyperbolicSegmenter", "pixelwise_cross_entropy"]
+
+# The three memory-comparison variants of the same network (SPEC §5.3), as model overrides:
+# fully reversible, plain autodiff, and block-reversible (stores at every Haar coarsening).
+COMPARISON_VARIANTS = {
+    "reversible": dict(backprop="reversible", coarsening="reversible"),
+    "store": dict(backprop="store", coarsening="reversible"),
+    "block": dict(backprop="reversible", coarsening="stored"),
+}
 
 
 class HyperbolicSegmenter(nn.Module):
