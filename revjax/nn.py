@@ -30,6 +30,7 @@ import jax
 
 from revjax import engine
 from revjax.couplings import additive_coupling, affine_coupling, merge_halves, split_halves
+from revjax.drift import sow_reconstruction_error
 
 __all__ = ["residual_fn", "init_stacked", "CouplingStack"]
 
@@ -101,5 +102,8 @@ class CouplingStack(nn.Module):
             (x1, x2),
             rngs,
             backprop=self.backprop,
+        )
+        sow_reconstruction_error(
+            self, [engine.Scan(step)], [{"F": f_vars, "G": g_vars}], (x1, x2), rngs
         )
         return merge_halves(y)

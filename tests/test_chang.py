@@ -142,19 +142,63 @@ def test_network_reversible_gradients_equal_store(family, transition, start):
     assert all(float(jnp.max(jnp.abs(b))) > 0 for b in jax.tree.leaves(body_grads))
 
 
-def test_parameter_counts_match_spec():
-    """Exact counts of SPEC §4.1 (jax.eval_shape, no computation)."""
+def test_bn_hamiltonian_train_mode_matches_store():
+    """BN inside the block (the default): train-mode gradients and running averages equal
+    those of stored backprop (float64): the reconstruction uses the forward's batch
+    statistics and never updates the running averages a second time."""
+    x = jax.random.normal(jax.random.key(4), (4, 8, 8, 3))
+    model = tiny_net("hamiltonian", "stored", None)
+    assert model.config().block == "bn"
+    variables = model.init(jax.random.key(5), x)
+    assert "bn1" in variables["params"]["stage1"]["rest"]["F"]
+    assert "bn1" not in variables["params"]["stage1"]["first"]["F"]  # no BN₁ in the first F
+    weights = jax.random.normal(jax.random.key(6), (4, 3))
+
+    def loss(backprop):
+        net = model.clone(backprop=backprop)
+
+        def fn(params):
+            out, updates = net.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(weights * jnp.tanh(out)), updates["batch_stats"]
+
+        return jax.jit(jax.value_and_grad(fn, has_aux=True))
+
+    (_, stats_rev), g_rev = loss("reversible")(variables["params"])
+    (_, stats_store), g_store = loss("store")(variables["params"])
+    assert rel(g_rev, g_store) < 1e-10
+    assert rel(stats_rev, stats_store) < 1e-12
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))), stats_rev, variables["batch_stats"]
+    )
+    assert min(jax.tree.leaves(moved)) > 0  # every running average was updated
+
+
+def test_parameter_counts():
+    """Exact counts (jax.eval_shape, no computation), Chang et al. (2018), arXiv:1709.03698.
+
+    block="bias": the official configurations' counts (kernels, β₁/β₂, stem, head). The BN
+    block adds 2 · C/2 per residual function (two BN scale/offset pairs instead of two bias
+    vectors), less C/2 for the first F (no BN₁): +2,320 for hamiltonian74.
+    """
     expected = {
-        ("hamiltonian74", 10): 429_690,
-        ("hamiltonian74", 100): 439_860,
-        ("hamiltonian218", 10): 1_683_034,
-        ("hamiltonian1202", 10): 9_654_746,
+        ("hamiltonian74", 10, "bias"): 429_690,
+        ("hamiltonian74", 100, "bias"): 439_860,
+        ("hamiltonian218", 10, "bias"): 1_683_034,
+        ("hamiltonian1202", 10, "bias"): 9_654_746,
+        ("hamiltonian74", 10, "bn"): 432_010,
+        ("hamiltonian74", 100, "bn"): 442_180,
+        ("hamiltonian218", 10, "bn"): 1_690_890,
+        ("hamiltonian1202", 10, "bn"): 9_699_338,
+        ("midpoint62", 10, "bias"): 373_666,
+        ("leapfrog62", 10, "bias"): 373_666,
     }
-    for (name, classes), count in expected.items():
-        line = models.summary(name, (1, 32, 32, 3), num_classes=classes)
+    for (name, classes, block), count in expected.items():
+        line = models.summary(name, (1, 32, 32, 3), num_classes=classes, block=block)
         assert f"{count:,} parameters" in line, line
     # ~1000 blocks in one line: 12 n + 2 = 12 002 layers, parameters scale with n.
-    line = models.summary("hamiltonian74", (1, 32, 32, 3), units=(334, 333, 333))
+    line = models.summary("hamiltonian74", (1, 32, 32, 3), units=(334, 333, 333), block="bias")
     assert "26,562,970 parameters" in line, line
 
 

@@ -91,6 +91,33 @@ def test_unnormalised_force_has_symmetric_nsd_jacobian():
     assert float(jnp.vdot(jv, v)) <= 0.0
 
 
+def _layer_asymmetry(norm):
+    """max over random (v, w) of |⟨J v, w⟩ − ⟨v, J w⟩| / |⟨J v, w⟩| for the layer's J."""
+    keys = jax.random.split(jax.random.key(5), 4)
+    config = models.create("hyperbolic2d", dtype=jnp.float64, norm=norm).config(3)
+    params = hyperbolic.init_unit_params(keys[0], config, 0, jnp.float64)
+    params = jax.tree.map(lambda p: p[0], params)  # the first layer of unit 0
+    params["bias"] = jnp.full_like(params["bias"], 0.1)
+    force = hyperbolic.symmetric_force(config.norm)
+    y, v, w = (jax.random.normal(k, (1, 8, 8, config.width), jnp.float64) for k in keys[1:])
+    _, pullback = jax.vjp(lambda u: force(params, u), y)
+    jv, jw = pullback(v)[0], pullback(w)[0]
+    return abs(float(jnp.vdot(jv, w) - jnp.vdot(v, jw))) / abs(float(jnp.vdot(jv, w)))
+
+
+def test_default_layer_of_registered_model_is_symmetric():
+    """Paper 000's point: the default layer −K^T σ(K·) has a symmetric Jacobian (float64).
+
+    Peters, Haber, Lensink (2019), arXiv:1912.12137, Section 3 ("symmetry by construction").
+    HyperNet's tv_norm (selectable, `norm="tv_norm"`) breaks the symmetry, which this test
+    shows is detectable.
+    """
+    assert models.create("hyperbolic2d").norm == "none"
+    assert models.create("hyperbolic3d").norm == "none"
+    assert _layer_asymmetry("none") < 1e-12
+    assert _layer_asymmetry("tv_norm") > 1e-3
+
+
 # --------------------------------------------------------------------------------------------
 # The multilevel body: inverse, gradients, float32 drift.
 

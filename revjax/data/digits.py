@@ -8,6 +8,9 @@ inside scikit-learn). We split them once, deterministically and stratified by cl
 * Images: pixel counts 0..16 scaled to [0, 1], then standardised with the scalar mean and
   standard deviation of the *train* split's pixels, float32 NHWC ``(N, 8, 8, 1)``.
 * Labels: int32 ``(N,)``.
+* Options (``dataset_options``): ``canvas=32`` places every digit, upsampled x3, on a
+  32×32×3 canvas (a CIFAR-shaped real image task, `on_canvas`); ``task="segmentation"``
+  (with a canvas) labels every pixel 0 (background) or 1 + class on the strokes.
 
 >>> arrays = load_split("test")
 >>> arrays["image"].shape, arrays["label"].shape
@@ -88,7 +91,7 @@ def _load_all() -> dict[str, dict[str, np.ndarray]]:
     train_idx, test_idx = split_indices(labels)
     mean = images[train_idx].mean()
     std = images[train_idx].std()
-    out = {}
+    out = {"mean": float(mean), "std": float(std)}
     for split, idx in (("train", train_idx), ("test", test_idx)):
         image = ((images[idx] - mean) / std).astype(np.float32)
         label = labels[idx]
@@ -108,26 +111,83 @@ def load_split(split: str) -> dict[str, np.ndarray]:
       {"image": (N, 8, 8, 1) float32, "label": (N,) int32}; N = 1437 or 360.
     """
     splits = _load_all()
-    if split not in splits:
+    if split not in ("train", "test"):
         raise ValueError(f"digits has splits 'train' and 'test', got {split!r}.")
     return splits[split]
 
 
-def split_source(split: str, **kwargs: Any) -> ArraySource:
-    """grain source for ``load_split(split)``; digits takes no extra options."""
-    if kwargs:
-        raise TypeError(f"digits takes no dataset options, got {sorted(kwargs)}")
+CANVAS_SCALE = 3  # 8x8 digit -> 24x24 (nearest neighbour), centred on the canvas
+SEGMENTATION_THRESHOLD = 0.25  # raw intensity in [0, 1] above which a pixel is "digit"
+
+
+def on_canvas(images: np.ndarray, size: int = 32, channels: int = 3) -> np.ndarray:
+    """Digits as CIFAR-shaped images: (N, 8, 8, 1) -> (N, size, size, channels).
+
+    Each 8x8 image is upsampled x3 by pixel repetition to 24x24, centred on a `size` x `size`
+    canvas filled with the image's background value (its minimum, i.e. the standardised
+    value of a blank pixel), and repeated over `channels`. Nothing is learned from the
+    placement: it gives the CIFAR networks (3 stages, two 2x down-samplings, 3 input
+    channels) a real image task that needs no download.
+    """
+    side = IMAGE_SHAPE[0] * CANVAS_SCALE
+    if size < side:
+        raise ValueError(f"canvas size {size} is smaller than the {side}x{side} upsampled digit")
+    big = images.repeat(CANVAS_SCALE, axis=1).repeat(CANVAS_SCALE, axis=2)
+    blank = images.min()
+    canvas = np.full((len(images), size, size, 1), blank, dtype=np.float32)
+    lo = (size - side) // 2
+    canvas[:, lo : lo + side, lo : lo + side] = big
+    return np.repeat(canvas, channels, axis=-1)
+
+
+def segmentation_labels(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-pixel labels of canvas images: 0 background, 1 + digit class on the digit's strokes.
+
+    A pixel is a stroke where the raw (unstandardised) intensity exceeds
+    SEGMENTATION_THRESHOLD; images (N, H, W, C) standardised, labels (N,) -> (N, H, W) int32.
+    """
+    raw = images[..., 0] * _load_all()["std"] + _load_all()["mean"]
+    strokes = raw > SEGMENTATION_THRESHOLD
+    return np.where(strokes, labels[:, None, None] + 1, 0).astype(np.int32)
+
+
+def load_canvas_split(split: str, size: int = 32, task: str = "classification"):
+    """``load_split`` on a CIFAR-shaped canvas (`on_canvas`); segmentation labels per pixel."""
+    arrays = load_split(split)
+    image = on_canvas(arrays["image"], size)
+    if task == "classification":
+        label = arrays["label"]
+    elif task == "segmentation":
+        label = segmentation_labels(image, arrays["label"])
+    else:
+        raise ValueError(f"digits task must be 'classification' or 'segmentation', got {task!r}")
+    return {"image": image, "label": label}
+
+
+def _check_options(canvas: int | None, task: str) -> None:
+    if task not in ("classification", "segmentation"):
+        raise ValueError(f"digits task must be 'classification' or 'segmentation', got {task!r}")
+    if task == "segmentation" and not canvas:
+        raise ValueError("digits segmentation needs a canvas (dataset_options.canvas=32)")
+
+
+def split_source(
+    split: str, canvas: int | None = None, task: str = "classification"
+) -> ArraySource:
+    """grain source for ``load_split(split)``, or ``load_canvas_split`` when `canvas` is set."""
+    _check_options(canvas, task)
+    if canvas:
+        return ArraySource(load_canvas_split(split, canvas, task))
     return ArraySource(load_split(split))
 
 
-def info_fields(**kwargs: Any) -> dict[str, Any]:
-    """DatasetInfo fields (see ``revjax.data.dataset_info``)."""
-    if kwargs:
-        raise TypeError(f"digits takes no dataset options, got {sorted(kwargs)}")
+def info_fields(canvas: int | None = None, task: str = "classification") -> dict[str, Any]:
+    """DatasetInfo fields (see ``revjax.data.dataset_info``); options as `split_source`."""
+    _check_options(canvas, task)
     return {
-        "num_classes": NUM_CLASSES,
-        "image_shape": IMAGE_SHAPE,
+        "num_classes": NUM_CLASSES + (task == "segmentation"),
+        "image_shape": (canvas, canvas, 3) if canvas else IMAGE_SHAPE,
         "num_train": NUM_TRAIN,
         "num_test": NUM_TEST,
-        "task": "classification",
+        "task": task,
     }

@@ -61,11 +61,13 @@ from revjax.conv import conv, conv_transpose
 
 __all__ = [
     "FAMILIES",
+    "BLOCKS",
     "TRANSITIONS",
     "START_RULES",
     "WEIGHT_SMOOTH_RATE",
     "hamiltonian_residual",
     "hamiltonian_step",
+    "verlet_step_with_stats",
     "antisymmetric_conv",
     "midpoint_residual",
     "midpoint_step",
@@ -90,6 +92,7 @@ __all__ = [
 
 FAMILIES = ("hamiltonian", "midpoint", "leapfrog")
 TRANSITIONS = ("stored", "reversible")
+BLOCKS = {"hamiltonian": ("bn", "bias"), "midpoint": ("bias",), "leapfrog": ("bias",)}
 START_RULES = {
     "hamiltonian": (None,),
     "midpoint": ("euler",),
@@ -125,6 +128,40 @@ def hamiltonian_step(h: float = 1.0) -> engine.InvertibleStep:
     """Verlet block Y' = Y + F(Z), Z' = Z − G(Y'); params {"F": ..., "G": ...}, state (Y, Z)."""
     residual = hamiltonian_residual(h)
     return integrators.verlet_step(residual, residual, name="hamiltonian")
+
+
+def verlet_step_with_stats(
+    F: Callable[..., Any], G: Callable[..., Any], *, train: bool, name: str = "hamiltonian"
+) -> engine.InvertibleStep:
+    """Verlet block whose residual functions carry batch statistics (BN inside F and G).
+
+    F, G: pure `(variables, u, rng) -> (v, batch_stats)` (`revjax.families.revnet.
+    residual_with_stats`), `variables = {"params", "batch_stats"}`. In train mode the forward
+    returns ((Y', Z'), {"F": stats, "G": stats}) (`has_aux=True`): the running averages updated
+    once, by the forward pass; the inverse and the fused backward (`integrators.verlet_step`)
+    use the output values only, so the reconstruction normalises with the same batch
+    statistics (its input is the forward's input) and never updates them. In eval mode the
+    running averages are used and the step has no aux.
+    """
+
+    def value(fn):
+        return lambda variables, u, rng=None: fn(variables, u, rng)[0]
+
+    plain = integrators.verlet_step(value(F), value(G), name=name)
+    if not train:
+        return plain
+
+    def forward(params, x, rng=None):
+        y, z = x
+        rf, rg = (None, None) if rng is None else tuple(jax.random.split(rng))
+        f, f_stats = F(params["F"], z, rf)
+        y_next = y + f
+        g, g_stats = G(params["G"], y_next, rg)
+        return (y_next, z - g), {"F": f_stats, "G": g_stats}
+
+    return engine.InvertibleStep(
+        forward, plain.inverse, plain.backward, has_aux=True, name=name
+    )
 
 
 def antisymmetric_conv(y: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -231,6 +268,8 @@ class ChangConfig(NamedTuple):
       transition: "stored" (pool + pad, input stored) | "reversible" (space-to-depth).
       start: start rule (None for the Hamiltonian, "euler" for the midpoint net,
         "zero_velocity" | "second_order" for the leapfrog net).
+      block: Hamiltonian residual function: "bn" (BN inside, no biases; the official code's
+        final version) or "bias" (bias-only); the midpoint and leapfrog nets are "bias".
     """
 
     family: str
@@ -239,6 +278,7 @@ class ChangConfig(NamedTuple):
     h: float
     transition: str
     start: str | None
+    block: str = "bias"
 
 
 def reversible_filters(filters: Sequence[int]) -> tuple[int, ...]:
@@ -254,13 +294,21 @@ def make_config(
     h: float,
     transition: str = "stored",
     start: str | None = None,
+    block: str = "bias",
 ) -> ChangConfig:
     """Validate and freeze a body configuration (errors before anything is traced).
 
     `start=None` picks the family default (midpoint "euler", leapfrog "zero_velocity").
+    `block="bn"` (Hamiltonian only) declares that the caller supplies batch-normalised
+    residual functions (`body_plan(config, step, first_step)`; see `revjax.models.chang`).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
+    if block not in BLOCKS[family]:
+        raise ValueError(
+            f"block {block!r} does not apply to the {family} network; use one of "
+            f"{BLOCKS[family]}"
+        )
     if transition not in TRANSITIONS:
         raise ValueError(f"unknown transition {transition!r}; use one of {TRANSITIONS}")
     if start is None:
@@ -298,7 +346,7 @@ def make_config(
                 f"transition='stored' zero-pads each state from {old} to {new} channels "
                 "symmetrically: the difference must be even and >= 0"
             )
-    return ChangConfig(family, units, widths, h, transition, start)
+    return ChangConfig(family, units, widths, h, transition, start, block)
 
 
 def check_input(shape: Sequence[int], config: ChangConfig) -> None:
@@ -327,9 +375,19 @@ def _transition(config: ChangConfig, stage: int) -> engine.Layer:
     return transitions.pool_pad_transition(out)
 
 
-def body_plan(config: ChangConfig) -> list[tuple[engine.Layer, tuple[str, ...] | None]]:
-    """The body as (layer, params path) pairs; a path indexes `init_body_params`' tree."""
-    step = _step(config)
+def body_plan(
+    config: ChangConfig,
+    step: engine.InvertibleStep | None = None,
+    first_step: engine.InvertibleStep | None = None,
+) -> list[tuple[engine.Layer, tuple[str, ...] | None]]:
+    """The body as (layer, params path) pairs; a path indexes `init_body_params`' tree.
+
+    `step` (default: the family's bias-only step) runs every block; `first_step` (default
+    `step`) runs the network's very first block, whose residual function F skips its input
+    bias or input batch norm.
+    """
+    step = _step(config) if step is None else step
+    first_step = step if first_step is None else first_step
     plan: list[tuple[engine.Layer, tuple[str, ...] | None]] = []
     for s, units in enumerate(config.units):
         key = f"stage{s + 1}"
@@ -340,7 +398,7 @@ def body_plan(config: ChangConfig) -> list[tuple[engine.Layer, tuple[str, ...] |
         else:
             if s == 0 and config.family == "leapfrog":
                 plan.append((leapfrog_start("zero_velocity", config.h), None))
-            plan.append((step, (key, "first")))
+            plan.append((first_step if s == 0 else step, (key, "first")))
         if s > 0:
             plan.append((_transition(config, s), None))
         if units > 1:
@@ -348,9 +406,9 @@ def body_plan(config: ChangConfig) -> list[tuple[engine.Layer, tuple[str, ...] |
     return plan
 
 
-def body_layers(config: ChangConfig) -> list[engine.Layer]:
-    """The engine layers of the body (see module docstring)."""
-    return [layer for layer, _ in body_plan(config)]
+def body_layers(config: ChangConfig, step=None, first_step=None) -> list[engine.Layer]:
+    """The engine layers of the body (see module docstring and `body_plan`)."""
+    return [layer for layer, _ in body_plan(config, step, first_step)]
 
 
 def body_params(tree: dict, config: ChangConfig) -> list[PyTree]:

@@ -117,7 +117,7 @@ def _check_norm(norm: str | None) -> str:
     return norm
 
 
-def symmetric_force(norm: str | None = "tv_norm"):
+def symmetric_force(norm: str | None = "none"):
     """The pure force f(params, Y, rng) = −K^T σ(N(K Y + b)).
 
     Args:
@@ -142,7 +142,7 @@ def symmetric_force(norm: str | None = "tv_norm"):
 
 
 def hyperbolic_step(
-    h: float, norm: str | None = "tv_norm", *, damping: float = 0.0, name: str = "hyperbolic"
+    h: float, norm: str | None = "none", *, damping: float = 0.0, name: str = "hyperbolic"
 ) -> engine.InvertibleStep:
     """Leapfrog (Y_{j−1}, Y_j) -> (Y_j, 2Y_j − Y_{j−1} + h² f(Y_j)), f the symmetric layer."""
     return integrators.leapfrog_step(symmetric_force(norm), h, damping=damping, name=name)
@@ -192,7 +192,7 @@ class MultilevelConfig(NamedTuple):
     ranks: tuple[int, ...]
     h: float
     kernel_size: int = 3
-    norm: str = "tv_norm"
+    norm: str = "none"
     use_bias: bool = True
     coarsening: str = "reversible"
     damping: float = 0.0
@@ -229,7 +229,7 @@ def make_config(
     ranks: int | Sequence[int] | None,
     h: float,
     kernel_size: int = 3,
-    norm: str | None = "tv_norm",
+    norm: str | None = "none",
     use_bias: bool = True,
     coarsening: str = "reversible",
     damping: float = 0.0,

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from revjax import conv as conv_ops
 from revjax import engine
 from revjax.couplings import additive_coupling, merge_halves, split_halves
+from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families.resnet import (
     check_classifier_config,
     check_input_shape,
@@ -195,7 +196,7 @@ def _init_variables(module, key, depth, shape, dtype):
     return init_stacked(module, key, depth, example, train=False)
 
 
-class RevNet(nn.Module):
+class RevNet(ReversibleModel, nn.Module):
     """RevNet classifier: Stem -> reversible body (one `engine.apply`) -> ClassifierHead.
 
     The body is [Transition, Scan, Transition, Scan, ...] ("stored") or
@@ -370,6 +371,7 @@ class RevNet(nn.Module):
         )(x.astype(self.dtype), train)
         layers, params, stats = self._body(h.shape, train)
         y, aux = engine.apply_with_aux(layers, params, split_halves(h), backprop=self.backprop)
+        sow_reconstruction_error(self, layers, params, split_halves(h))
         if train and self.is_mutable_collection("batch_stats"):
             for variable, new in zip(stats, aux):
                 if variable is not None:

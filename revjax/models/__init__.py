@@ -19,7 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["register", "create", "names", "count_params", "summary"]
+from revjax.drift import reconstruction_error
+
+__all__ = ["register", "create", "names", "count_params", "summary", "reconstruction_error"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 

@@ -1,4 +1,8 @@
-"""Chang et al. (2018) classifiers: Hamiltonian, midpoint and leapfrog networks (SPEC §4).
+"""Chang et al. (2018) classifiers: Hamiltonian, midpoint and leapfrog networks.
+
+Chang, Meng, Haber, Ruthotto, Begert, Holtham, "Reversible Architectures for Arbitrarily Deep
+Residual Neural Networks", AAAI 2018, arXiv:1709.03698 (Sections 3-4; official TensorFlow code
+`changebo/revnet-public`, `hamiltonian_model.py`, `cifar_configs.py`).
 
     x (N, H, W, 3) -> Stem: conv3x3(3 -> f0) + BN + ReLU            (stored, autodiff)
       -> body: 3 stages of reversible blocks (`revjax.families.chang`)   (reconstructed)
@@ -11,56 +15,130 @@ width, then 2x2 average pool + zero channel padding, input stored) or "reversibl
 transition="reversible" and no `filters` uses `reversible_filters` of its defaults, e.g.
 hamiltonian74 -> (32, 32, 128, 512)).
 
+Hamiltonian block, `block=` (state (Y, Z) = channel halves, K a 3x3 kernel C/2 -> C/2 shared
+by the convolution and its adjoint K^T)::
+
+    "bn"   (default; the official code's final version, commit 689054c):
+           F(z) = h · K^T ReLU(BN₂(K · BN₁(z)))     no biases; BN₁ skipped in the network's
+                                                     very first F ("no_activation")
+    "bias" (the earlier official version):
+           F(z) = h · K^T ReLU(K (z + β₁) + β₂)     β₁ omitted in the very first F
+    Y' = Y + F(Z),   Z' = Z − G(Y')                  (G of the same form, own K and BNs)
+
+Why "bn" is the default, and why h = 0.1: with the reference initialisation λ_max(K^T K) ≈ 6.8
+for a stage-1 kernel, so the bias-only block at the official h = 1 has h²λ ≈ 7 ≫ 4, beyond
+the Verlet step's frozen-coefficient stability bound h²λ_max ≤ 4: at the depth of
+hamiltonian218 the state grows by ~10¹² and float32 reconstruction (hence the reversible
+gradient) is lost. BN₂ renormalises the pre-activation of every block, so each block's
+increment stays O(h) whatever the state's scale, but BN₁'s 1/std(z) factor still
+amplifies reconstruction error at large h. Measured at initialisation (float32, CIFAR-shaped
+input, batch 4-8, training-mode BN): BN block at h = 1, hamiltonian74: body reconstruction
+error 1.7e-3, reversible vs stored gradients 2.3e-3 relative; at h = 0.5, hamiltonian218:
+7.7e-5 and 4.1e-5; at h = 0.1, hamiltonian218: 6.8e-6 and 3.0e-4. The default is therefore
+h = 0.1 for both blocks (the value some official commits hard-code); BN₂'s learnable scale
+lets training grow the increments where the data needs it. Batch norm follows the RevNet
+recipe (`revjax.families.revnet`): the reconstruction normalises with the forward pass's
+batch statistics, and the running averages are updated once per training step.
+`tests/test_zoo_defaults.py` checks every registered depth at its defaults.
+
 Registered names and depth formulas (a "layer" is one conv operation K or K^T):
 
 - hamiltonianD: 4 convs per block (K, K^T in F and G): D = 3 · 4n + 2 = 12n + 2.
   hamiltonian74 (n = 6, filters 32,32,64,112), hamiltonian218 (n = 18, 32,32,64,128),
-  hamiltonian1202 (n = 100, 32,32,64,128). Parameter counts equal SPEC §4.1.
+  hamiltonian1202 (n = 100, 32,32,64,128). With `block="bias"` the parameter counts are
+  those of the official configurations (429,690 / 1,683,034 / 9,654,746 for 10 classes);
+  the BN block replaces each residual function's two bias vectors (C/2 each) by two BN
+  scale/offset pairs (2 · C/2 each), minus the first F's BN₁.
 - midpointD, leapfrogD: 2 convs per block (W and W^T, or K and K^T; the start block counts
   as block 0): D = 3 · 2n + 2 = 6n + 2. midpoint62 / leapfrog62 (n = 10) use filters
-  16,16,32,56: the state is not split, so their 3x3 kernels have the same shapes as the
-  Hamiltonian-74 kernels (16², 32², 56² channels) and the size is comparable
-  (see `models.summary`).
+  16,16,32,56 (no reference configuration exists for them: the official code has only the
+  Hamiltonian net): the state is not split, so their 3x3 kernels have the shapes of the
+  Hamiltonian-74 kernels.
 
-Default step sizes: h = 1 for the Hamiltonian net (official config). No reference exists for
-the other two; the defaults h = 0.1 (midpoint) and h = 0.5 (leapfrog) satisfy the frozen-
-coefficient conditions at the reference initialisation (power iteration, 16x16 images, 16-56
-channels: λ_max(K^T K) ≈ 6.1-6.3, so h²λ_max ≈ 1.6 < 4; ω_max(W − W^T) ≈ 3.6-3.9, so
-hω_max ≈ 0.39 < 1). Frozen-coefficient stability does not prevent growth with i.i.d. weights
-across depth (SPEC §8.2; experiments/reconstruction_drift.py).
+Default step sizes: h = 0.1 for the Hamiltonian net (either block; see above). No reference
+exists for the other two; the defaults h = 0.1 (midpoint) and h = 0.5
+(leapfrog) satisfy the frozen-coefficient conditions at the reference initialisation (power
+iteration, 16x16 images, 16-56 channels: λ_max(K^T K) ≈ 6.1-6.3, so h²λ_max ≈ 1.6 < 4;
+ω_max(W − W^T) ≈ 3.6-3.9, so hω_max ≈ 0.39 < 1), and their float32 reconstruction at
+initialisation is within 1e-4 (tests/test_zoo_defaults.py).
 
 All fields are overridable: `create("hamiltonian74", units=(334, 333, 333))`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from revjax import engine
+from revjax.conv import conv, conv_transpose
+from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
-from revjax.heads import ClassifierHead, Stem, check_num_classes
+from revjax.families.revnet import initial_batch_stats, residual_with_stats
+from revjax.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
 from revjax.models import register
 
-__all__ = ["ChangNet", "DEFAULT_STEP_SIZES"]
+__all__ = ["ChangNet", "HamiltonianResidual", "DEFAULT_STEP_SIZES", "default_step_size"]
 
-DEFAULT_STEP_SIZES = {"hamiltonian": 1.0, "midpoint": 0.1, "leapfrog": 0.5}
+DEFAULT_STEP_SIZES = {
+    ("hamiltonian", "bn"): 0.1,
+    ("hamiltonian", "bias"): 0.1,
+    ("midpoint", "bias"): 0.1,
+    ("leapfrog", "bias"): 0.5,
+}
+DEFAULT_BLOCK = {"hamiltonian": "bn", "midpoint": "bias", "leapfrog": "bias"}
 
 
-class ChangNet(nn.Module):
+def default_step_size(family: str, block: str | None = None) -> float:
+    """The registered default h of a family and block (see the module docstring)."""
+    return DEFAULT_STEP_SIZES[(family, block or DEFAULT_BLOCK[family])]
+
+
+class HamiltonianResidual(nn.Module):
+    """F(z) = h · K^T ReLU(BN₂(K · BN₁(z))) on z (N, H, W, C); K (3, 3, C, C), no biases.
+
+    C is read from z. `input_norm=False` drops BN₁ (the network's very first F).
+    Parameters {"K", "bn2"[, "bn1"]}; batch statistics {"bn2"[, "bn1"]}.
+    """
+
+    h: float
+    input_norm: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+        c = z.shape[-1]
+        shape = (chang.KERNEL_SIZE, chang.KERNEL_SIZE, c, c)
+        kernel = self.param("K", conv_init(chang.KERNEL_SIZE, c), shape, self.dtype)
+        if self.input_norm:
+            z = batch_norm(self.dtype, "bn1")(z, use_running_average=not train)
+        v = batch_norm(self.dtype, "bn2")(conv(z, kernel), use_running_average=not train)
+        return self.h * conv_transpose(jax.nn.relu(v), kernel)
+
+
+class ChangNet(ReversibleModel, nn.Module):
     """Stem + reversible body of Hamiltonian / midpoint / leapfrog blocks + classifier head.
 
     Attributes:
       family: "hamiltonian" | "midpoint" | "leapfrog".
       units: blocks per stage.
       filters: (stem width, stage widths...); filters[0] must equal filters[1].
-      h: step size (> 0).
+      h: step size (> 0); None: `default_step_size(family, block)`.
+      block: Hamiltonian residual function, "bn" | "bias" (None: "bn" for the Hamiltonian
+        net; the midpoint and leapfrog nets are "bias").
       num_classes: logits per example (>= 1).
       backprop: "reversible" | "store" | "remat".
       transition: "stored" | "reversible".
       start: start rule (None: family default; leapfrog "zero_velocity" | "second_order").
       dtype: dtype of parameters and activations.
+
+    Parameters: params["stage{s}"] = {"first": block, "rest": stacked blocks}; a "bn"
+    block is {"F": {"K", "bn1", "bn2"}, "G": {...}} with its running averages in
+    batch_stats["stage{s}"] (same layout). Train mode with the "bn" block needs
+    `mutable=["batch_stats"]`.
 
     Input (N, H, W, C_in) with H, W divisible by 2^(stages − 1); output (N, num_classes).
     """
@@ -68,7 +146,8 @@ class ChangNet(nn.Module):
     family: str = "hamiltonian"
     units: tuple[int, ...] = (6, 6, 6)
     filters: tuple[int, ...] = (32, 32, 64, 112)
-    h: float = 1.0
+    h: float | None = None
+    block: str | None = None
     num_classes: int = 10
     backprop: str = "reversible"
     transition: str = "stored"
@@ -90,41 +169,103 @@ class ChangNet(nn.Module):
             )
         check_num_classes(self.num_classes)
         engine._check_backprop(self.backprop)
+        if self.family not in chang.FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; use one of {chang.FAMILIES}")
+        block = self.block or DEFAULT_BLOCK[self.family]
+        h = default_step_size(self.family, block) if self.h is None else self.h
         return chang.make_config(
-            self.family, self.units, filters[1:], self.h, self.transition, self.start
+            self.family, self.units, filters[1:], h, self.transition, self.start, block
         )
+
+    def _bn_body(self, config: chang.ChangConfig, train: bool):
+        """Engine layers, parameters and stats variables of the "bn" Hamiltonian body."""
+        residual = HamiltonianResidual(config.h, True, self.dtype, parent=None)
+        first_residual = HamiltonianResidual(config.h, False, self.dtype, parent=None)
+
+        def init_block(key, width, first):
+            kf, kg = jax.random.split(key)
+            example = jnp.zeros((1, 4, 4, width // 2), self.dtype)
+            F = first_residual if first else residual
+            return {"F": F.init(kf, example), "G": residual.init(kg, example)}
+
+        def init_stage(key, s):
+            k_first, k_rest = jax.random.split(key)
+            first_width = config.widths[max(s - 1, 0)]
+            stage = {"first": init_block(k_first, first_width, first=s == 0)}
+            if config.units[s] > 1:
+                keys = jax.random.split(k_rest, config.units[s] - 1)
+                stage["rest"] = jax.vmap(lambda k: init_block(k, config.widths[s], False))(keys)
+            return stage
+
+        def collection(tree, name):
+            return jax.tree.map(
+                lambda v: v[name], tree, is_leaf=lambda v: isinstance(v, dict) and name in v
+            )
+
+        params, stats = {}, {}
+        for s in range(len(config.units)):
+            name = f"stage{s + 1}"
+            params[name] = self.param(name, lambda k, s=s: collection(init_stage(k, s), "params"))
+            shapes = jax.eval_shape(lambda k, s=s: init_stage(k, s), jax.random.key(0))
+            stats[name] = self.variable(
+                "batch_stats",
+                name,
+                lambda shapes=shapes: initial_batch_stats(collection(shapes, "batch_stats")),
+            )
+        # Per block {"F": {"params", "batch_stats"}, "G": ...}: the residual functions' variables.
+        merged = {
+            name: jax.tree.map(
+                lambda p, v: {"params": p, "batch_stats": v},
+                params[name],
+                stats[name].value,
+                is_leaf=lambda t: isinstance(t, dict) and "K" in t,
+            )
+            for name in params
+        }
+
+        def step(F):
+            return chang.verlet_step_with_stats(
+                residual_with_stats(F, train), residual_with_stats(residual, train), train=train
+            )
+
+        plan = chang.body_plan(config, step(residual), step(first_residual))
+        layers = [layer for layer, _ in plan]
+        return layers, chang.body_params(merged, config), plan, stats
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         config = self.config()
         chang.check_input(x.shape, config)
         x = Stem(self.filters[0], dtype=self.dtype, name="stem")(x.astype(self.dtype), train)
-        tree = {
-            f"stage{s + 1}": self.param(
-                f"stage{s + 1}",
-                lambda k, s=s: chang.init_stage_params(k, config, s, self.dtype),
-            )
-            for s in range(len(config.units))
-        }
-        state = engine.apply(
-            chang.body_layers(config),
-            chang.body_params(tree, config),
-            chang.to_state(x, config),
-            backprop=self.backprop,
-        )
+        state = chang.to_state(x, config)
+        if config.block == "bn":
+            layers, params, plan, stats = self._bn_body(config, train)
+        else:
+            tree = {
+                f"stage{s + 1}": self.param(
+                    f"stage{s + 1}",
+                    lambda k, s=s: chang.init_stage_params(k, config, s, self.dtype),
+                )
+                for s in range(len(config.units))
+            }
+            layers, params = chang.body_layers(config), chang.body_params(tree, config)
+        out, aux = engine.apply_with_aux(layers, params, state, backprop=self.backprop)
+        sow_reconstruction_error(self, layers, params, state)
+        if config.block == "bn" and train and self.is_mutable_collection("batch_stats"):
+            new = {name: dict(v.value) for name, v in stats.items()}
+            for (_, path), stats_update in zip(plan, aux):
+                if path is not None and stats_update is not None:
+                    new[path[0]][path[1]] = stats_update
+            for name, variable in stats.items():
+                variable.value = new[name]
         return ClassifierHead(self.num_classes, dtype=self.dtype, name="head")(
-            chang.from_state(state, config), train
+            chang.from_state(out, config), train
         )
 
 
 def _factory(family: str, units: tuple[int, ...], filters: tuple[int, ...]):
     def build(**overrides) -> ChangNet:
-        fields = {
-            "family": family,
-            "units": units,
-            "filters": filters,
-            "h": DEFAULT_STEP_SIZES[family],
-        }
+        fields = {"family": family, "units": units, "filters": filters}
         if overrides.get("transition") == "reversible" and "filters" not in overrides:
             fields["filters"] = chang.reversible_filters(filters)
         fields.update(overrides)

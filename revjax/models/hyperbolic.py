@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from revjax import engine
+from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
 from revjax.heads import check_num_classes
 from revjax.models import register
@@ -43,7 +44,7 @@ COMPARISON_VARIANTS = {
 }
 
 
-class HyperbolicSegmenter(nn.Module):
+class HyperbolicSegmenter(ReversibleModel, nn.Module):
     """Fully reversible multilevel hyperbolic network with a per-pixel 1x1-conv head.
 
     Attributes:
@@ -74,7 +75,7 @@ class HyperbolicSegmenter(nn.Module):
     ranks: int | Sequence[int] | None = None
     h: float = 0.5
     width: int = 8
-    norm: str = "tv_norm"
+    norm: str = "none"
     kernel_size: int = 3
     use_bias: bool = True
     coarsening: str = "reversible"
@@ -137,7 +138,9 @@ class HyperbolicSegmenter(nn.Module):
             if u > 0:
                 params.append(None)
             params.append(p)
-        state = engine.apply(layers, params, x.astype(self.dtype), backprop=self.backprop)
+        x = x.astype(self.dtype)
+        state = engine.apply(layers, params, x, backprop=self.backprop)
+        sow_reconstruction_error(self, layers, params, x)
         head = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head"
         )  # a 1x1 convolution on the channel axis

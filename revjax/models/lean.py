@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from revjax import engine, transitions
+from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import lean
 from revjax.heads import ClassifierHead, Stem, check_num_classes
 from revjax.models import create, register
@@ -128,7 +129,7 @@ class LeanResNet(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype)(x)
 
 
-class LeanHamiltonian(nn.Module):
+class LeanHamiltonian(ReversibleModel, nn.Module):
     """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator (SPEC §6.7).
 
     Body per stage: ``depth`` Verlet steps on the channel halves ``(Y, Z)``,
@@ -173,6 +174,7 @@ class LeanHamiltonian(nn.Module):
             layers.append(step)
             params.append(self.param(f"stage{i}", self._init_stage, width // 2))
         y, z = engine.apply(layers, params, state, backprop=self.backprop)
+        sow_reconstruction_error(self, layers, params, state)
         return ClassifierHead(self.num_classes, dtype=self.dtype)(
             jnp.concatenate([y, z], axis=-1), train
         )

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from revjax import conv as conv_ops
+from revjax.drift import ReversibleModel
 from revjax.heads import ClassifierHead, Stem, check_num_classes, conv_init
 from revjax.models import register
 from revjax.nn import CouplingStack
@@ -52,7 +53,7 @@ class ConvResidual(nn.Module):
         return self.out_scale * conv_ops.conv(h, k2) + b2
 
 
-class RevNetMini(nn.Module):
+class RevNetMini(ReversibleModel, nn.Module):
     """Stem -> `depth` reversible couplings of width 2*`channels` -> classifier head.
 
     Attributes:

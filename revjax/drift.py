@@ -1,0 +1,90 @@
+"""Reconstruction drift of a model's reversible body: measured inside `apply`, read by one call.
+
+Reversible backprop is only as good as its reconstruction. In floating point
+`(x + F(z)) − F(z) ≠ x`, and the rounding of every step is amplified by the rest of the
+network; an unstable configuration (too large a step size, say) turns reconstructed inputs,
+and with them the gradients, into noise while the loss still looks like a run that merely
+trains badly. Every zoo model therefore reports its body's drift the same way:
+
+    model.reconstruction_error(variables, x, train=False)  ->  scalar (or None)
+    revjax.models.reconstruction_error(model, variables, x)  (the same, for any model)
+
+the worst relative error ‖x̂ − x‖/‖x‖ over every reconstructed step input of the body, as the
+reversible backward pass would see it (`revjax.engine.reconstruction_error`). With
+`train=True` batch-norm layers use the batch's statistics (as the training step does); the
+running averages are not changed.
+
+Models implement it by calling `sow_reconstruction_error(self, layers, params, x)` next to
+their `engine.apply`: when the caller asks for the "diagnostics" collection the body's drift
+is measured (one extra forward with stored states and one reverse sweep) and sown; otherwise
+it costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from revjax import engine
+
+__all__ = [
+    "DIAGNOSTICS",
+    "sow_reconstruction_error",
+    "reconstruction_error",
+    "ReversibleModel",
+]
+
+DIAGNOSTICS = "diagnostics"
+_NAME = "reconstruction_error"
+
+
+def sow_reconstruction_error(
+    module: nn.Module,
+    layers: Sequence[engine.Layer],
+    params: Sequence[Any],
+    x: Any,
+    rngs: Sequence[Any] | None = None,
+) -> None:
+    """Inside a model's `__call__`: sow the body's worst reconstruction error when asked for."""
+    if not module.is_mutable_collection(DIAGNOSTICS):
+        return
+    errors = engine.reconstruction_error(layers, params, x, rngs)
+    worst = jnp.max(jnp.stack([jnp.max(e) for e in errors]))
+    module.sow(DIAGNOSTICS, _NAME, worst)
+
+
+def reconstruction_error(
+    model: nn.Module, variables: Any, x: jax.Array, *, train: bool = False
+) -> jax.Array | None:
+    """Worst relative reconstruction error of `model`'s reversible body on the batch `x`.
+
+    Args:
+      model: a zoo model (unbound linen module).
+      variables: its variables ({"params", ...}).
+      x: an input batch, as passed to `model.apply`.
+      train: measure in training mode (batch statistics, as the gradient sees them); no
+        running average is updated.
+
+    Returns:
+      A float scalar, or None when the model has no reversible body (e.g. ResNet).
+    """
+    mutable = [DIAGNOSTICS]
+    if train and "batch_stats" in variables:
+        mutable.append("batch_stats")
+    _, state = model.apply(variables, x, train=train, mutable=mutable)
+    sown = jax.tree.leaves(state.get(DIAGNOSTICS, {}))
+    if not sown:
+        return None
+    return jnp.max(jnp.stack([jnp.asarray(v, jnp.float32) for v in sown]))
+
+
+class ReversibleModel:
+    """Mixin for zoo models: `model.reconstruction_error(variables, x, train=False)`."""
+
+    def reconstruction_error(self, variables: Any, x: jax.Array, *, train: bool = False):
+        """Worst relative reconstruction error of the body (see `revjax.drift`)."""
+        return reconstruction_error(self, variables, x, train=train)

@@ -1,0 +1,131 @@
+"""Every registered network trains correctly at its defaults: float32, at initialisation.
+
+For each reversible model at its registered configuration and paper depth:
+
+- the outputs are finite;
+- the body's float32 reconstruction error (`model.reconstruction_error`, training mode) is
+  at most 1e-4;
+- the reversible gradient equals the stored-activation gradient within 1e-3 relative;
+- the reversible training step really reconstructs: its compiled temporary memory is below
+  the stored one (a model that ignored `backprop` would compare a mode with itself).
+
+An unstable default (e.g. the bias-only Hamiltonian block at h = 1, whose state grows ~10¹²
+over hamiltonian218's depth) fails all three of the last checks. Inputs are small
+(batch 4, 16x16) to keep the default suite fast; depth, not image size, drives the drift.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from revjax import models
+
+BATCH = 4
+SLOW = pytest.mark.slow
+
+# name -> input shape (one example) for every reversible model of the zoo.
+REVERSIBLE = {
+    "revnet_mini": (16, 16, 3),
+    "revnet38": (16, 16, 3),
+    "revnet110": (16, 16, 3),
+    "hamiltonian74": (16, 16, 3),
+    "hamiltonian218": (16, 16, 3),
+    "midpoint62": (16, 16, 3),
+    "leapfrog62": (16, 16, 3),
+    "revup20": (16, 16, 3),
+    "revup110": (16, 16, 3),
+    "lean_hamiltonian": (16, 16, 3),
+    "lean_hamiltonian_circulant": (16, 16, 3),
+    "hyperbolic2d": (16, 16, 3),
+    "hyperbolic3d": (8, 16, 16, 3),
+}
+REVERSIBLE_SLOW = {
+    "revnet164": (16, 16, 3),
+    "revup56": (16, 16, 3),
+    "hamiltonian1202": (16, 16, 3),
+}
+
+
+def _labels(model_name, logits):
+    key = jax.random.key(1)
+    return jax.random.randint(key, logits.shape[:-1], 0, logits.shape[-1])
+
+
+def _loss_fn(model, variables, x, labels):
+    def loss(params):
+        mutable = ["batch_stats"] if "batch_stats" in variables else False
+        out = model.apply({**variables, "params": params}, x, train=True, mutable=mutable)
+        logits = out[0] if mutable else out
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return loss
+
+
+def _grad_and_temp_bytes(model, variables, x, labels):
+    grad = jax.jit(jax.grad(_loss_fn(model, variables, x, labels)))
+    compiled = grad.lower(variables["params"]).compile()
+    return compiled(variables["params"]), compiled.memory_analysis().temp_size_in_bytes
+
+
+def _relative(a, b) -> float:
+    num = sum(
+        float(jnp.sum(jnp.square(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+    den = sum(float(jnp.sum(jnp.square(v))) for v in jax.tree.leaves(b))
+    return (num / den) ** 0.5
+
+
+def check_defaults(name, shape):
+    model = models.create(name)
+    x = jax.random.normal(jax.random.key(0), (BATCH, *shape), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, x))(jax.random.key(2))
+    logits = model.apply(variables, x)
+    assert logits.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(logits))), f"{name}: non-finite outputs at init"
+
+    drift = float(model.reconstruction_error(variables, x, train=True))
+    assert drift <= 1e-4, f"{name}: float32 reconstruction error {drift:.2e} at init"
+
+    labels = _labels(name, logits)
+    reversible, rev_bytes = _grad_and_temp_bytes(model, variables, x, labels)
+    stored, store_bytes = _grad_and_temp_bytes(model.clone(backprop="store"), variables, x, labels)
+    error = _relative(reversible, stored)
+    assert error <= 1e-3, f"{name}: reversible vs stored gradients differ by {error:.2e}"
+    assert rev_bytes < store_bytes, (name, rev_bytes, store_bytes)
+
+
+@pytest.mark.parametrize("name", sorted(REVERSIBLE))
+def test_registered_model_is_stable_at_defaults(name):
+    check_defaults(name, REVERSIBLE[name])
+
+
+@SLOW
+@pytest.mark.parametrize("name", sorted(REVERSIBLE_SLOW))
+def test_deep_registered_model_is_stable_at_defaults(name):
+    check_defaults(name, REVERSIBLE_SLOW[name])
+
+
+def test_every_registered_reversible_model_is_checked():
+    """A newly registered reversible model must be added to the lists above."""
+    x = jnp.zeros((1, 16, 16, 3), jnp.float32)
+    unchecked = []
+    for name in models.names():
+        model = models.create(name)
+        if not hasattr(model, "reconstruction_error") or name in {**REVERSIBLE, **REVERSIBLE_SLOW}:
+            continue
+        if name in ("revnet104", "revup_imagenet"):  # ImageNet-sized: covered by family tests
+            continue
+        unchecked.append(name)
+    del x
+    assert not unchecked, f"reversible models without a defaults check: {unchecked}"
+
+
+def test_bias_only_hamiltonian_at_unit_step_is_caught():
+    """The failure this file exists for: bias-only block, h = 1, hamiltonian218's depth."""
+    model = models.create("hamiltonian218", block="bias", h=1.0)
+    x = jax.random.normal(jax.random.key(0), (BATCH, 16, 16, 3), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, x))(jax.random.key(2))
+    drift = model.reconstruction_error(variables, x, train=True)
+    assert not float(drift) <= 1e-4
