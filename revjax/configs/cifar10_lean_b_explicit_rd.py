@@ -47,4 +47,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.log_every_steps = 1
         config.checkpoint_every_steps = 1
         config.eval_every_steps = 0
+        config.fake_examples = 32  # random data of the dataset's shapes: runs offline
     return config

@@ -346,7 +346,15 @@ def load(
     source = open_source(name, split, data_dir, options)
     if name == "davis":
         source = ClipIndexSource(source, options["clips_per_video"])
-        return source, functools.partial(davis_preprocess, **options)
+    return source, load_preprocess(name, options)
+
+
+def load_preprocess(
+    name: str, options: dict[str, Any]
+) -> Callable[[dict[str, Any], Any], dict[str, np.ndarray]]:
+    """The per-example preprocess of ``name`` bound to resolved ``options``."""
+    if name == "davis":
+        return functools.partial(davis_preprocess, **options)
     if name == "imagenet2012":
-        return source, functools.partial(imagenet_preprocess, **options)
-    return source, functools.partial(classification_preprocess, **options)
+        return functools.partial(imagenet_preprocess, **options)
+    return functools.partial(classification_preprocess, **options)
