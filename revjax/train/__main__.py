@@ -81,23 +81,6 @@ flags.DEFINE_string("workdir", None, "Output directory (default ./workdir/<confi
 flags.DEFINE_bool("print_only", False, "Print the resolved config (JSON) and exit.")
 
 
-def check_flags(argv: list[str]) -> None:
-    """Parses the flags once before ``app.run`` so that a bad ``--config.field`` override is
-    a one-line error with exit status 1, not a traceback.
-
-    Raises:
-      SystemExit: "error: unknown config field 'num_step'; did you mean "num_steps"?".
-    """
-    try:
-        FLAGS(argv)
-    except flags.Error:
-        return  # absl's own usage errors: app.run reports them
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        sys.exit(f"error: {_one_line(error)}")
-    finally:
-        FLAGS.unparse_flags()
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -148,7 +131,6 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     sys.argv = resolve_config_argument(sys.argv)
-    check_flags(list(sys.argv))
     app.run(main)
 
 
