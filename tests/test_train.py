@@ -634,3 +634,38 @@ def test_cli_typo_help_and_print_only(tmp_path):
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout)
     assert printed["seed"] == 7 and printed["dataset"] == "cifar10"
+
+
+def test_plot_curves_writes_into_workdir(tmp_path):
+    """plot_curves.py WORKDIR writes WORKDIR/curves.png (not ./results); a workdir without
+    metrics gets a one-line message."""
+    script = Path(__file__).resolve().parents[1] / "experiments" / "plot_curves.py"
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    records = [{"step": s, "split": "train", "loss": 1.0 / s, "accuracy": 0.5} for s in (1, 2)]
+    records.append({"step": 0, "split": "train", "reconstruction_error": 1e-7})
+    records.append({"step": 2, "split": "test", "loss": 0.7, "accuracy": 0.6})
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    env = dict(os.environ, PYTHONPATH=str(script.parents[1]))
+    out = subprocess.run(
+        [sys.executable, str(script), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (workdir / "curves.png").stat().st_size > 0 and not (tmp_path / "results").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = subprocess.run(
+        [sys.executable, str(script), str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert "no metrics.jsonl yet" in out.stderr
