@@ -3,9 +3,9 @@
 Datasets: ``cifar10``, ``cifar100``, ``stl10`` (the CIFAR/STL-10 experiments of RevNet,
 Gomez et al. 2017, arXiv:1707.04585; Chang et al. 2018, arXiv:1709.03698; LeanResNet,
 Ephrath et al. 2019, arXiv:1805.07821), ``imagenet2012`` (RevNet) and ``davis`` (video
-segmentation, Peters, Haber, Lensink 2019, arXiv:1912.12137). Records are read with ``tfds.data_source(name, split=...,
-data_dir=..., download=False)``, which needs the dataset prepared in the ``array_record``
-format but does **not** need TensorFlow; decoding uses PIL.
+segmentation, Peters, Haber, Lensink 2019, arXiv:1912.12137). Records are read with
+``tfds.data_source(name, split=..., data_dir=..., download=False)``, which needs the
+dataset prepared in the ``array_record`` format but does **not** need TensorFlow; decoding uses PIL.
 
 Preparing a dataset (once, in any environment that has TensorFlow: in tensorflow-datasets
 4.9 the ``tfds`` command line and the dataset builders import TensorFlow)::
