@@ -669,3 +669,33 @@ def test_plot_curves_writes_into_workdir(tmp_path):
     )
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
     assert "no metrics.jsonl yet" in out.stderr
+
+
+def _tensorboard_scalars(logdir):
+    """{tag: [(step, value)]} read from tensorboardX event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_events_have_learning_rate_and_grad_norm(trained):
+    """TensorBoard event files (tensorboardX, no TensorFlow) mirror metrics.jsonl."""
+    pytest.importorskip("tensorboardX")
+    scalars = _tensorboard_scalars(trained / "tensorboard")
+    assert [s for s, _ in scalars["train/learning_rate"]] == [1, 2, 3, 4]
+    assert all(v > 0 for _, v in scalars["train/grad_norm"])
+    records = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    test = [r for r in records if r["split"] == "test"]
+    assert scalars["test/accuracy"] == [(4, pytest.approx(test[-1]["accuracy"]))]

@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every_steps = 0  # 0: evaluate at the end only
     config.memory_report = True
     config.memory_modes = ("reversible", "store")
+    config.tensorboard = True  # also TensorBoard events in <workdir>/tensorboard (tensorboardX)
     config.progress_bar = True  # a bar on a terminal; plain log lines otherwise or if False
 
     # Drift guard: relative reconstruction error of the reversible body, measured on the

@@ -284,6 +284,26 @@ class _MetricsWriter:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
         self._seen: set[tuple] = set()
+        self._tensorboard = None
+
+    def open_tensorboard(self, logdir: Path, purge_step: int) -> bool:
+        """Also writes every scalar as a TensorBoard event (``<split>/<name>``) under
+        ``logdir`` with ``tensorboardX`` (no TensorFlow needed); events at steps >=
+        ``purge_step`` left by an interrupted run are discarded. Returns False if
+        tensorboardX is not installed (``pip install tensorboardX``)."""
+        if not self.enabled:
+            return True
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return False
+        self._tensorboard = SummaryWriter(str(logdir), purge_step=purge_step or None)
+        return True
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     @staticmethod
     def _key(record: Mapping[str, Any]) -> tuple:
@@ -319,6 +339,10 @@ class _MetricsWriter:
         self._seen.add(key)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for name, value in values.items():
+                self._tensorboard.add_scalar(f"{split}/{name}", float(value), int(step))
+            self._tensorboard.flush()
 
 
 # Exit statuses of ``python -m revjax.train`` (documented in the README "Training" section).
@@ -619,6 +643,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
     writer = _MetricsWriter(workdir / "metrics.jsonl", jax.process_index() == 0)
     writer.resume_at(step)
+    if config.get("tensorboard", True):
+        if not writer.open_tensorboard(workdir / "tensorboard", purge_step=step + 1):
+            messages.append(
+                "TensorBoard events off: pip install tensorboardX (metrics.jsonl is written)"
+            )
 
     # Compile the step once; its memory analysis is the configured mode's figure.
     abstract_batch = {
@@ -758,6 +787,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     finally:
         progress.close()
         checkpointer.close()  # finishes an in-flight save of a good state
+        if stopped_by is not None or sys.exc_info()[0] is not None:
+            writer.close()
 
     summary: dict[str, Any] = {
         "config": config.get("name", ""),
@@ -782,6 +813,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         summary["test_loss"] = float(result["loss"])
         summary["test_accuracy"] = float(result["accuracy"])
         summary.update({k: v for k, v in result.items() if k not in ("loss", "accuracy")})
+    writer.close()
     summary["wall_time_s"] = time.time() - start_time
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
