@@ -699,3 +699,52 @@ def test_tensorboard_events_have_learning_rate_and_grad_norm(trained):
     records = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
     test = [r for r in records if r["split"] == "test"]
     assert scalars["test/accuracy"] == [(4, pytest.approx(test[-1]["accuracy"]))]
+
+
+def test_iou_from_confusion_hand_example():
+    """IoU_k = TP / (TP + FP + FN) from C[true, pred]; absent classes are NaN."""
+    labels = jnp.array([[0, 0, 1, 1]])
+    logits = jax.nn.one_hot(jnp.array([[0, 1, 1, 1]]), 3)
+    counts = trainer.confusion_matrix(logits, labels, jnp.ones(1), 3)
+    np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 2, 0], [0, 0, 0]])
+    iou = trainer.iou_from_confusion(counts)
+    np.testing.assert_allclose(iou[:2], [1 / 2, 2 / 3])
+    assert np.isnan(iou[2])
+    padded = trainer.confusion_matrix(logits, labels, jnp.zeros(1), 3)
+    assert float(padded.sum()) == 0.0
+
+
+def test_segmentation_task_reports_iou_through_the_trainer(tmp_path):
+    """video_hyperbolic3d:smoke through train_and_evaluate: per-class IoU and mean IoU equal
+    those recomputed from the loaded model on the test clips."""
+    from revjax import data
+    from revjax.train import load
+
+    config = configs.load_config("video_hyperbolic3d", "smoke")
+    config.memory_report, config.progress_bar = False, False
+    summary = trainer.train_and_evaluate(config, tmp_path)
+    assert "mean_iou" in summary and 0 <= summary["mean_iou"] <= 1
+    model, variables, loaded = load(tmp_path)
+    options = dict(loaded.dataset_options)
+    ds = data.make_dataset(
+        "synthetic_video", "test", global_batch_size=2, seed=0, train=False, **options
+    )
+    info = data.dataset_info("synthetic_video", **options)
+    counts = sum(
+        np.asarray(
+            trainer.confusion_matrix(
+                model.apply(variables, jnp.asarray(b["image"]), train=False),
+                jnp.asarray(b["label"]),
+                jnp.ones(len(b["label"])),
+                info.num_classes,
+            )
+        )
+        for b in ds
+    )
+    iou = trainer.iou_from_confusion(counts)
+    for k, value in enumerate(iou):
+        if np.isfinite(value):
+            assert summary[f"iou_{k}"] == pytest.approx(value, abs=1e-6)
+    assert summary["mean_iou"] == pytest.approx(np.nanmean(iou), abs=1e-6)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("mean_iou" in r for r in records if r["split"] == "test")

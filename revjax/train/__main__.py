@@ -123,6 +123,11 @@ def main(argv: list[str]) -> None:
         f"test accuracy {summary['test_accuracy']:.4f} (loss {summary['test_loss']:.4f}) "
         f"after {summary['steps']} steps, {summary['wall_time_s']:.1f} s"
     )
+    if "mean_iou" in summary:
+        per_class = ", ".join(
+            f"{k[4:]}: {v:.3f}" for k, v in summary.items() if k.startswith("iou_")
+        )
+        print(f"mean IoU {summary['mean_iou']:.4f} (per class {per_class})")
     if summary.get("memory_line"):
         print(summary["memory_line"])
     print(f"summary: {Path(workdir) / 'summary.json'}")

@@ -72,6 +72,8 @@ __all__ = [
     "cross_entropy_metrics",
     "make_train_step",
     "make_eval_step",
+    "confusion_matrix",
+    "iou_from_confusion",
     "train_and_evaluate",
 ]
 
@@ -223,14 +225,52 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model) -> Callable[[dict, dict], dict]:
-    """``(state, batch with "weight") -> {"loss_sum", "correct", "count"}`` in eval mode."""
+def confusion_matrix(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array, num_classes: int
+) -> jax.Array:
+    """(K, K) weighted counts C[true, predicted] over every label entry.
+
+    Args:
+      logits: (B, ..., K).
+      labels: (B, ...) integer classes.
+      weights: (B,) example weights (0 for padding), broadcast over the label axes.
+      num_classes: K.
+    """
+    predicted = jnp.argmax(logits, axis=-1)
+    w = jnp.broadcast_to(weights.reshape(weights.shape + (1,) * (labels.ndim - 1)), labels.shape)
+    true_1h = jax.nn.one_hot(labels.reshape(-1), num_classes, dtype=jnp.float32)
+    pred_1h = jax.nn.one_hot(predicted.reshape(-1), num_classes, dtype=jnp.float32)
+    return jnp.einsum("nk,nl->kl", true_1h * w.reshape(-1, 1).astype(jnp.float32), pred_1h)
+
+
+def iou_from_confusion(counts: np.ndarray) -> np.ndarray:
+    """Per-class IoU_k = TP_k / (TP_k + FP_k + FN_k) of a (K, K) confusion matrix C[true, pred];
+    NaN for a class absent from both labels and predictions."""
+    counts = np.asarray(counts, np.float64)
+    tp = np.diag(counts)
+    union = counts.sum(0) + counts.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def make_eval_step(model, num_classes: int | None = None) -> Callable[[dict, dict], dict]:
+    """``(state, batch with "weight") -> {"loss_sum", "correct", "count"[, "confusion"]}``.
+
+    The task follows the dataset: classification reports loss and accuracy; segmentation
+    (``num_classes`` given) also the (K, K) confusion matrix over all voxels, from which
+    ``evaluate`` reports per-class IoU and their mean.
+    """
 
     def eval_step(state, batch):
         variables = {"params": state["params"], **state.get("model_state", {})}
         logits = model.apply(variables, batch["image"], train=False)
         ce_sum, correct, count = cross_entropy_metrics(logits, batch["label"], batch["weight"])
-        return {"loss_sum": ce_sum, "correct": correct, "count": count}
+        out = {"loss_sum": ce_sum, "correct": correct, "count": count}
+        if num_classes is not None:
+            out["confusion"] = confusion_matrix(
+                logits, batch["label"], batch["weight"], num_classes
+            )
+        return out
 
     return eval_step
 
@@ -459,7 +499,8 @@ def memory_line(temp_bytes: Mapping[str, int]) -> str:
 
 
 def evaluate(eval_fn, state, config, mesh, spatial_axis=None) -> dict[str, float]:
-    """Mean loss and accuracy over the whole test split (last batch padded and masked)."""
+    """Mean loss and accuracy over the whole test split (last batch padded and masked);
+    segmentation adds ``iou_<k>`` per class present and ``mean_iou`` (their mean)."""
     batch_size = int(config.get("eval_batch_size", 0) or config.global_batch_size)
     ds = data_lib.make_dataset(
         config.dataset,
@@ -474,11 +515,20 @@ def evaluate(eval_fn, state, config, mesh, spatial_axis=None) -> dict[str, float
     )
     local = batch_size // jax.process_count()
     totals = np.zeros(3)
+    confusion = None
     for batch in ds:
         out = eval_fn(state, sharding.shard_batch(_pad_batch(batch, local), mesh, spatial_axis))
         totals += np.array([out["loss_sum"], out["correct"], out["count"]], dtype=np.float64)
+        if "confusion" in out:
+            counts = np.asarray(jax.device_get(out["confusion"]), np.float64)
+            confusion = counts if confusion is None else confusion + counts
     loss_sum, correct, count = totals
-    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+    result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+    if confusion is not None:
+        iou = iou_from_confusion(confusion)
+        result.update({f"iou_{k}": float(v) for k, v in enumerate(iou) if np.isfinite(v)})
+        result["mean_iou"] = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return result
 
 
 def drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
@@ -683,7 +733,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 )
         if not temp_bytes:
             temp_bytes["model"] = memory.compiled_temp_bytes(compiled)
-    eval_fn = jax.jit(make_eval_step(model))
+    eval_fn = jax.jit(
+        make_eval_step(model, info.num_classes if info.task == "segmentation" else None)
+    )
 
     save_every = int(config.get("checkpoint_every_steps", 0) or 0)
     eval_every = int(config.get("eval_every_steps", 0) or 0)
