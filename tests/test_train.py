@@ -748,3 +748,23 @@ def test_segmentation_task_reports_iou_through_the_trainer(tmp_path):
     assert summary["mean_iou"] == pytest.approx(np.nanmean(iou), abs=1e-6)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("mean_iou" in r for r in records if r["split"] == "test")
+
+
+def test_config_differences_rules():
+    """Run-independent fields and allowed fields are not differences; fields added later
+    compare equal to their implicit old value."""
+    saved = {"seed": 0, "num_steps": 4, "progress_bar": True, "optimizer": {"name": "sgd"}}
+    current = {
+        "seed": 0,
+        "num_steps": 8,
+        "progress_bar": False,
+        "mesh": {"data": 2},
+        "model_kwargs": {"backprop": "store"},
+        "optimizer": {"name": "sgd", "accumulate_steps": 1},
+    }
+    assert checkpointing.config_differences(saved, current, ("num_steps",)) == []
+    assert checkpointing.config_differences(saved, current) == ["num_steps: checkpoint 4, now 8"]
+    current["optimizer"]["accumulate_steps"] = 2
+    assert checkpointing.config_differences(saved, current, ("num_steps",)) == [
+        "optimizer.accumulate_steps: checkpoint 1, now 2"
+    ]

@@ -92,6 +92,15 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+# Run-defining fields added after checkpoints were first written, with the value that older
+# checkpoints (which lack them) implicitly used.
+ADDED_FIELD_DEFAULTS = {
+    "fake_examples": 0,
+    "optimizer.warmup_steps": 0,
+    "optimizer.accumulate_steps": 1,
+}
+
+
 def _independent(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in RUN_INDEPENDENT_FIELDS)
 
@@ -115,6 +124,7 @@ def config_differences(
       allowed: dotted fields whose change is accepted (e.g. ``("num_steps",)``).
     """
     a, b = run_defining_view(saved), run_defining_view(current)
+    a = {**{k: v for k, v in ADDED_FIELD_DEFAULTS.items() if k in b}, **a}
     return [
         f"{key}: checkpoint {a.get(key, '<unset>')!r}, now {b.get(key, '<unset>')!r}"
         for key in sorted(set(a) | set(b))

@@ -118,7 +118,7 @@ def make_optimizer(
     name = opt.get("name", "sgd")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    accumulate = int(opt.get("accumulate_steps", 1) or 1)
+    accumulate = int(opt.get("accumulate_steps", 1))
     if accumulate < 1:
         raise ValueError(f"optimizer.accumulate_steps must be >= 1, got {accumulate}")
     warmup = int(opt.get("warmup_steps", 0) or 0)
