@@ -482,6 +482,16 @@ class _Progress:
         self.bar.close()
 
 
+def _interactive() -> bool:
+    """Whether a progress bar can redraw: stdout is a terminal, or a Jupyter kernel (where
+    ``tqdm.auto`` draws a widget)."""
+    if sys.stdout.isatty():
+        return True
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "Kernel" in type(ip).__name__
+
+
 def _fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
@@ -659,7 +669,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )
     checkpointer.allowed_changes = _allowed_changes(config)
     checkpointer.force = bool(config.get("force_resume", False))
-    show_bar = bool(config.get("progress_bar", True)) and sys.stdout.isatty()
+    show_bar = bool(config.get("progress_bar", True)) and _interactive()
     log_every = max(int(config.get("log_every_steps", 50)), 1)
     try:
         train_iter = iter(train_ds)
