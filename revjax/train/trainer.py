@@ -489,7 +489,7 @@ def _interactive() -> bool:
         return True
     shell = sys.modules.get("IPython")
     ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
-    return ip is not None and "Kernel" in type(ip).__name__
+    return ip is not None and "ipykernel" in sys.modules
 
 
 def _fmt_bytes(n: int) -> str:
