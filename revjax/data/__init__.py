@@ -13,7 +13,9 @@ Public API (used by the trainer):
 Datasets: ``digits`` (scikit-learn, no download), ``synthetic_video`` (generated),
 ``cifar10``, ``cifar100``, ``stl10``, ``imagenet2012``, ``davis`` (TFDS array_record,
 prepared beforehand; see ``revjax.data.tfds_pipeline``), and the user's own in-memory arrays
-registered under a name with ``register_arrays(name, train=(x, y), test=(x, y))``.
+registered under a name with ``register_arrays(name, train=(x, y), test=(x, y))``, and image
+folders ``"folder:<root>"`` (``root/{train,test}/<class>/<images>``, see
+``revjax.data.image_folder``).
 TensorFlow is never imported. ``fake_examples=N`` (> 0) replaces any dataset by N random
 records per split with its shapes and classes (TFDS images go through the dataset's own
 preprocessing), so smoke runs need no download.
@@ -44,7 +46,7 @@ from typing import Any, NamedTuple
 
 import grain
 
-from revjax.data import digits, synthetic_video, tfds_pipeline
+from revjax.data import digits, image_folder, synthetic_video, tfds_pipeline
 from revjax.data.arrays import ArraySource, FakeSource, check_arrays
 from revjax.data.tfds_pipeline import TFDS_DATASETS, DatasetNotPreparedError
 
@@ -82,11 +84,11 @@ class DatasetInfo(NamedTuple):
 
 
 def _check_name(name: str) -> None:
-    if name not in DATASETS and name not in _ARRAYS:
+    if name not in DATASETS and name not in _ARRAYS and not image_folder.is_folder(name):
         valid = ", ".join((*DATASETS, *sorted(_ARRAYS)))
         raise ValueError(
             f"Unknown dataset {name!r}; valid names: {valid} (own numpy arrays: "
-            "revjax.data.register_arrays)"
+            "revjax.data.register_arrays; an image folder: 'folder:<root>')"
         )
 
 
@@ -148,6 +150,8 @@ def dataset_info(name: str, fake_examples: int = 0, **options: Any) -> DatasetIn
         (x, y), (xt, _) = entry["train"], entry["test"]
         task = "segmentation" if y.ndim > 1 else "classification"
         info = DatasetInfo(entry["num_classes"], tuple(x.shape[1:]), len(x), len(xt), task)
+    elif image_folder.is_folder(name):
+        info = DatasetInfo(**image_folder.info_fields(name, **options))
     elif name == "digits":
         info = DatasetInfo(**digits.info_fields(**options))
     elif name == "synthetic_video":
@@ -226,6 +230,8 @@ def _load(
         if split not in ("train", "test"):
             raise ValueError(f"{name!r} (registered arrays) has splits 'train' and 'test' only")
         return ArraySource(*_ARRAYS[name][key]), None
+    if image_folder.is_folder(name):
+        return image_folder.load(name, split, **options)
     if name == "digits":
         return digits.split_source(split, **options), None
     if name == "synthetic_video":
