@@ -300,6 +300,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config is missing the required field {key!r}")
     if config.get("num_steps", 0) <= 0 and config.get("num_epochs", 0) <= 0:
         raise ValueError("set config.num_steps > 0 or config.num_epochs > 0")
+    if int(config.get("drift_check_every", 0) or 0) < 0:
+        raise ValueError("config.drift_check_every must be >= 0 (0 disables the drift guard)")
+    if not float(config.get("drift_rtol", 1e-3)) > 0:
+        raise ValueError(f"config.drift_rtol must be > 0, got {config.get('drift_rtol')}")
+    if int(config.get("fake_examples", 0) or 0) < 0:
+        raise ValueError("config.fake_examples must be >= 0 (0 reads the real data)")
 
 
 def _pad_batch(batch: dict, size: int) -> dict:
