@@ -1,17 +1,20 @@
 """Training curves (loss, accuracy vs step) from one or more workdirs' metrics.jsonl -> PNG.
 
-    python experiments/plot_curves.py WORKDIR [WORKDIR ...] [--out results/curves.png]
+    python experiments/plot_curves.py WORKDIR                  # -> WORKDIR/curves.png
+    python experiments/plot_curves.py WORKDIR [WORKDIR ...] --out compare.png
     python experiments/plot_curves.py --quick      # trains a 60-step digits run first
 
 Reads the JSON lines written by ``revjax.train`` (``{"step", "split": "train"|"test",
 "loss", "accuracy", ...}``), prints a table of the final values per run, writes the figure
-to ``--out`` and the table to the same path with ``.json``.
+into the workdir (one workdir) or to ``--out`` (several), and the table next to it with
+``.json``. A workdir without metrics yet is a one-line message (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 def read_metrics(workdir: str | Path) -> dict[str, list[dict]]:
     """{"train": [...], "test": [...]} records of ``workdir/metrics.jsonl``, sorted by step.
 
-    A resumed run may repeat steps; the last record per (split, step) wins.
+    Only records with a ``loss`` count (others, e.g. ``reconstruction_error``, are checks);
+    should a step repeat, the last record per (split, step) wins.
     """
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
@@ -32,8 +36,12 @@ def read_metrics(workdir: str | Path) -> dict[str, list[dict]]:
     latest: dict[tuple[str, int], dict] = {}
     for line in path.read_text().splitlines():
         if line.strip():
-            record = json.loads(line)
-            latest[(record["split"], record["step"])] = record
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if "loss" in record:
+                latest[(record["split"], record["step"])] = record
     out: dict[str, list[dict]] = {"train": [], "test": []}
     for (split, _), record in sorted(latest.items(), key=lambda kv: kv[0][1]):
         out.setdefault(split, []).append(record)
@@ -90,7 +98,7 @@ def final_table(runs: dict[str, dict[str, list[dict]]]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="*")
-    parser.add_argument("--out", default="results/curves.png")
+    parser.add_argument("--out", default=None, help="default WORKDIR/curves.png (one workdir)")
     parser.add_argument("--quick", action="store_true", help="train a 60-step digits run first")
     args = parser.parse_args()
     workdirs = list(args.workdirs)
@@ -104,8 +112,17 @@ def main() -> None:
         workdir = tempfile.mkdtemp(prefix="revjax_quick_")
         train_and_evaluate(config, workdir)
         workdirs.append(workdir)
-    runs = {Path(w).name or str(w): read_metrics(w) for w in workdirs}
-    out = Path(args.out)
+    if args.out is None and len(workdirs) > 1:
+        sys.exit("error: several workdirs: pass --out PATH for the comparison figure")
+    runs = {}
+    for w in workdirs:
+        try:
+            runs[Path(w).name or str(w)] = read_metrics(w)
+        except FileNotFoundError:
+            sys.exit(f"{w}: no metrics.jsonl yet (no training step logged); nothing to plot")
+        if not runs[Path(w).name or str(w)]["train"]:
+            sys.exit(f"{w}: metrics.jsonl has no training records yet; nothing to plot")
+    out = Path(args.out) if args.out else Path(workdirs[0]) / "curves.png"
     plot(runs, out)
     rows = final_table(runs)
     print(f"{'run':<32} {'steps':>6} {'train loss':>11} {'test acc':>9}")

@@ -392,3 +392,38 @@ def test_synthetic_source_splits_use_disjoint_seeds():
     assert not np.array_equal(train[0]["image"], test[0]["image"])
     with pytest.raises(IndexError):
         train[5]
+
+
+def test_image_folder_dataset(tmp_path):
+    """folder:<root>: classes from train/ sub-directories, images decoded, resized to
+    image_size, standardised; unknown layout gives a clear error."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("cat", "dog"):
+            directory = tmp_path / split / name
+            directory.mkdir(parents=True)
+            for i in range(count):
+                size = (10 + i, 12)
+                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(directory / f"{i}.png")
+    name = f"folder:{tmp_path}"
+    info = data.dataset_info(name, image_size=8)
+    assert info == data.DatasetInfo(2, (8, 8, 3), 6, 4, "classification")
+    batch = next(
+        iter(
+            data.make_dataset(name, "test", global_batch_size=4, seed=0, train=False, image_size=8)
+        )
+    )
+    assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(batch["image"].mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+    train = next(
+        iter(
+            data.make_dataset(name, "train", global_batch_size=2, seed=0, train=True, image_size=8)
+        )
+    )
+    assert train["image"].shape == (2, 8, 8, 3)
+    with pytest.raises(FileNotFoundError, match="train/"):
+        data.dataset_info(f"folder:{tmp_path / 'nothing'}")

@@ -1,9 +1,11 @@
-"""Hamiltonian-74 on CIFAR-100 (Chang et al. 2018; SPEC §4.1); 439,860 parameters.
+"""Hamiltonian-74 on CIFAR-100 (Chang et al. 2018, arXiv:1709.03698); 439,860 parameters.
 
-Expected result: comparable to ResNet/RevNet of similar size (numbers not recovered,
-SPEC §4.5; RevNet-38 reference: 28.96% error).
+Same recipe as ``cifar10_hamiltonian74`` with 100 classes.
 
-Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps.
+Expected result: no number (the paper's accuracy tables are not in the text available to
+us; it reports results comparable to ResNet/RevNet of similar size).
+
+Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps, fake data (offline).
 """
 
 import ml_collections

@@ -1,10 +1,12 @@
-"""RevNet-110 on CIFAR-100 (Gomez et al. 2017; SPEC §2.4-2.5).
+"""RevNet-110 on CIFAR-100 (Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585, Sec. 5).
 
-Same model and schedule as ``cifar10_revnet110`` with 100 classes.
+Same model, schedule and normalisation (per-image standardisation, not the reference code's
+mean-image subtraction) as ``cifar10_revnet110`` with 100 classes.
 
-Expected result: test error 25.40% (accuracy 74.60%) [paper, SPEC §2.5]; ResNet-110: 26.44%.
+Expected result: test error 25.40% (ResNet-110: 26.44%), as reported in Gomez et al. (2017),
+Table 3.
 
-Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps.
+Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps, fake data (offline).
 """
 
 import ml_collections

@@ -1,15 +1,17 @@
-"""Hamiltonian-74 on CIFAR-10 (Chang et al. 2018; SPEC §4.1).
+"""Hamiltonian-74 on CIFAR-10 (Chang, Meng, Haber, Ruthotto, Begert, Holtham 2018,
+"Reversible Architectures for Arbitrarily Deep Residual Neural Networks", arXiv:1709.03698).
 
 Model ``hamiltonian74``: 6-6-6 Hamiltonian (Verlet) units, filters 32-32-64-112, 429,690
-parameters (SPEC §4.1), reversible backprop. Training as the reference code: batch 100,
-SGD momentum 0.9, lr 0.1 -> 0.01 at 40k -> 0.001 at 60k iterations, 80k iterations, weight
-decay 2e-4 on kernels, weight smoothness rate 2e-4 (``revjax.families.chang``).
+parameters (counted by ``revjax.models.count_params``), reversible backprop. Training as the
+authors' code (changebo/revnet-public, ``cifar_configs.py``): batch 100, SGD momentum 0.9,
+lr 0.1 -> 0.01 at 40k -> 0.001 at 60k iterations, 80k iterations, weight decay 2e-4 on
+kernels, weight smoothness rate 2e-4 (``revjax.families.chang``); data: pad-4 crop, flip,
+per-image standardisation (paper, section "Experiments").
 
-Expected result: accuracy comparable to ResNet/RevNet of similar size (the paper's CIFAR-10
-table was not recovered, SPEC §4.5; ResNet-32 reference: 7.14% error). Record the number you
-get here rather than a remembered one.
+Expected result: no number. The paper reports accuracy comparable to ResNet/RevNet of similar
+size, but its accuracy tables are not in the text available to us; record what you measure.
 
-Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps.
+Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps, fake data (offline).
 """
 
 import ml_collections

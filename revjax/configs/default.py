@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset = "digits"
     config.dataset_options = ml_collections.ConfigDict()
     config.data_dir = None
+    config.fake_examples = 0  # > 0: that many random examples of the dataset's shapes
     config.global_batch_size = 64
     config.eval_batch_size = 120
     config.num_epochs = 30
@@ -53,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.decay_factor = 0.1
     config.optimizer.halve_every_epochs = 0.0
     config.optimizer.grad_clip_norm = 0.0
+    config.optimizer.warmup_steps = 0  # linear warm-up multiplying the schedule
+    config.optimizer.accumulate_steps = 1  # > 1: optax.MultiSteps gradient accumulation
     config.weight_smoothness = 0.0  # Chang et al. smoothness-in-depth penalty weight
 
     config.log_every_steps = 10
@@ -62,7 +65,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every_steps = 0  # 0: evaluate at the end only
     config.memory_report = True
     config.memory_modes = ("reversible", "store")
-    config.progress_bar = True
+    config.tensorboard = True  # also TensorBoard events in <workdir>/tensorboard (tensorboardX)
+    config.progress_bar = True  # a bar on a terminal; plain log lines otherwise or if False
+
+    # Drift guard: relative reconstruction error of the reversible body, measured on the
+    # training batch at the first step and every `drift_check_every` steps (0 disables);
+    # above `drift_rtol` the run stops (exit status 3) keeping the last good checkpoint.
+    config.drift_check_every = 500
+    config.drift_rtol = 1e-3
+    # Resuming a workdir whose checkpoint has another run-defining config is refused; True
+    # continues that checkpoint under the new values (num_steps/num_epochs may always grow).
+    config.force_resume = False
 
     if is_smoke(arg):
         config.model_kwargs.channels = 8

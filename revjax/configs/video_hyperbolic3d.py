@@ -1,4 +1,6 @@
-"""Fully reversible hyperbolic 3-D segmentation of whole video clips (Peters et al.; SPEC §5).
+"""Fully reversible hyperbolic 3-D segmentation of whole video clips (Peters, Haber, Lensink
+2019, "Symmetric block-low-rank layers for fully reversible multilevel neural networks",
+arXiv:1912.12137).
 
 Model ``hyperbolic3d`` (NDHWC, width 8, 2 levels, 2 layers per level, reversible backprop)
 on ``synthetic_video``: generated 8x32x32 clips of moving shapes with per-pixel labels in 4
@@ -6,9 +8,9 @@ classes (no download). Loss: per-voxel softmax cross-entropy; accuracy is per vo
 Adam, lr 1e-3, batch 8, 3000 steps.
 
 Expected result: per-voxel test accuracy well above the majority-class baseline (background)
-and training-step temp memory (memory line) below "store", flat in depth. The paper's DAVIS
-numbers were not recovered (SPEC §5.4); use ``--config.dataset=davis`` (prepared TFDS) for
-the real task.
+and training-step temp memory (memory line) below "store", flat in depth. No DAVIS number:
+the paper's video-segmentation results are not in the text available to us. Use
+``--config.dataset=davis`` (prepared TFDS) for the real task.
 
 Smoke (``:smoke``): 4x16x16 clips, width 4, batch 2, 2 steps.
 """

@@ -12,7 +12,13 @@ Public API (used by the trainer):
 
 Datasets: ``digits`` (scikit-learn, no download), ``synthetic_video`` (generated),
 ``cifar10``, ``cifar100``, ``stl10``, ``imagenet2012``, ``davis`` (TFDS array_record,
-prepared beforehand; see ``revjax.data.tfds_pipeline``). TensorFlow is never imported.
+prepared beforehand; see ``revjax.data.tfds_pipeline``), and the user's own in-memory arrays
+registered under a name with ``register_arrays(name, train=(x, y), test=(x, y))``, and image
+folders ``"folder:<root>"`` (``root/{train,test}/<class>/<images>``, see
+``revjax.data.image_folder``).
+TensorFlow is never imported. ``fake_examples=N`` (> 0) replaces any dataset by N random
+records per split with its shapes and classes (TFDS images go through the dataset's own
+preprocessing), so smoke runs need no download.
 
 Pipeline (all grain ``MapDataset`` steps, so the stream is a pure function of ``seed``)::
 
@@ -40,7 +46,8 @@ from typing import Any, NamedTuple
 
 import grain
 
-from revjax.data import digits, synthetic_video, tfds_pipeline
+from revjax.data import digits, image_folder, synthetic_video, tfds_pipeline
+from revjax.data.arrays import ArraySource, FakeSource, check_arrays
 from revjax.data.tfds_pipeline import TFDS_DATASETS, DatasetNotPreparedError
 
 __all__ = [
@@ -50,10 +57,12 @@ __all__ = [
     "dataset_info",
     "host_batch_size",
     "make_dataset",
+    "register_arrays",
     "shard_bounds",
 ]
 
 DATASETS = ("digits", "synthetic_video", *TFDS_DATASETS)
+_ARRAYS: dict[str, dict[str, Any]] = {}  # name -> {"train": (x, y), "test": (x, y), ...}
 
 
 class DatasetInfo(NamedTuple):
@@ -75,15 +84,60 @@ class DatasetInfo(NamedTuple):
 
 
 def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    if name not in DATASETS and name not in _ARRAYS and not image_folder.is_folder(name):
+        valid = ", ".join((*DATASETS, *sorted(_ARRAYS)))
+        raise ValueError(
+            f"Unknown dataset {name!r}; valid names: {valid} (own numpy arrays: "
+            "revjax.data.register_arrays; an image folder: 'folder:<root>')"
+        )
 
 
-def dataset_info(name: str, **options: Any) -> DatasetInfo:
+def register_arrays(
+    name: str,
+    train: tuple[Any, Any],
+    test: tuple[Any, Any],
+    num_classes: int | None = None,
+) -> DatasetInfo:
+    """Registers in-memory numpy data as dataset ``name`` (then ``config.dataset = name``).
+
+    The arrays go through the same pipeline as every dataset (seeded shuffling, sharding by
+    process, checkpointable position); no augmentation or normalisation is applied, so pass
+    them preprocessed. A run resumed in another process must register the same arrays again.
+
+    Args:
+      name: a new name (not a built-in dataset).
+      train: (images, labels) of the training split; images (N, H, W, C) or
+        (N, T, H, W, C); labels (N,) classes or per-pixel (N, H, W) / (N, T, H, W).
+      test: (images, labels) of the evaluation split, same shapes per example.
+      num_classes: default 1 + the largest label in either split.
+
+    Returns:
+      the ``DatasetInfo`` the trainer will use.
+    """
+    if name in DATASETS:
+        raise ValueError(f"{name!r} is a built-in dataset; register the arrays under another name")
+    train = check_arrays(*train, where=f"{name} train")
+    test = check_arrays(*test, where=f"{name} test")
+    if train[0].shape[1:] != test[0].shape[1:]:
+        raise ValueError(
+            f"{name}: train images {train[0].shape[1:]} and test images {test[0].shape[1:]} "
+            "differ in shape"
+        )
+    largest = int(max(train[1].max(), test[1].max()))
+    if num_classes is None:
+        num_classes = largest + 1
+    elif largest >= num_classes:
+        raise ValueError(f"{name}: label {largest} is out of range for num_classes={num_classes}")
+    _ARRAYS[name] = {"train": train, "test": test, "num_classes": int(num_classes)}
+    return dataset_info(name)
+
+
+def dataset_info(name: str, fake_examples: int = 0, **options: Any) -> DatasetInfo:
     """Describes ``name`` without reading data.
 
     Args:
-      name: one of ``DATASETS``.
+      name: one of ``DATASETS`` or a name given to ``register_arrays``.
+      fake_examples: N > 0: the fake version (N examples in each split).
       **options: the dataset options also passed to ``make_dataset`` (they change the shape
         for ``synthetic_video``, ``davis`` and ``imagenet2012``).
 
@@ -91,11 +145,22 @@ def dataset_info(name: str, **options: Any) -> DatasetInfo:
       the dataset's ``DatasetInfo``.
     """
     _check_name(name)
-    if name == "digits":
-        return DatasetInfo(**digits.info_fields(**options))
-    if name == "synthetic_video":
-        return DatasetInfo(**synthetic_video.info_fields(**options))
-    return DatasetInfo(**tfds_pipeline.info_fields(name, **options))
+    if name in _ARRAYS:
+        entry = _ARRAYS[name]
+        (x, y), (xt, _) = entry["train"], entry["test"]
+        task = "segmentation" if y.ndim > 1 else "classification"
+        info = DatasetInfo(entry["num_classes"], tuple(x.shape[1:]), len(x), len(xt), task)
+    elif image_folder.is_folder(name):
+        info = DatasetInfo(**image_folder.info_fields(name, **options))
+    elif name == "digits":
+        info = DatasetInfo(**digits.info_fields(**options))
+    elif name == "synthetic_video":
+        info = DatasetInfo(**synthetic_video.info_fields(**options))
+    else:
+        info = DatasetInfo(**tfds_pipeline.info_fields(name, **options))
+    if fake_examples:
+        info = info._replace(num_train=int(fake_examples), num_test=int(fake_examples))
+    return info
 
 
 def host_batch_size(global_batch_size: int, *, process_count: int, device_count: int) -> int:
@@ -160,11 +225,37 @@ def _load(
     name: str, split: str, data_dir: str | os.PathLike | None, options: dict[str, Any]
 ) -> tuple[Sequence[Any], Callable[[Any, Any], Any] | None]:
     """(random-access source, preprocess or None) of one dataset split."""
+    if name in _ARRAYS:
+        key = "test" if split.startswith("test") else "train"
+        if split not in ("train", "test"):
+            raise ValueError(f"{name!r} (registered arrays) has splits 'train' and 'test' only")
+        return ArraySource(*_ARRAYS[name][key]), None
+    if image_folder.is_folder(name):
+        return image_folder.load(name, split, **options)
     if name == "digits":
         return digits.split_source(split, **options), None
     if name == "synthetic_video":
         return synthetic_video.split_source(split, **options), None
     return tfds_pipeline.load(name, split, data_dir=data_dir, **options)
+
+
+def _fake(
+    name: str, split: str, size: int, seed: int, options: dict[str, Any]
+) -> tuple[Sequence[Any], Callable[[Any, Any], Any] | None]:
+    """(FakeSource, preprocess or None) with the shapes of ``name``'s split."""
+    info = dataset_info(name, **options)
+    if name in ("cifar10", "cifar100", "stl10", "imagenet2012"):
+        resolved = tfds_pipeline.resolve_options(name, options)
+        shape = info.image_shape
+        if name == "imagenet2012":
+            side = resolved["resize_size"]
+            shape = (side, side, 3)
+        source = FakeSource(size, split, info.num_classes, shape, raw=True, seed=seed)
+        preprocess = tfds_pipeline.load_preprocess(name, resolved)
+        return source, preprocess
+    label_shape = tuple(info.image_shape[:-1]) if info.task == "segmentation" else ()
+    source = FakeSource(size, split, info.num_classes, info.image_shape, label_shape, seed=seed)
+    return source, None
 
 
 def _evaluate(preprocess: Callable[[Any, Any], Any], example: Any) -> Any:
@@ -188,6 +279,7 @@ def make_dataset(
     num_threads: int = 8,
     prefetch_buffer_size: int = 256,
     worker_count: int = 0,
+    fake_examples: int = 0,
     **options: Any,
 ) -> grain.IterDataset:
     """Builds the batched, sharded, checkpointable input pipeline of one split.
@@ -213,6 +305,9 @@ def make_dataset(
       worker_count: grain worker processes (0 = in-process, the default). Workers need
         absl flags parsed in the main program (``absl.app.run`` or
         ``absl.flags.FLAGS.mark_as_parsed()``).
+      fake_examples: N > 0 reads N random records of the dataset's shapes instead of the
+        data (``FakeSource``; CIFAR/STL/ImageNet records are uint8 images run through the
+        dataset's preprocessing, the others are ready float32 examples). No download.
       **options: dataset options, e.g. ``augmentation="lean"`` (CIFAR/STL), ``clip_length``,
         ``height``, ``width`` (DAVIS, synthetic_video); see ``tfds_pipeline.default_options``
         and ``synthetic_video.CLIP_DEFAULTS``.
@@ -236,7 +331,10 @@ def make_dataset(
     batch_size = host_batch_size(
         global_batch_size, process_count=process_count, device_count=device_count
     )
-    source, preprocess = _load(name, split, data_dir, options)
+    if fake_examples:
+        source, preprocess = _fake(name, split, int(fake_examples), seed, options)
+    else:
+        source, preprocess = _load(name, split, data_dir, options)
 
     ds = grain.MapDataset.source(source)
     start, end = shard_bounds(len(ds), process_index, process_count, drop_remainder=train)

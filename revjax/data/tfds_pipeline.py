@@ -1,10 +1,11 @@
 """TFDS sources (array_record, random access) and the papers' per-example preprocessing.
 
-Datasets: ``cifar10``, ``cifar100``, ``stl10`` (Hamiltonian/RevNet/LeanResNet experiments,
-SPEC §2.4, §4.1, §6.5), ``imagenet2012`` (RevNet, SPEC §2.4) and ``davis`` (video
-segmentation, SPEC §5.4). Records are read with ``tfds.data_source(name, split=...,
-data_dir=..., download=False)``, which needs the dataset prepared in the ``array_record``
-format but does **not** need TensorFlow; decoding uses PIL.
+Datasets: ``cifar10``, ``cifar100``, ``stl10`` (the CIFAR/STL-10 experiments of RevNet,
+Gomez et al. 2017, arXiv:1707.04585; Chang et al. 2018, arXiv:1709.03698; LeanResNet,
+Ephrath et al. 2019, arXiv:1805.07821), ``imagenet2012`` (RevNet) and ``davis`` (video
+segmentation, Peters, Haber, Lensink 2019, arXiv:1912.12137). Records are read with
+``tfds.data_source(name, split=..., data_dir=..., download=False)``, which needs the
+dataset prepared in the ``array_record`` format but does **not** need TensorFlow; decoding uses PIL.
 
 Preparing a dataset (once, in any environment that has TensorFlow: in tensorflow-datasets
 4.9 the ``tfds`` command line and the dataset builders import TensorFlow)::
@@ -22,7 +23,8 @@ module-level functions bound with ``functools.partial`` so that pipelines pickle
 worker processes).
 
 TFDS's ``davis`` builder is DAVIS-2017 (instance ids per pixel); we binarise the masks
-(foreground = any object), the DAVIS-2016 task named in SPEC §5.4.
+(foreground = any object), the DAVIS-2016 (single-object) task that Peters et al. (2019)
+evaluate on.
 """
 
 from __future__ import annotations
@@ -346,7 +348,15 @@ def load(
     source = open_source(name, split, data_dir, options)
     if name == "davis":
         source = ClipIndexSource(source, options["clips_per_video"])
-        return source, functools.partial(davis_preprocess, **options)
+    return source, load_preprocess(name, options)
+
+
+def load_preprocess(
+    name: str, options: dict[str, Any]
+) -> Callable[[dict[str, Any], Any], dict[str, np.ndarray]]:
+    """The per-example preprocess of ``name`` bound to resolved ``options``."""
+    if name == "davis":
+        return functools.partial(davis_preprocess, **options)
     if name == "imagenet2012":
-        return source, functools.partial(imagenet_preprocess, **options)
-    return source, functools.partial(classification_preprocess, **options)
+        return functools.partial(imagenet_preprocess, **options)
+    return functools.partial(classification_preprocess, **options)

@@ -3,6 +3,7 @@
 Public API:
 
 * ``train_and_evaluate(config, workdir) -> summary dict`` (``revjax.train.trainer``);
+* ``load(workdir, step=None) -> (model, variables, config)`` of a trained run;
 * ``make_train_step``, ``make_eval_step``, ``create_state``, ``build_model``;
 * ``make_optimizer`` (``revjax.train.optim``); ``Checkpointer`` (``checkpointing``);
   ``make_mesh``, ``maybe_initialize_distributed`` (``sharding``); ``train_step_memory``
@@ -10,11 +11,13 @@ Public API:
 """
 
 from revjax.train.checkpointing import Checkpointer, IncompatibleCheckpointError
+from revjax.train.inference import load
 from revjax.train.memory import train_step_memory
 from revjax.train.optim import make_optimizer
 from revjax.train.sharding import make_mesh, maybe_initialize_distributed
 from revjax.train.trainer import (
     NonFiniteLossError,
+    ReconstructionDriftError,
     build_model,
     create_state,
     make_eval_step,
@@ -26,8 +29,10 @@ __all__ = [
     "Checkpointer",
     "IncompatibleCheckpointError",
     "NonFiniteLossError",
+    "ReconstructionDriftError",
     "build_model",
     "create_state",
+    "load",
     "make_eval_step",
     "make_optimizer",
     "make_mesh",

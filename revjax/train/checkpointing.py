@@ -5,9 +5,12 @@ Each checkpoint step directory holds three orbax items (``ocp.args.Composite``):
 * ``state``: the train-state pytree {step, params, opt_state, batch_stats, rng} (arrays);
 * ``data``: the grain iterator's ``get_state()`` (JSON), so a resumed run reads exactly the
   batches an uninterrupted one would;
-* ``config``: the run's config (JSON); on resume, the model-relevant fields
-  (``COMPATIBILITY_FIELDS``) are compared with the current config and any difference is an
-  ``IncompatibleCheckpointError`` naming each field and both values.
+* ``config``: the run's config (JSON); on resume the *whole* run-defining config is compared
+  with the current one (every field except ``RUN_INDEPENDENT_FIELDS``, which change how a run
+  is logged, checkpointed or laid out on devices but not its result). Any other difference is
+  an ``IncompatibleCheckpointError`` naming each field and both values, unless it is in
+  ``allowed`` (the trainer allows ``num_steps``/``num_epochs``: continuing for more steps) or
+  the caller forces the resume (``config.force_resume``).
 
 ``Checkpointer.restore_latest`` tries the newest step first; if it cannot be read (truncated
 or corrupted files, e.g. a crash during a non-atomic copy) it moves that step aside to
@@ -26,21 +29,39 @@ import jax
 import orbax.checkpoint as ocp
 
 __all__ = [
-    "COMPATIBILITY_FIELDS",
-    "IGNORED_MODEL_KWARGS",
+    "RUN_INDEPENDENT_FIELDS",
     "IncompatibleCheckpointError",
     "NoReadableCheckpointError",
-    "compatibility_view",
+    "run_defining_view",
     "config_differences",
     "Checkpointer",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Fields that fix the shapes/structure of the saved state or the meaning of the data position.
-COMPATIBILITY_FIELDS = ("model", "model_kwargs", "dataset", "dataset_options", "optimizer.name")
-# Model kwargs that change how gradients are computed but not the parameters.
-IGNORED_MODEL_KWARGS = ("backprop",)
+# Config fields (dotted; a prefix covers its subfields) that do not change what a run computes:
+# logging, checkpoint cadence, evaluation cadence/batch, device layout, where the data lives,
+# the backprop mode (same gradients, other memory) and the resume switches themselves.
+RUN_INDEPENDENT_FIELDS = (
+    "name",
+    "progress_bar",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "async_checkpointing",
+    "eval_every_steps",
+    "eval_batch_size",
+    "memory_report",
+    "memory_modes",
+    "data_dir",
+    "mesh",
+    "fsdp",
+    "drift_check_every",
+    "drift_rtol",
+    "force_resume",
+    "tensorboard",
+    "model_kwargs.backprop",
+)
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -71,24 +92,43 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def compatibility_view(config: dict[str, Any]) -> dict[str, Any]:
-    """Flat {dotted field: value} of the model-relevant fields of a config dict."""
-    view: dict[str, Any] = {}
-    for field in COMPATIBILITY_FIELDS:
-        value = _get(config, field)
-        if field == "model_kwargs" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in IGNORED_MODEL_KWARGS}
-        view.update(_flatten(field, value))
-    return view
+# Run-defining fields added after checkpoints were first written, with the value that older
+# checkpoints (which lack them) implicitly used.
+ADDED_FIELD_DEFAULTS = {
+    "fake_examples": 0,
+    "optimizer.warmup_steps": 0,
+    "optimizer.accumulate_steps": 1,
+}
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Lines "field: checkpoint X, now Y" for each model-relevant field that differs."""
-    a, b = compatibility_view(saved), compatibility_view(current)
+def _independent(key: str) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in RUN_INDEPENDENT_FIELDS)
+
+
+def run_defining_view(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat {dotted field: value} of every run-defining field of a config dict."""
+    flat: dict[str, Any] = {}
+    for key in sorted(config):
+        flat.update(_flatten(key, config[key]))
+    return {k: v for k, v in flat.items() if not _independent(k)}
+
+
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], allowed: tuple[str, ...] = ()
+) -> list[str]:
+    """Lines "field: checkpoint X, now Y" for each run-defining field that differs.
+
+    Args:
+      saved: the config stored with the checkpoint.
+      current: the config of this run.
+      allowed: dotted fields whose change is accepted (e.g. ``("num_steps",)``).
+    """
+    a, b = run_defining_view(saved), run_defining_view(current)
+    a = {**{k: v for k, v in ADDED_FIELD_DEFAULTS.items() if k in b}, **a}
     return [
         f"{key}: checkpoint {a.get(key, '<unset>')!r}, now {b.get(key, '<unset>')!r}"
         for key in sorted(set(a) | set(b))
-        if a.get(key, "<unset>") != b.get(key, "<unset>")
+        if a.get(key, "<unset>") != b.get(key, "<unset>") and key not in allowed
     ]
 
 
@@ -104,8 +144,14 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).absolute()
         self._options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,  # leftovers of an interrupted save
         )
+        self.allowed_changes: tuple[str, ...] = ()
+        self.force = False
+        self.forced_differences: list[str] = []
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -135,14 +181,17 @@ class Checkpointer:
 
     def _restore_step(self, step: int, abstract_state: Any, config: dict[str, Any]):
         saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        differences = config_differences(dict(saved["config"]), config)
-        if differences:
+        differences = config_differences(dict(saved["config"]), config, self.allowed_changes)
+        if differences and not self.force:
             raise IncompatibleCheckpointError(
-                f"The checkpoint at step {step} in {self.directory} was written by an "
-                "incompatible config:\n  "
+                f"The checkpoint at step {step} in {self.directory} was written by a "
+                "different config:\n  "
                 + "\n  ".join(differences)
-                + "\nUse a fresh --workdir, or restore the original values."
+                + "\nUse a fresh --workdir to start a new run, restore the original values, "
+                "or pass --config.force_resume=True to continue this checkpoint under the new "
+                "values."
             )
+        self.forced_differences = differences
         try:
             restored = self._manager.restore(
                 step,
@@ -185,14 +234,15 @@ class Checkpointer:
         Args:
           abstract_state: pytree of ``jax.ShapeDtypeStruct`` (with shardings) or arrays
             giving the structure to restore into.
-          config: the current config as a dict (compared on ``COMPATIBILITY_FIELDS``).
+          config: the current config as a dict (compared with ``config_differences``; set
+            ``allowed_changes`` / ``force`` on the instance to relax the comparison).
 
         Returns:
           None when there is no checkpoint, else (state, data_state, step, corrupted steps
           that were skipped and moved aside).
 
         Raises:
-          IncompatibleCheckpointError: the checkpoint's model-relevant config differs.
+          IncompatibleCheckpointError: the checkpoint's run-defining config differs.
           NoReadableCheckpointError: checkpoints exist but none can be read.
         """
         skipped: list[int] = []

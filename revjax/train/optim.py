@@ -2,21 +2,32 @@
 
 ``make_optimizer(config, steps_per_epoch)`` reads ``config.optimizer`` (a ConfigDict)::
 
-    name:            "sgd" (momentum) | "adam"
+    name:            "sgd" (momentum) | "adam" | "adamw"
     learning_rate:   base rate eta_0
     momentum, nesterov:            SGD only
-    b1, b2, eps:                   Adam only
-    weight_decay:    lambda; adds lambda * w to the gradient of conv/dense *kernels* only
-                     (biases, BN scales/offsets untouched), as in RevNet (SPEC §2.4)
+    b1, b2, eps:                   Adam and AdamW
+    weight_decay:    lambda on conv/dense *kernels* only (biases, BN scales/offsets
+                     untouched). sgd/adam: L2, adds lambda * w to the gradient, as in RevNet
+                     (Gomez et al. 2017, arXiv:1707.04585, Sec. 5); adamw: decoupled,
+                     w <- w - eta(t) * (adam_update + lambda * w) (Loshchilov & Hutter 2019,
+                     arXiv:1711.05101)
     schedule:        "constant" | "piecewise" | "halving" | "cosine"
     boundaries_epochs, decay_factor:   piecewise: eta = eta_0 * decay_factor^k after the
                      k-th boundary (RevNet/Hamiltonian: 0.1 at fixed epochs);
                      ``boundaries_steps`` (non-empty) gives the boundaries in steps instead
     halve_every_epochs:                halving: eta = eta_0 * 0.5^floor(epoch / N)
-                     (LeanResNet: Adam, 0.01, halved every 60 epochs, SPEC §6.5)
+                     (LeanResNet: Adam, 0.01, halved every 60 epochs; Ephrath et al. 2019,
+                     arXiv:1805.07821, Sec. 4)
+    warmup_steps:    W > 0 multiplies the schedule by a linear warm-up,
+                     eta(t) = schedule(t) * min(1, (t + 1) / W); the schedule keeps its own
+                     (absolute) step boundaries
     grad_clip_norm:  > 0 clips the global gradient norm first
+    accumulate_steps: k > 1 accumulates (averages) the gradients of k consecutive batches
+                     and applies one update every k train steps (``optax.MultiSteps``); the
+                     schedule then counts updates, t = train step // k
 
-The update is ``chain(clip?, add_decayed_weights(mask=kernels), sgd|adam(schedule))``.
+The update is ``chain(clip?, add_decayed_weights(mask=kernels)?, sgd|adam(schedule))`` or
+``chain(clip?, adamw(schedule, mask=kernels))``, wrapped in ``MultiSteps`` when k > 1.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ import optax
 __all__ = ["SCHEDULES", "OPTIMIZERS", "kernel_mask", "make_schedule", "make_optimizer"]
 
 SCHEDULES = ("constant", "piecewise", "halving", "cosine")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def _leaf_name(path) -> str:
@@ -81,21 +92,48 @@ def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Sch
     raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
 
 
+def with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
+    """eta(t) = schedule(t) * min(1, (t + 1) / W): linear warm-up over the first W steps."""
+    if warmup_steps <= 0:
+        return schedule
+
+    def warmed(step):
+        ramp = jax.numpy.minimum(1.0, (step + 1) / warmup_steps)
+        return schedule(step) * ramp
+
+    return warmed
+
+
 def make_optimizer(
     config: Any, steps_per_epoch: int, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optax transformation, its learning-rate schedule) for ``config.optimizer``."""
+    """(optax transformation, learning rate as a function of the *train* step).
+
+    Args:
+      config: run config with ``config.optimizer`` (module docstring).
+      steps_per_epoch: train steps (batches) per epoch.
+      total_steps: train steps of the run.
+    """
     opt = config.optimizer
     name = opt.get("name", "sgd")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    schedule = make_schedule(opt, steps_per_epoch, total_steps)
+    accumulate = int(opt.get("accumulate_steps", 1))
+    if accumulate < 1:
+        raise ValueError(f"optimizer.accumulate_steps must be >= 1, got {accumulate}")
+    warmup = int(opt.get("warmup_steps", 0) or 0)
+    if warmup < 0:
+        raise ValueError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
+    updates_per_epoch = max(steps_per_epoch // accumulate, 1)
+    schedule = with_warmup(
+        make_schedule(opt, updates_per_epoch, max(total_steps // accumulate, 1)), warmup
+    )
     parts = []
     clip = float(opt.get("grad_clip_norm", 0.0) or 0.0)
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
     wd = float(opt.get("weight_decay", 0.0) or 0.0)
-    if wd > 0:
+    if wd > 0 and name != "adamw":
         parts.append(optax.add_decayed_weights(wd, mask=kernel_mask))
     if name == "sgd":
         parts.append(
@@ -103,6 +141,17 @@ def make_optimizer(
                 schedule,
                 momentum=opt.get("momentum", 0.9) or None,
                 nesterov=bool(opt.get("nesterov", False)),
+            )
+        )
+    elif name == "adamw":
+        parts.append(
+            optax.adamw(
+                schedule,
+                b1=float(opt.get("b1", 0.9)),
+                b2=float(opt.get("b2", 0.999)),
+                eps=float(opt.get("eps", 1e-8)),
+                weight_decay=wd,
+                mask=kernel_mask,
             )
         )
     else:
@@ -114,4 +163,8 @@ def make_optimizer(
                 eps=float(opt.get("eps", 1e-8)),
             )
         )
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    if accumulate == 1:
+        return tx, schedule
+    multi = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()
+    return multi, lambda step: schedule(step // accumulate)
