@@ -50,8 +50,8 @@ def sow_reconstruction_error(
     rngs: Sequence[Any] | None = None,
 ) -> None:
     """Inside a model's `__call__`: sow the body's worst reconstruction error when asked for."""
-    if not module.is_mutable_collection(DIAGNOSTICS):
-        return
+    if module.is_initializing() or not module.is_mutable_collection(DIAGNOSTICS):
+        return  # `init` makes every collection mutable; variables never hold diagnostics
     errors = engine.reconstruction_error(layers, params, x, rngs)
     worst = jnp.max(jnp.stack([jnp.max(e) for e in errors]))
     module.sow(DIAGNOSTICS, _NAME, worst)

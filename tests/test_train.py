@@ -445,10 +445,14 @@ def test_drift_guard_logs_and_stops_keeping_last_good_checkpoint(tmp_path, monke
 
     calls = []
 
-    def fake_error(model, variables, x):
-        assert set(variables) >= {"params"} and x.shape[0] == 16
-        calls.append(len(calls))
-        return jnp.asarray(1e-7 if len(calls) < 3 else 0.5)  # drifts at the 3rd check
+    def fake_error(model, variables, x, train=False):
+        assert set(variables) >= {"params"} and x.shape[0] == 16 and train
+
+        def host():  # runs at every check (the trainer jits the measurement)
+            calls.append(len(calls))
+            return np.float32(1e-7 if len(calls) < 3 else 0.5)  # drifts at the 3rd check
+
+        return jax.pure_callback(host, jax.ShapeDtypeStruct((), jnp.float32))
 
     monkeypatch.setattr(models, "reconstruction_error", fake_error, raising=False)
     config = tiny_config(num_steps=20, checkpoint_every_steps=2, drift_check_every=3)
@@ -465,12 +469,21 @@ def test_drift_guard_logs_and_stops_keeping_last_good_checkpoint(tmp_path, monke
     assert drift == [(0, pytest.approx(1e-7)), (3, pytest.approx(1e-7)), (6, 0.5)]
 
 
+def test_drift_guard_measures_the_real_model(trained):
+    """The default (reversible) model's body drift is measured at step 0 and is tiny."""
+    records = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    drift = [r["reconstruction_error"] for r in records if "reconstruction_error" in r]
+    assert drift and 0 <= drift[0] < 1e-5
+
+
 def test_drift_guard_skips_models_without_reversible_body(tmp_path, monkeypatch):
     """reconstruction_error returning None (no reversible body) disables the guard."""
     from revjax import models
 
     calls = []
-    monkeypatch.setattr(models, "reconstruction_error", lambda *a: calls.append(1), raising=False)
+    monkeypatch.setattr(
+        models, "reconstruction_error", lambda *a, **k: calls.append(1), raising=False
+    )
     summary = trainer.train_and_evaluate(
         tiny_config(num_steps=4, checkpoint_every_steps=0, drift_check_every=1), tmp_path
     )

@@ -560,9 +560,13 @@ def drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
     if measure is None:
         return None
 
+    # Training mode: batch norm uses the batch's statistics, as the gradient step does (no
+    # running average is updated). One compilation, reused at every check.
+    measure_jit = jax.jit(lambda variables, images: measure(model, variables, images, train=True))
+
     def check(state: dict, images: jax.Array) -> float | None:
         variables = {"params": state["params"], **state.get("model_state", {})}
-        error = measure(model, variables, images)
+        error = measure_jit(variables, images)
         return None if error is None else float(jax.device_get(error))
 
     return check
