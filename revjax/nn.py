@@ -24,10 +24,9 @@ argument in `__call__` (e.g. passed on to `nn.Dropout`), receive `CouplingStack`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
-
-import inspect
 
 import flax.linen as nn
 import jax
