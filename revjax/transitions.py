@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from revjax import wavelets
 from revjax.engine import InvertibleStep, Transition
-from revjax.space_to_depth import depth_to_space, space_to_depth
+from revjax.space_to_depth import channels_first_hint, depth_to_space, space_to_depth
 
 __all__ = [
     "check_halvable",
@@ -43,7 +43,8 @@ def check_halvable(shape, where: str = "stride-2 transition") -> None:
         if size % 2:
             raise ValueError(
                 f"{where}: axis {label} has size {size}, which a stride-2 transition cannot "
-                "halve exactly (no silent cropping); use even input sizes"
+                "halve exactly (no silent cropping); use even input sizes."
+                f"{channels_first_hint(shape)}"
             )
 
 
