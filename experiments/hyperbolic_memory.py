@@ -1,6 +1,8 @@
 """Training-step memory of hyperbolic3d: fully reversible vs stored vs block-reversible.
 
-Three variants of the same network (SPEC §5.3):
+Three variants of the same network (Lensink, Peters, Haber 2019, "Symmetric block-low-rank
+layers for fully reversible multilevel neural networks", arXiv:1912.12137: a multilevel network
+that is reversible through its Haar-wavelet resolution changes too):
 
   (a) "reversible":  backprop="reversible", coarsening="reversible" — nothing stored but the
                      output; the backward pass rebuilds every state, Haar levels included;
@@ -8,10 +10,11 @@ Three variants of the same network (SPEC §5.3):
   (c) "block":       backprop="reversible", coarsening="stored" — RevNet/Chang-style block
                      reversibility, both states stored at every resolution change.
 
-Memory of one training step (loss = pixelwise softmax cross-entropy, gradient w.r.t. the
-parameters), read from XLA's `compiled.memory_analysis()` on `jax.ShapeDtypeStruct` inputs:
-compile only, nothing is executed or allocated. "temp" is the scratch XLA needs (activations
-and workspaces); "total" = arguments (params, clip, labels) + outputs (gradients) + temp.
+Memory of one training step as `revjax.memory.update_step_memory` defines it (loss = pixelwise
+softmax cross-entropy, then an Adam update, parameters and optimizer state donated), read from
+XLA's `compiled.memory_analysis()` on `jax.ShapeDtypeStruct` inputs: compile only, nothing is
+executed or allocated. "temp" is the scratch XLA needs (activations, gradients, workspaces);
+"total" = arguments (params, Adam moments, clip, labels) + outputs + temp.
 
 Two results:
 
@@ -38,11 +41,12 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import optax
 
-from revjax import models
+from revjax import memory, models
 from revjax.models.hyperbolic import COMPARISON_VARIANTS
-from revjax.train.memory import segmentation_step_memory
 
 GIB = 2**30
 
@@ -66,9 +70,25 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     return c
 
 
+OPTIMIZER = optax.adam(1e-3)
+
+
 def compiled_memory(model, shape: tuple[int, ...]) -> dict[str, int]:
-    """Bytes of one compiled training step (see `revjax.train.memory.segmentation_step_memory`)."""
-    return segmentation_step_memory(model, shape)
+    """Bytes of one compiled training step (`revjax.memory.update_step_memory`) for a float32
+    clip of `shape` (N, *S, 3) and int32 labels (N, *S)."""
+    shape = tuple(int(s) for s in shape)
+    batch = (
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+        jax.ShapeDtypeStruct(shape[:-1], jnp.int32),
+    )
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+
+    def loss(v, batch):
+        clip, labels = batch
+        logits = model.apply(v, clip, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return memory.update_step_memory(loss, variables, batch, OPTIMIZER)
 
 
 def make_model(config, variant: str, depth: int):

@@ -1,4 +1,5 @@
-"""i-RevNet invertible downsampling ψ (space-to-depth) and its inverse (SPEC §1.2).
+"""i-RevNet invertible downsampling ψ (space-to-depth) and its inverse (Jacobsen, Smeulders, Oyallon
+2018, i-RevNet, arXiv:1802.07088).
 
 ψ moves each ``block × block`` (2-D) or ``block × block × block`` (3-D) spatial patch into
 the channel axis. It is a pure permutation of the entries, so it preserves every norm and its

@@ -1,4 +1,5 @@
-"""Orthonormal Haar wavelet coarsening in 2-D and 3-D (SPEC §1.3).
+"""Orthonormal Haar wavelet coarsening in 2-D and 3-D (Lensink, Peters, Haber 2019,
+arXiv:1912.12137).
 
 One level of the Haar transform halves every spatial axis and multiplies the channels by
 ``2**d`` (``d`` = number of spatial axes). Along one axis, each consecutive pair
