@@ -194,7 +194,7 @@ class LeanHamiltonian(nn.Module):
 
 
 def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
-    engine._check_backprop(model.backprop)
+    engine.check_backprop(model.backprop)
     check_num_classes(model.num_classes)
     if model.operator not in lean.LOW_COST_OPERATORS:
         raise ValueError(
