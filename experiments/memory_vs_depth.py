@@ -111,10 +111,12 @@ def inputs(depth, batch, size, channels):
 
 
 def measure_memory(mode, depth, batch, size, channels):
+    """(record, compiled step): temp bytes of the donated update, and the executable itself."""
     params, x = inputs(depth, batch, size, channels)
     t0 = time.perf_counter()
-    stats = memory.update_step_memory(make_loss(mode), params, x, OPTIMIZER)
-    return {
+    compiled = memory.compile_update_step(make_loss(mode), params, x, OPTIMIZER)
+    stats = memory.compiled_memory(compiled)
+    record = {
         "depth": depth,
         "backprop": mode,
         "temp_bytes": stats["temp"],
@@ -123,16 +125,25 @@ def measure_memory(mode, depth, batch, size, channels):
         "compile_seconds": time.perf_counter() - t0,
         "step_seconds": None,
     }
+    return record, compiled
 
 
-def time_modes(modes, depth, batch, size, channels, rounds):
-    """{mode: {"median_seconds", "ratio_to_baseline"}} of the training step, round-robin."""
+def time_modes(compiled_steps, depth, batch, size, channels, rounds):
+    """{mode: {"median_seconds", "ratio_to_baseline"}} of the compiled steps, round-robin.
+
+    Each variant threads its own (params, opt_state) through its donated step, as a training
+    loop does.
+    """
     params, x = inputs(depth, batch, size, channels)
-    opt_state = OPTIMIZER.init(params)
     fns = {}
-    for mode in modes:
-        step = jax.jit(memory.update_step(make_loss(mode), OPTIMIZER))
-        fns[mode] = lambda step=step: step(params, opt_state, x)
+    for mode, compiled in compiled_steps.items():
+        state = [jax.tree.map(jnp.copy, params), OPTIMIZER.init(params)]
+
+        def run(compiled=compiled, state=state):
+            state[0], state[1], loss = compiled(state[0], state[1], x)
+            return loss
+
+        fns[mode] = run
     return benchmark.summarize(benchmark.interleaved_times(fns, rounds), baseline="store")
 
 
@@ -181,13 +192,13 @@ def main(argv=None):
     modes = ["reversible", "store", "remat", "store_loop_lax", "store_scan_lax"]
     records = []
     for depth in depths:
-        by_mode = {}
+        by_mode, compiled = {}, {}
         for mode in modes:
-            by_mode[mode] = measure_memory(mode, depth, batch, size, args.channels)
+            by_mode[mode], compiled[mode] = measure_memory(mode, depth, batch, size, args.channels)
             records.append(by_mode[mode])
             print(f"  compiled depth={depth} {mode}", file=sys.stderr, flush=True)
         # The lax-conv-in-scan baseline is very slow on CPU: time it at the smallest depth.
-        timed = [m for m in modes if m != "store_scan_lax" or depth == depths[0]]
+        timed = {m: c for m, c in compiled.items() if m != "store_scan_lax" or depth == depths[0]}
         for mode, t in time_modes(timed, depth, batch, size, args.channels, rounds).items():
             by_mode[mode]["step_seconds"] = t["median_seconds"]
             by_mode[mode]["time_ratio_this_over_store"] = t["ratio_to_baseline"]

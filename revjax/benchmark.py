@@ -59,8 +59,10 @@ def interleaved_times(
     for name in names:
         for _ in range(warmup):
             jax.block_until_ready(fns[name]())
-        first = _run_once(fns[name], 1)
-        number[name] = max(1, math.ceil(min_seconds / max(first, 1e-9)))
+        number[name] = 1
+        if min_seconds > 0:
+            first = _run_once(fns[name], 1)
+            number[name] = max(1, math.ceil(min_seconds / max(first, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for k in range(len(names)):

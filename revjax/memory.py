@@ -31,6 +31,7 @@ import optax
 
 __all__ = [
     "abstract",
+    "compile_update_step",
     "compiled_memory",
     "jitted_step_memory",
     "update_step",
@@ -95,6 +96,24 @@ def update_step(
     return step
 
 
+def compile_update_step(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    batch: PyTree,
+    optimizer: optax.GradientTransformation,
+) -> Any:
+    """`jax.jit(update_step(loss_fn, optimizer), donate_argnums=(0, 1))`, compiled.
+
+    Callable as `compiled(params, opt_state, batch) -> (params, opt_state, loss)` on arrays of
+    the given shapes (the old params and opt_state are donated: thread the returned ones), so
+    a benchmark can time exactly the executable whose memory it reports.
+    """
+    params = abstract(params)
+    opt_state = jax.eval_shape(optimizer.init, params)
+    step = jax.jit(update_step(loss_fn, optimizer), donate_argnums=(0, 1))
+    return step.lower(params, opt_state, abstract(batch)).compile()
+
+
 def update_step_memory(
     loss_fn: Callable[[PyTree, PyTree], jax.Array],
     params: PyTree,
@@ -113,11 +132,7 @@ def update_step_memory(
     Returns:
       {"temp", "arguments", "outputs", "total"} in bytes.
     """
-    params = abstract(params)
-    opt_state = jax.eval_shape(optimizer.init, params)
-    return jitted_step_memory(
-        update_step(loss_fn, optimizer), params, opt_state, batch, donate_argnums=(0, 1)
-    )
+    return compiled_memory(compile_update_step(loss_fn, params, batch, optimizer))
 
 
 def update_step_temp_bytes(
