@@ -18,8 +18,9 @@ executed or allocated. "temp" is the scratch XLA needs (activations, gradients, 
 
 Two results:
 
-1. temp bytes vs depth (layers per unit) at a fixed clip: (a) is flat in depth, (b) grows
-   linearly, (c) is flat in depth but pays for the stored resolution changes.
+1. temp bytes vs depth (layers per unit) at a fixed clip: (a)'s activations are flat in depth
+   (its temp grows only by parameter-sized gradient and Adam-update buffers), (b) grows
+   linearly with the activations, (c) is like (a) but pays for the stored resolution changes.
 2. the largest clip (frames × S × S, batch 1, float32) each variant can train within 16 GiB
    and 80 GiB. Total memory is affine in the number of voxels V at fixed depth
    (total ≈ α + β·V, α = parameters and gradients), so we compile two clip sizes, fit α, β,
@@ -29,7 +30,8 @@ Two results:
 
 Run:  python experiments/hyperbolic_memory.py [--quick] [--out results/hyperbolic_memory.json]
 
-Expected (full settings): (a) flat in depth and ≥ 10x below (b) at 8 layers per unit.
+Expected (full settings): (a) far below (b), the gap growing with depth. (Earlier versions
+measured the gradient only, without the optimizer update; re-measure before comparing.)
 """
 
 from __future__ import annotations
