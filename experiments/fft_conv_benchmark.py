@@ -1,7 +1,11 @@
-"""Runtime of low-cost convolutions vs a full conv (Ephrath et al., Figure 1; SPEC §6.6).
+"""Runtime of low-cost convolutions vs a full conv (Ephrath, Eliasof, Ruthotto, Haber, Treister
+2019, "LeanResNet: Low-cost parameterizations of deep convolutional neural networks",
+arXiv:1805.07821, Figure 1).
 
-For an input ``(B, n, n, c)`` and ``k x k`` stencils, times (jit, ``block_until_ready``,
-median of ``--repeats`` runs, compile/warm-up excluded) and reports ``t(full conv) / t(op)``:
+For an input ``(B, n, n, c)`` and ``k x k`` stencils, times (jit, ``block_until_ready``, all ops
+of a point alternated round-robin for ``--repeats`` rounds by ``revjax.benchmark``,
+compile/warm-up excluded) and reports ``t(full conv) / t(op)`` (median over rounds of the
+within-round ratio):
 
 * ``full``: fully coupled ``c -> c`` ``lax.conv`` (``SAME``), the reference (ratio 1);
 * ``depthwise_direct``: ``lax.conv`` with ``feature_group_count=c``;
@@ -29,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -37,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from revjax import fft
+from revjax import benchmark, fft
 
 OPS = ("full", "depthwise_direct", "depthwise_fft", "implicit_rd", "circulant")
 H = 0.1  # implicit step size; the cost does not depend on it
@@ -68,41 +71,27 @@ def make_ops():
 MIN_MEASUREMENT_S = 0.02  # short ops are looped so that one measurement lasts at least this
 
 
-def time_op(fn, args, repeats: int) -> float:
-    """Median seconds per call of ``fn(*args)`` over ``repeats`` measurements.
-
-    One warm-up call (compilation) is excluded; ops faster than ``MIN_MEASUREMENT_S`` are
-    called ``number`` times per measurement to average out timer and scheduling noise.
-    """
-    jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    number = max(1, math.ceil(MIN_MEASUREMENT_S / max(time.perf_counter() - start, 1e-9)))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / number)
-    return statistics.median(times)
-
-
 def measure_point(ops, batch: int, size: int, kernel: int, channels: int, repeats: int) -> dict:
-    """Times of every op at one configuration and the ratios t(full)/t(op)."""
+    """Times of every op at one configuration and the speedups t(full)/t(op).
+
+    All ops are timed round-robin in ``repeats`` rounds (``revjax.benchmark.interleaved_times``;
+    one warm-up call each, ops faster than ``MIN_MEASUREMENT_S`` looped); the speedup is the
+    median over rounds of t(full)/t(op) within a round, so machine load cancels out of it.
+    """
     kx, kf, kw = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
     w_full = jax.random.normal(kf, (kernel, kernel, channels, channels), jnp.float32)
     w = jax.random.normal(kw, (kernel, kernel, channels), jnp.float32)
-    times = {name: time_op(fn, (x, w_full, w), repeats) for name, fn in ops.items()}
-    ratios = {name: times["full"] / t for name, t in times.items()}
+    fns = {name: (lambda fn=fn: fn(x, w_full, w)) for name, fn in ops.items()}
+    times = benchmark.interleaved_times(fns, repeats, min_seconds=MIN_MEASUREMENT_S)
+    summary = benchmark.summarize(times, baseline="full")
     return {
         "batch": batch,
         "size": size,
         "kernel": kernel,
         "channels": channels,
-        "seconds": times,
-        "ratio": ratios,
+        "seconds": {name: s["median_seconds"] for name, s in summary.items()},
+        "ratio": {name: 1.0 / s["ratio_to_baseline"] for name, s in summary.items()},
     }
 
 
@@ -208,7 +197,7 @@ def parse_args(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--kernels", type=int, nargs="+", default=None)
     p.add_argument("--channels", type=int, nargs="+", default=None)
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per point (median)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds per point")
     p.add_argument("--out", default="results/fft_conv_benchmark", help="output path stem")
     args = p.parse_args(argv)
     if args.quick:

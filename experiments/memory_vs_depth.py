@@ -2,11 +2,13 @@
 
 A RevNet-style stack of additive couplings, F and G = conv3x3 -> ReLU -> conv3x3 on C/2
 channels, run with `lax.scan` over stacked parameters. For each depth and backprop mode it
-compiles value_and_grad of a scalar loss w.r.t. (params, x) and reports
+compiles one training step (`revjax.memory.update_step`: value_and_grad of a scalar loss, then
+an SGD-with-momentum update, params and optimizer state donated) and reports
 
-- temp_bytes: XLA's compiled temporary buffer size (`memory_analysis()`), exact;
-- step_seconds: median wall time of the compiled step (all modes timed in one run, so only the
-  ratios are meaningful).
+- temp_bytes: XLA's compiled temporary buffer size (`revjax.memory.update_step_memory`), exact;
+- step_seconds / time_ratio_this_over_store: all modes of one depth timed round-robin in the
+  same process (`revjax.benchmark.interleaved_times`); the ratio is the median over rounds of
+  t(mode) / t(store) within a round, so machine load cancels out of it.
 
 Two extra baselines show the conv-in-scan trap on CPU (see revjax/conv.py):
 - "store_loop_lax": Python-unrolled loop of plain `lax.conv` steps, plain autodiff;
@@ -22,16 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
-from revjax import engine
+from revjax import benchmark, engine, memory
 from revjax.conv import conv
 from revjax.couplings import additive_coupling
 
@@ -61,8 +63,11 @@ def init_params(key, depth, half):
     return jax.vmap(one)(jax.random.split(key, depth))
 
 
-def make_step(mode: str):
-    """value_and_grad of loss(params, x) for one backprop strategy."""
+OPTIMIZER = optax.sgd(0.01, momentum=0.9)
+
+
+def make_loss(mode: str):
+    """loss(params, x) for one backprop strategy (or one of the lax-conv baselines)."""
     if mode in ("reversible", "store", "remat"):
         step = additive_coupling(residual(conv), residual(conv))
 
@@ -91,10 +96,10 @@ def make_step(mode: str):
         y1, y2 = body(params, x)
         return jnp.mean(y1**2) + jnp.mean(y2**2)
 
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return loss
 
 
-def measure(mode, depth, batch, size, channels, repeats, time_it=True):
+def inputs(depth, batch, size, channels):
     half = channels // 2
     params = init_params(jax.random.key(0), depth, half)
     kx1, kx2 = jax.random.split(jax.random.key(1))
@@ -102,29 +107,44 @@ def measure(mode, depth, batch, size, channels, repeats, time_it=True):
         jax.random.normal(kx1, (batch, size, size, half)),
         jax.random.normal(kx2, (batch, size, size, half)),
     )
-    fn = make_step(mode)
+    return params, x
+
+
+def measure_memory(mode, depth, batch, size, channels):
+    """(record, compiled step): temp bytes of the donated update, and the executable itself."""
+    params, x = inputs(depth, batch, size, channels)
     t0 = time.perf_counter()
-    compiled = fn.lower(params, x).compile()
-    compile_seconds = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
+    compiled = memory.compile_update_step(make_loss(mode), params, x, OPTIMIZER)
+    stats = memory.compiled_memory(compiled)
     record = {
         "depth": depth,
         "backprop": mode,
-        "temp_bytes": int(mem.temp_size_in_bytes),
-        "argument_bytes": int(mem.argument_size_in_bytes),
-        "output_bytes": int(mem.output_size_in_bytes),
-        "compile_seconds": compile_seconds,
+        "temp_bytes": stats["temp"],
+        "argument_bytes": stats["arguments"],
+        "output_bytes": stats["outputs"],
+        "compile_seconds": time.perf_counter() - t0,
         "step_seconds": None,
     }
-    if time_it:
-        jax.block_until_ready(compiled(params, x))
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(compiled(params, x))
-            times.append(time.perf_counter() - t)
-        record["step_seconds"] = statistics.median(times)
-    return record
+    return record, compiled
+
+
+def time_modes(compiled_steps, depth, batch, size, channels, rounds):
+    """{mode: {"median_seconds", "ratio_to_baseline"}} of the compiled steps, round-robin.
+
+    Each variant threads its own (params, opt_state) through its donated step, as a training
+    loop does.
+    """
+    params, x = inputs(depth, batch, size, channels)
+    fns = {}
+    for mode, compiled in compiled_steps.items():
+        state = [jax.tree.map(jnp.copy, params), OPTIMIZER.init(params)]
+
+        def run(compiled=compiled, state=state):
+            state[0], state[1], loss = compiled(state[0], state[1], x)
+            return loss
+
+        fns[mode] = run
+    return benchmark.summarize(benchmark.interleaved_times(fns, rounds), baseline="store")
 
 
 def add_ratios(records):
@@ -134,8 +154,6 @@ def add_ratios(records):
         if store is None:
             continue
         r["memory_ratio_store_over_this"] = store["temp_bytes"] / max(r["temp_bytes"], 1)
-        if r["step_seconds"] and store["step_seconds"]:
-            r["time_ratio_this_over_store"] = r["step_seconds"] / store["step_seconds"]
     return records
 
 
@@ -163,22 +181,28 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     args = parser.parse_args(argv)
     if args.quick:
         depths = args.depths or [4, 16]
-        batch, size, repeats = 8, 16, 3
+        batch, size, rounds = 8, 16, 3
     else:
         depths = args.depths or [8, 16, 32, 64]
-        batch, size, repeats = args.batch, args.size, args.repeats
+        batch, size, rounds = args.batch, args.size, args.rounds
     modes = ["reversible", "store", "remat", "store_loop_lax", "store_scan_lax"]
     records = []
     for depth in depths:
+        by_mode, compiled = {}, {}
         for mode in modes:
-            # The lax-conv-in-scan baseline is very slow on CPU: time it at the smallest depth.
-            time_it = mode != "store_scan_lax" or depth == depths[0]
-            records.append(measure(mode, depth, batch, size, args.channels, repeats, time_it))
-            print(f"  measured depth={depth} {mode}", file=sys.stderr, flush=True)
+            by_mode[mode], compiled[mode] = measure_memory(mode, depth, batch, size, args.channels)
+            records.append(by_mode[mode])
+            print(f"  compiled depth={depth} {mode}", file=sys.stderr, flush=True)
+        # The lax-conv-in-scan baseline is very slow on CPU: time it at the smallest depth.
+        timed = {m: c for m, c in compiled.items() if m != "store_scan_lax" or depth == depths[0]}
+        for mode, t in time_modes(timed, depth, batch, size, args.channels, rounds).items():
+            by_mode[mode]["step_seconds"] = t["median_seconds"]
+            by_mode[mode]["time_ratio_this_over_store"] = t["ratio_to_baseline"]
+        print(f"  timed depth={depth}", file=sys.stderr, flush=True)
     add_ratios(records)
     print(
         f"RevNet-style stack, {args.channels} channels, {size}x{size}, batch {batch}, "

@@ -8,6 +8,9 @@ Layers of the package (each imports only from those above it):
 - `revjax.nn`: Flax linen modules over the pure functions.
 - `revjax.families.*`: one module per paper; `revjax.models`: the registry.
 - `revjax.data`, `revjax.train`: input pipelines and the training system.
+- `revjax.memory` (compiled memory of a training step: the donated optimizer update) and
+  `revjax.benchmark` (interleaved round-robin timing): the one way to measure, shared by the
+  trainer, the experiments and the tests.
 """
 
 from revjax.engine import (
@@ -17,6 +20,7 @@ from revjax.engine import (
     Transition,
     apply,
     apply_with_aux,
+    check_backprop,
     check_reconstruction,
     invert,
     reconstruction_error,
@@ -31,6 +35,7 @@ __all__ = [
     "Transition",
     "apply",
     "apply_with_aux",
+    "check_backprop",
     "check_reconstruction",
     "invert",
     "reconstruction_error",

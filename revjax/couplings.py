@@ -1,4 +1,5 @@
-"""Coupling steps (RevNet, Gomez et al. 2017; SPEC §2.1): additive and affine.
+"""Coupling steps (RevNet: Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585, Sec. 3.1): additive
+and affine.
 
 The state is a pair of halves (x1, x2). F and G are arbitrary pure functions
 `(params, u, rng) -> v` (they need not be invertible); only the coupling is.
@@ -15,7 +16,8 @@ Affine (two-sided; scales strictly positive)::
     log |det J| = sum(a) + sum(c)
 
 Both come with fused backward rules that evaluate F and G once each while reconstructing
-(SPEC §2.1 recipe): the VJP closure of `jax.vjp(G, y1)` both rebuilds x2 and pulls ȳ2 back.
+(the reconstruction of Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585, Sec. 3.2, Algorithm 1):
+the VJP closure of `jax.vjp(G, y1)` both rebuilds x2 and pulls ȳ2 back.
 """
 
 from __future__ import annotations

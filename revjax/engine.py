@@ -12,7 +12,8 @@ two-state integrators). `rng` is a PRNG key or None; whatever is random inside a
 function (dropout) must be drawn from it, so that reconstruction replays it exactly.
 
 A fused `backward` reconstructs the step's input from its output *and* produces the
-cotangents in one pass, evaluating each residual function once (SPEC §0.3, §2.1). Steps without
+cotangents in one pass, evaluating each residual function once (Gomez, Ren, Urtasun, Grosse
+2017, "The Reversible Residual Network", arXiv:1707.04585, Sec. 3.2, Algorithm 1). Steps without
 one get the generic rule: x = inverse(y), then `jax.vjp(forward, x)` (one inverse and one
 forward: two extra evaluations instead of one).
 
@@ -33,11 +34,20 @@ backward strategies, all giving the same numbers:
 - "store": plain autodiff, all intermediate activations stored (the baseline).
 - "remat": `jax.checkpoint` around every step (stores each step's input).
 
+All of them are two sweeps over the layers: `forward_sweep` (input to output) and
+`reverse_sweep` (output to input, restarting at each Transition from its stored input). The
+custom VJP, `invert` and `reconstruction_error` are `reverse_sweep` with different per-step
+rules, and any other diagnostic of the reconstruction (e.g. the fixed-point solves of an
+i-ResNet step) should be written the same way rather than re-implementing the walk.
+
 Dtype policy: a step computes in the dtype of its input state; every floating parameter leaf
 must have that dtype (mismatches are errors, not silent promotions). Reconstruction error grows
 with the forward/backward amplification of the network times the unit round-off of that dtype
-(SPEC §8.2): use `reconstruction_error` to measure it, `check_reconstruction` to bound it, and
-keep states in float32 (not bfloat16) for deep stacks.
+(Chang, Meng, Haber, Ruthotto, Begert, Holtham 2018, arXiv:1709.03698, "Reversible
+architectures and stability": an unstable network makes single-precision reconstruction grossly
+inaccurate; `experiments/reconstruction_drift.py` measures it for this library). Use
+`reconstruction_error` to measure it, `check_reconstruction` to bound it, and keep states in
+float32 (not bfloat16) for deep stacks.
 """
 
 from __future__ import annotations
@@ -61,6 +71,12 @@ __all__ = [
     "apply_with_aux",
     "invert",
     "step_backward",
+    "call_layer",
+    "check_backprop",
+    "forward_sweep",
+    "reverse_sweep",
+    "inverse_rule",
+    "restart_at_transition",
     "reconstruction_error",
     "check_reconstruction",
     "ReconstructionError",
@@ -111,9 +127,13 @@ Layer = InvertibleStep | Scan | Transition
 # Validation (runs on static shapes and dtypes, i.e. before any computation is traced).
 
 
-def _check_backprop(backprop: str) -> None:
+def check_backprop(backprop: str) -> None:
+    """Raises ValueError unless `backprop` is one of BACKPROP_MODES (for models' own checks)."""
     if backprop not in BACKPROP_MODES:
         raise ValueError(f"unknown backprop mode {backprop!r}; expected one of {BACKPROP_MODES}")
+
+
+_check_backprop = check_backprop  # former private name, still called by some model modules
 
 
 def _float_dtypes(tree: PyTree) -> set:
@@ -148,7 +168,7 @@ def _scan_depth(params: PyTree, rngs: PyTree, name: str) -> int:
         )
     depth = depths.pop()
     if rngs is not None:
-        rng_depths = {int(jnp.shape(k)[0]) for k in jax.tree.leaves(rngs)}
+        rng_depths = {int(jnp.shape(k)[0]) if jnp.ndim(k) else 0 for k in jax.tree.leaves(rngs)}
         if rng_depths != {depth}:
             raise ValueError(
                 f"{name}: {sorted(rng_depths)} rngs for a stack of depth {depth}; pass one key "
@@ -157,14 +177,46 @@ def _scan_depth(params: PyTree, rngs: PyTree, name: str) -> int:
     return depth
 
 
+def _is_layer(obj: Any) -> bool:
+    return isinstance(obj, InvertibleStep | Scan | Transition)
+
+
+def _normalise(layers, params, rngs):
+    """Tuples of layers, params and rngs (one entry per layer), or a TypeError saying why not.
+
+    Catches two easy slips before anything iterates over them: a single layer where a sequence
+    is expected (layers are NamedTuples, so `tuple(layer)` would silently yield its fields), and
+    a single PRNG key (or key array) as `rngs`.
+    """
+    if _is_layer(layers):
+        raise TypeError(
+            f"layers must be a sequence of layers, got a single {type(layers).__name__}; "
+            "wrap it (and its params) in a list: apply([layer], [params], x)"
+        )
+    if rngs is not None and hasattr(rngs, "shape"):
+        raise TypeError(
+            "rngs must be None or a sequence with one entry per layer, got a single array of "
+            f"shape {tuple(rngs.shape)}; e.g. rngs=[key] for one step, or "
+            "rngs=[jax.random.split(key, depth)] for one Scan"
+        )
+    layers = tuple(layers)
+    for i, layer in enumerate(layers):
+        if not _is_layer(layer):
+            raise TypeError(
+                f"layer {i} is {type(layer).__name__}, not a revjax layer "
+                "(InvertibleStep, Scan or Transition)"
+            )
+    params = tuple(params)
+    rngs = (None,) * len(layers) if rngs is None else tuple(rngs)
+    return layers, params, rngs
+
+
 def _validate(layers, params, x, rngs) -> None:
     if len(params) != len(layers):
         raise ValueError(f"{len(layers)} layers but {len(params)} parameter entries")
     if len(rngs) != len(layers):
         raise ValueError(f"{len(layers)} layers but {len(rngs)} rng entries")
     for i, (layer, p, r) in enumerate(zip(layers, params, rngs)):
-        if not isinstance(layer, InvertibleStep | Scan | Transition):
-            raise TypeError(f"layer {i} is {type(layer).__name__}, not a revjax layer")
         if isinstance(layer, Scan):
             _scan_depth(p, r, f"layer {i} ({layer.name})")
     _check_dtypes(params, x, "apply")
@@ -174,17 +226,19 @@ def _validate(layers, params, x, rngs) -> None:
 # Single-step primitives.
 
 
-def _forward_value(layer: InvertibleStep | Transition, params, x, rng=None):
-    """The layer's output, ignoring aux."""
-    fn = layer.forward if isinstance(layer, InvertibleStep) else layer.apply
-    out = fn(params, x, rng)
-    return out[0] if layer.has_aux else out
+def call_layer(layer: InvertibleStep | Transition, params, x, rng=None) -> tuple[PyTree, Any]:
+    """(y, aux) of one step or transition; aux is None when the layer has none.
 
-
-def _forward_with_aux(layer: InvertibleStep | Transition, params, x, rng):
-    fn = layer.forward if isinstance(layer, InvertibleStep) else layer.apply
+    The one place that tells `InvertibleStep.forward` from `Transition.apply`.
+    """
+    fn = layer.apply if isinstance(layer, Transition) else layer.forward
     out = fn(params, x, rng)
     return out if layer.has_aux else (out, None)
+
+
+def _forward_value(layer: InvertibleStep | Transition, params, x, rng=None):
+    """The layer's output, ignoring aux."""
+    return call_layer(layer, params, x, rng)[0]
 
 
 def step_backward(step: InvertibleStep, params, y, y_bar, rng):
@@ -201,97 +255,162 @@ def step_backward(step: InvertibleStep, params, y, y_bar, rng):
     return x, params_bar, x_bar
 
 
-def _scan_forward(step: InvertibleStep, params, x, rngs, checkpoint: bool = False):
-    def body(h, inputs):
-        p, r = inputs
-        return _forward_with_aux(step, p, h, r)
+def _map_layer(layer: Layer, params, carry, rng, extra, step_rule, transition_rule, reverse):
+    """The one dispatch over the layer union.
 
-    if checkpoint:
-        body = jax.checkpoint(body)
-    return lax.scan(body, x, (params, rngs))
+    An InvertibleStep gets `step_rule(step, params, carry, rng, extra) -> (carry, out)` once; a
+    Scan gets it `depth` times through `lax.scan` (params, rng and extra sliced on axis 0,
+    outputs stacked; in reverse order when `reverse`); a Transition gets
+    `transition_rule(layer, params, carry, rng, extra) -> (carry, out)`.
+    """
+    if isinstance(layer, Transition):
+        return transition_rule(layer, params, carry, rng, extra)
+    if isinstance(layer, Scan):
 
+        def body(c, xs, step=layer.step):
+            p, r, e = xs
+            return step_rule(step, p, c, r, e)
 
-def _scan_backward(step: InvertibleStep, params, y, y_bar, rngs):
-    def body(carry, inputs):
-        h, h_bar = carry
-        p, r = inputs
-        x, p_bar, x_bar = step_backward(step, p, h, h_bar, r)
-        return (x, x_bar), p_bar
-
-    (x, x_bar), params_bar = lax.scan(body, (y, y_bar), (params, rngs), reverse=True)
-    return x, params_bar, x_bar
-
-
-def _scan_inverse(step: InvertibleStep, params, y, rngs):
-    def body(h, inputs):
-        p, r = inputs
-        return step.inverse(p, h, r), None
-
-    x, _ = lax.scan(body, y, (params, rngs), reverse=True)
-    return x
+        return lax.scan(body, carry, (params, rng, extra), reverse=reverse)
+    return step_rule(layer, params, carry, rng, extra)
 
 
 # --------------------------------------------------------------------------------------------
-# The three backprop strategies.
+# The two sweeps: forward (input -> output) and reverse (output -> input).
 
 
-def _run_autodiff(layers, params, x, rngs, checkpoint: bool):
-    auxes = []
+def forward_sweep(
+    layers: Sequence[Layer],
+    params: Sequence[PyTree],
+    x: PyTree,
+    rngs: Sequence[PyTree] | None = None,
+    *,
+    record_steps: bool = False,
+    checkpoint: bool = False,
+) -> tuple[PyTree, tuple, tuple]:
+    """Run the layers forward: (y, aux, inputs), one aux and one inputs entry per layer.
+
+    `inputs[i]` is layer i's input when layer i is a Transition (the reversible backward pass
+    restarts from it); for steps it is None, or with `record_steps` the step's input (a Scan:
+    the (depth, ...) trajectory of its steps' inputs), which `reconstruction_error` compares
+    against. `checkpoint` wraps every step and transition in `jax.checkpoint` ("remat").
+    """
+    layers, params, rngs = _normalise(layers, params, rngs)
+
+    def step_rule(step, p, h, r, _):
+        y, aux = call_layer(step, p, h, r)
+        return y, (aux, h if record_steps else None)
+
+    def transition_rule(layer, p, h, r, _):
+        y, aux = call_layer(layer, p, h, r)
+        return y, (aux, h)
+
+    if checkpoint:
+        step_rule = jax.checkpoint(step_rule, static_argnums=(0,))
+        transition_rule = jax.checkpoint(transition_rule, static_argnums=(0,))
+    auxes, inputs = [], []
     h = x
     for layer, p, r in zip(layers, params, rngs):
-        if isinstance(layer, Scan):
-            h, aux = _scan_forward(layer.step, p, h, r, checkpoint=checkpoint)
-        else:
-            fn = _forward_with_aux
-            if checkpoint:
-                fn = jax.checkpoint(fn, static_argnums=(0,))
-            h, aux = fn(layer, p, h, r)
+        h, (aux, inp) = _map_layer(layer, p, h, r, None, step_rule, transition_rule, False)
         auxes.append(aux)
-    return h, tuple(auxes)
+        inputs.append(inp)
+    return h, tuple(auxes), tuple(inputs)
 
 
-def _run_primal(layers, params, x, rngs):
-    """Forward pass keeping only transition inputs: (y, aux, stored)."""
-    auxes, stored = [], []
-    h = x
-    for layer, p, r in zip(layers, params, rngs):
-        stored.append(h if isinstance(layer, Transition) else None)
-        if isinstance(layer, Scan):
-            h, aux = _scan_forward(layer.step, p, h, r)
-        else:
-            h, aux = _forward_with_aux(layer, p, h, r)
-        auxes.append(aux)
-    return h, tuple(auxes), tuple(stored)
+def inverse_rule(step: InvertibleStep, params, y, rng, _=None):
+    """Step rule of `reverse_sweep` that inverts: (x = step.inverse(params, y, rng), None)."""
+    return step.inverse(params, y, rng), None
+
+
+def restart_at_transition(layer: Transition, params, carry, rng, stored_input):
+    """Transition rule of `reverse_sweep`: the carry restarts from the stored input (no output)."""
+    return stored_input, None
+
+
+def reverse_sweep(
+    layers: Sequence[Layer],
+    params: Sequence[PyTree],
+    carry: PyTree,
+    rngs: Sequence[PyTree] | None,
+    inputs: Sequence[PyTree],
+    step_rule: Callable[..., tuple] | Sequence[Callable[..., tuple]] = inverse_rule,
+    transition_rule: Callable[..., tuple] = restart_at_transition,
+) -> tuple[PyTree, tuple]:
+    """Walk the layers from last to first, rebuilding each input from its output.
+
+    This is the reconstruction of the reversible backward pass (Gomez et al. 2017,
+    "The Reversible Residual Network", arXiv:1707.04585, Sec. 3.2 and Algorithm 1): with
+    y_L the network output, x_i = f_i⁻¹(y_i) for every invertible step, and at a
+    non-invertible transition the sweep restarts from its input stored by `forward_sweep`.
+    `engine.apply(..., backprop="reversible")`'s VJP, `invert` and `reconstruction_error` are
+    all this sweep with different rules.
+
+    Args:
+      layers, params, rngs: as for `apply`.
+      carry: what flows from output to input, starting at the network output (a state, or
+        (state, cotangent) for the VJP).
+      inputs: one entry per layer, as returned by `forward_sweep`: a Transition's stored input,
+        and for steps an `extra` handed to the step rule (None, or the true inputs, stacked
+        for a Scan).
+      step_rule: `(step, params, carry, rng, extra) -> (carry, out)` for one invertible step
+        (mapped with `lax.scan` in reverse over a Scan's stack), or one rule per layer.
+        Default `inverse_rule`.
+      transition_rule: `(transition, params, carry, rng, stored_input) -> (carry, out)`.
+        Default `restart_at_transition`.
+
+    Returns:
+      (carry at the network input, outs): one `out` per layer (stacked on a leading depth axis
+      for a Scan).
+    """
+    layers, params, rngs = _normalise(layers, params, rngs)
+    rules = (step_rule,) * len(layers) if callable(step_rule) else tuple(step_rule)
+    if len(rules) != len(layers) or len(inputs) != len(layers):
+        raise ValueError(
+            f"{len(layers)} layers but {len(rules)} step rules and {len(inputs)} inputs entries"
+        )
+    outs = [None] * len(layers)
+    for i in reversed(range(len(layers))):
+        carry, outs[i] = _map_layer(
+            layers[i], params[i], carry, rngs[i], inputs[i], rules[i], transition_rule, True
+        )
+    return carry, tuple(outs)
+
+
+# --------------------------------------------------------------------------------------------
+# The reversible strategy: one custom_vjp over the whole sequence.
+
+
+def _backward_step_rule(step, p, carry, r, _):
+    y, y_bar = carry
+    x, p_bar, x_bar = step_backward(step, p, y, y_bar, r)
+    return (x, x_bar), p_bar
+
+
+def _backward_transition_rule(layer, p, carry, r, x):
+    _, y_bar = carry
+    _, pullback = jax.vjp(partial(_forward_value, layer, rng=r), p, x)
+    p_bar, x_bar = pullback(y_bar)
+    return (x, x_bar), p_bar
 
 
 def _reversible_impl(layers, params, x, rngs):
-    y, aux, _ = _run_primal(layers, params, x, rngs)
+    y, aux, _ = forward_sweep(layers, params, x, rngs)
     return y, aux
 
 
 def _reversible_fwd(layers, params, x, rngs):
-    y, aux, stored = _run_primal(layers, params, x, rngs)
+    y, aux, stored = forward_sweep(layers, params, x, rngs)
     return (y, aux), (params, rngs, stored, y)
 
 
 def _reversible_bwd(layers, residuals, cotangents):
     params, rngs, stored, y = residuals
     y_bar, _ = cotangents  # aux outputs (statistics) carry no gradient
-    params_bar = [None] * len(layers)
-    for i in reversed(range(len(layers))):
-        layer, p, r = layers[i], params[i], rngs[i]
-        if isinstance(layer, Transition):
-            x = stored[i]
-            _, pullback = jax.vjp(partial(_forward_value, layer, rng=r), p, x)
-            p_bar, x_bar = pullback(y_bar)
-        elif isinstance(layer, Scan):
-            x, p_bar, x_bar = _scan_backward(layer.step, p, y, y_bar, r)
-        else:
-            x, p_bar, x_bar = step_backward(layer, p, y, y_bar, r)
-        params_bar[i] = p_bar
-        y, y_bar = x, x_bar
+    (_, x_bar), params_bar = reverse_sweep(
+        layers, params, (y, y_bar), rngs, stored, _backward_step_rule, _backward_transition_rule
+    )
     rngs_bar = jax.tree.map(_zero_cotangent, rngs)
-    return tuple(params_bar), y_bar, rngs_bar
+    return params_bar, x_bar, rngs_bar
 
 
 def _zero_cotangent(leaf):
@@ -308,13 +427,6 @@ _reversible.defvjp(_reversible_fwd, _reversible_bwd)
 # Public entry points.
 
 
-def _normalise(layers, params, rngs):
-    layers = tuple(layers)
-    params = tuple(params)
-    rngs = (None,) * len(layers) if rngs is None else tuple(rngs)
-    return layers, params, rngs
-
-
 def apply_with_aux(
     layers: Sequence[Layer],
     params: Sequence[PyTree],
@@ -326,18 +438,20 @@ def apply_with_aux(
     """Run a sequence of layers; returns (y, aux) with one aux entry per layer.
 
     Args:
-      layers: InvertibleStep / Scan / Transition values (static).
+      layers: a sequence of InvertibleStep / Scan / Transition values (static).
       params: one parameter pytree per layer (stacked on axis 0 for a Scan).
       x: the input state pytree.
-      rngs: None, or one entry per layer: None, a key, or (for a Scan) `depth` stacked keys.
+      rngs: None, or a sequence with one entry per layer: None, a key, or (for a Scan)
+        `depth` stacked keys.
       backprop: "reversible" | "store" | "remat" (see module docstring).
     """
-    _check_backprop(backprop)
+    check_backprop(backprop)
     layers, params, rngs = _normalise(layers, params, rngs)
     _validate(layers, params, x, rngs)
     if backprop == "reversible":
         return _reversible(layers, params, x, rngs)
-    return _run_autodiff(layers, params, x, rngs, checkpoint=backprop == "remat")
+    y, aux, _ = forward_sweep(layers, params, x, rngs, checkpoint=backprop == "remat")
+    return y, aux
 
 
 def apply(
@@ -368,16 +482,11 @@ def invert(
     """x such that apply(layers, params, x) == y, for a sequence with no Transition."""
     layers, params, rngs = _normalise(layers, params, rngs)
     _validate(layers, params, y, rngs)
-    h = y
-    for layer, p, r in reversed(tuple(zip(layers, params, rngs))):
+    for layer in layers:
         if isinstance(layer, Transition):
             raise ValueError(f"cannot invert through non-invertible layer {layer.name!r}")
-        h = (
-            _scan_inverse(layer.step, p, h, r)
-            if isinstance(layer, Scan)
-            else layer.inverse(p, h, r)
-        )
-    return h
+    x, _ = reverse_sweep(layers, params, y, rngs, (None,) * len(layers))
+    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,40 +522,17 @@ def reconstruction_error(
     """
     layers, params, rngs = _normalise(layers, params, rngs)
     _validate(layers, params, x, rngs)
-    inputs = []
-    h = x
-    for layer, p, r in zip(layers, params, rngs):
-        if isinstance(layer, Scan):
+    y, _, inputs = forward_sweep(layers, params, x, rngs, record_steps=True)
 
-            def body(c, inp, step=layer.step):
-                y = _forward_value(step, inp[0], c, inp[1])
-                return y, c
+    def error_rule(step, p, h, r, true_x):
+        x_hat = step.inverse(p, h, r)
+        return x_hat, _relative_error(x_hat, true_x)
 
-            h_next, trajectory = lax.scan(body, h, (p, r))
-            inputs.append(trajectory)
-        else:
-            inputs.append(h)
-            h_next = _forward_value(layer, p, h, r)
-        h = h_next
-    errors = [None] * len(layers)
-    for i in reversed(range(len(layers))):
-        layer, p, r = layers[i], params[i], rngs[i]
-        if isinstance(layer, Transition):
-            errors[i] = jnp.zeros(())
-            h = inputs[i]
-        elif isinstance(layer, Scan):
+    def transition_rule(layer, p, h, r, stored_x):
+        return stored_x, jnp.zeros(())
 
-            def body(c, inp, step=layer.step):
-                p_j, r_j, true_x = inp
-                x_hat = step.inverse(p_j, c, r_j)
-                return x_hat, _relative_error(x_hat, true_x)
-
-            h, errs = lax.scan(body, h, (p, r, inputs[i]), reverse=True)
-            errors[i] = errs
-        else:
-            h = layer.inverse(p, h, r)
-            errors[i] = _relative_error(h, inputs[i])
-    return tuple(errors)
+    _, errors = reverse_sweep(layers, params, y, rngs, inputs, error_rule, transition_rule)
+    return errors
 
 
 def check_reconstruction(

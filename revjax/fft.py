@@ -1,9 +1,11 @@
-r"""Low-cost convolutions with periodic boundaries, computed by FFT (SPEC §6.1, §6.3).
+r"""Low-cost convolutions with periodic boundaries, computed by FFT (Ephrath, Eliasof, Ruthotto,
+Haber, Treister 2019, arXiv:1805.07821, Sec. 3).
 
 These are the cheap operators of Ephrath, Treister, Haber & Ruthotto (LeanResNet): a
 depthwise stencil :math:`K_{dw}`, its implicit diffusion solve, and the block-circulant
 operator :math:`K_{circ}`. In revjax they parameterise the :math:`K` of the reversible
-:math:`K^T \sigma(K \cdot)` blocks (SPEC §6.7); none of them is reversible on its own.
+:math:`K^T \sigma(K \cdot)` blocks (this library's use of the operators, not in the paper); none of
+them is reversible on its own.
 
 Convention (deep learning, not signal processing). Every operator is a *cross-correlation*
 with a stencil anchored at ``r = (k - 1) // 2`` on each spatial axis of size ``n``:
@@ -25,7 +27,8 @@ Operators, per sample, with ``x`` of shape ``(*spatial, C)``:
 * block-circulant: :math:`(K_{circ} x)_i = \sum_j C_{(j - i) \bmod C} \star x_j`
   (kernel ``(*k, C)``; slice ``[..., d]`` is the stencil :math:`C_d`).
 
-FFT formulas (SPEC §6.3). A periodic cross-correlation is a circular convolution with the
+FFT formulas (Ephrath et al. 2019, Sec. 3.2, Eq. 10). A periodic cross-correlation is a circular
+convolution with the
 kernel ``c`` obtained by embedding tap ``a`` at index ``(r - a) mod n`` (the first column
 ``C e_1`` of the circulant matrix), so with :math:`F` the DFT over the spatial axes
 
@@ -46,7 +49,8 @@ inputs give complex64 spectra and float32 outputs, float64 gives complex128/floa
 Shapes: ``x`` is ``(N, *spatial, C)`` with 1 to 3 spatial axes (NWC, NHWC, NDHWC); kernels are
 ``(*k, C)`` with ``len(k) == len(spatial)`` and ``k[i] <= spatial[i]``.
 
-Cost (``n`` pixels, ``c`` channels, ``m`` taps per axis, SPEC §6.4); the FFT cost does not
+Cost (``n`` pixels, ``c`` channels, ``m`` taps per axis, Ephrath et al. 2019, Table 1); the FFT cost
+does not
 depend on the stencil size:
 
 =====================  =========  ==========================  ===========================
@@ -253,7 +257,7 @@ def implicit_diffusion_solve(x: jax.Array, kernel: jax.Array, h) -> jax.Array:
     """Implicit diffusion step ``(I + h K_dw^T K_dw)^{-1} x`` per channel by FFT.
 
     ``F^{-1}(F(x) / (1 + h |F(c)|^2))``; for ``h >= 0`` its spectral norm is ``<= 1``
-    (SPEC §6.2), and its inverse is multiplication by ``I + h K_dw^T K_dw``.
+    (Ephrath et al. 2019, Sec. 3.2.2), and its inverse is multiplication by ``I + h K_dw^T K_dw``.
 
     Args:
         x: ``(N, *spatial, C)`` input.
@@ -294,7 +298,7 @@ def circulant_conv_adjoint(y: jax.Array, kernel: jax.Array) -> jax.Array:
     """Exact adjoint ``K_circ^T y``: ``<K_circ x, y> = <x, K_circ^T y>``.
 
     Block-circulant again: for odd ``k`` it equals :func:`circulant_conv` with stencils
-    ``C_{(-i) mod C}`` spatially flipped (SPEC §6.7).
+    ``C_{(-i) mod C}`` spatially flipped (the transpose of a circulant channel coupling).
 
     Args:
         y: ``(N, *spatial, C)`` input.

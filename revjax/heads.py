@@ -1,4 +1,5 @@
-"""Non-invertible ends shared by the classifiers: stem and classification head (SPEC §2.3).
+"""Non-invertible ends shared by the classifiers: stem and classification head (Gomez, Ren, Urtasun,
+Grosse 2017, arXiv:1707.04585, Sec. 3.1).
 
 These run under ordinary autodiff (their activations are stored); only the reversible body in
 between is rebuilt during the backward pass.
@@ -20,7 +21,7 @@ __all__ = [
     "check_num_classes",
 ]
 
-BN_EPSILON = 1e-3  # RevNet / Hamiltonian reference code (SPEC §2.2)
+BN_EPSILON = 1e-3  # RevNet / Hamiltonian reference code (github.com/renmengye/revnet-public)
 BN_MOMENTUM = 0.9
 
 

@@ -3,20 +3,22 @@
 Generic over the "force" functions, which are pure `(params, u, rng) -> v` (e.g. the
 symmetric layer f(u) = −K^T σ(K u + b)). States are pairs.
 
-Verlet / Hamiltonian (SPEC §4.1), state (Y, Z)::
+Verlet / Hamiltonian (Chang, Meng, Haber, Ruthotto, Begert, Holtham 2018, arXiv:1709.03698,
+"Hamiltonian inspired neural networks"), state (Y, Z)::
 
     Y' = Y + F(Z)          Z = Z' + G(Y')
     Z' = Z − G(Y')         Y = Y' − F(Z)
 
 (the RevNet coupling with G negated; h lives inside F and G, as in the official code).
 
-Leapfrog / hyperbolic (SPEC §4.3, §5.1), state (P, C) = (Y_{j−1}, Y_j), damping γ ≥ 0::
+Leapfrog / hyperbolic (Chang et al. 2018, leapfrog network; Lensink, Peters, Haber 2019,
+arXiv:1912.12137), state (P, C) = (Y_{j−1}, Y_j), damping γ ≥ 0::
 
     (1 + γh/2) N = 2C − (1 − γh/2) P + h² f(C)          N = Y_{j+1}
     inverse:   P = [2C − (1 + γh/2) N + h² f(C)] / (1 − γh/2)
     VJP (γ = 0): P̄ = −N̄,  C̄ = C̄' + 2N̄ + h² J_f(C)^T N̄,  θ̄ = h² (∂f/∂θ)^T N̄
 
-Midpoint (SPEC §4.2), state (P, C)::
+Midpoint (Chang et al. 2018, midpoint network), state (P, C)::
 
     N = P + 2h g(C);   inverse P = N − 2h g(C);   P̄ = N̄,  C̄ = C̄' + 2h J_g(C)^T N̄
 
@@ -132,7 +134,7 @@ def duplicate_state(name: str = "duplicate_state") -> InvertibleStep:
     """Y0 -> (Y0, Y0): the zero-velocity start Y_{−1} = Y0. Parameter-free (params = None).
 
     Injective; the inverse reads the second state. The cotangent is the sum of both
-    branches (the first-layer pitfall of SPEC §7).
+    branches (the first step of a two-state integrator needs both states: Y_{-1} is set to Y_0).
     """
 
     def forward(params, x, rng=None):

@@ -17,11 +17,14 @@ A residual function is written as an ordinary linen module (a template, never bo
 
 Stochastic residual functions draw from the "dropout" rng stream; `CouplingStack` splits
 one key per step from `self.make_rng("dropout")` when `deterministic=False`, so the backward
-pass replays the same masks.
+pass replays the same masks. F and G written the usual Flax way, with a `deterministic`
+argument in `__call__` (e.g. passed on to `nn.Dropout`), receive `CouplingStack`'s
+`deterministic`; F and G without one can test `self.has_rng("dropout")` instead.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +35,7 @@ from revjax import engine
 from revjax.couplings import additive_coupling, affine_coupling, merge_halves, split_halves
 from revjax.drift import sow_reconstruction_error
 
-__all__ = ["residual_fn", "init_stacked", "CouplingStack"]
+__all__ = ["residual_fn", "init_stacked", "accepts_deterministic", "CouplingStack"]
 
 
 def residual_fn(module: nn.Module, **call_kwargs: Any) -> Callable[..., Any]:
@@ -50,6 +53,14 @@ def residual_fn(module: nn.Module, **call_kwargs: Any) -> Callable[..., Any]:
     return fn
 
 
+def accepts_deterministic(module: nn.Module) -> bool:
+    """Whether `module.__call__` takes a `deterministic` argument (by name or via **kwargs)."""
+    parameters = inspect.signature(type(module).__call__).parameters.values()
+    return any(
+        p.name == "deterministic" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
+
+
 def init_stacked(module: nn.Module, key: jax.Array, depth: int, *example_args, **kwargs):
     """`depth` independent initialisations of `module`, stacked on a leading axis."""
     if depth < 1:
@@ -63,7 +74,8 @@ class CouplingStack(nn.Module):
     """`depth` RevNet couplings y1 = x1 + F(x2), y2 = x2 + G(y1) (or affine), one Scan.
 
     Attributes:
-      F, G: linen module templates mapping (N, ..., C/2) -> (N, ..., C/2) (affine: a pair).
+      F, G: linen module templates mapping (N, ..., C/2) -> (N, ..., C/2) (affine: a pair);
+        when their `__call__` takes `deterministic`, they get the stack's.
       depth: number of coupling steps.
       coupling: "additive" or "affine".
       backprop: "reversible" | "store" | "remat".
@@ -85,12 +97,19 @@ class CouplingStack(nn.Module):
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
         x1, x2 = split_halves(x)
         F, G = self.F.clone(parent=None), self.G.clone(parent=None)
-        f_vars = self.param("F_blocks", lambda k: init_stacked(F, k, self.depth, x2))
-        g_vars = self.param("G_blocks", lambda k: init_stacked(G, k, self.depth, x1))
+        # F and G that take `deterministic` get this call's value (never silently dropped);
+        # at init they are built deterministic.
+        f_init = {"deterministic": True} if accepts_deterministic(F) else {}
+        g_init = {"deterministic": True} if accepts_deterministic(G) else {}
+        f_call = {"deterministic": deterministic} if f_init else {}
+        g_call = {"deterministic": deterministic} if g_init else {}
+        f_vars = self.param("F_blocks", lambda k: init_stacked(F, k, self.depth, x2, **f_init))
+        g_vars = self.param("G_blocks", lambda k: init_stacked(G, k, self.depth, x1, **g_init))
+        f_fn, g_fn = residual_fn(F, **f_call), residual_fn(G, **g_call)
         if self.coupling == "additive":
-            step = additive_coupling(residual_fn(F), residual_fn(G))
+            step = additive_coupling(f_fn, g_fn)
         elif self.coupling == "affine":
-            step = affine_coupling(residual_fn(F), residual_fn(G), max_log_scale=self.max_log_scale)
+            step = affine_coupling(f_fn, g_fn, max_log_scale=self.max_log_scale)
         else:
             raise ValueError(f"unknown coupling {self.coupling!r}; use 'additive' or 'affine'")
         rngs = None

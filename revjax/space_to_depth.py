@@ -1,4 +1,5 @@
-"""i-RevNet invertible downsampling ψ (space-to-depth) and its inverse (SPEC §1.2).
+"""i-RevNet invertible downsampling ψ (space-to-depth) and its inverse (Jacobsen, Smeulders, Oyallon
+2018, i-RevNet, arXiv:1802.07088).
 
 ψ moves each ``block × block`` (2-D) or ``block × block × block`` (3-D) spatial patch into
 the channel axis. It is a pure permutation of the entries, so it preserves every norm and its
@@ -31,9 +32,26 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["depth_to_space", "space_to_depth", "spatial_axis_names"]
+__all__ = ["channels_first_hint", "depth_to_space", "space_to_depth", "spatial_axis_names"]
 
 _AXIS_NAMES_BY_RANK = {4: ("H", "W"), 5: ("D", "H", "W")}
+
+
+def channels_first_hint(shape: Sequence[int]) -> str:
+    """A hint for error messages when ``shape`` looks channels-first (NCHW / NCDHW).
+
+    revjax is channels-last (NHWC / NDHWC). A shape whose axis 1 is small (1, 2, 3 or 4, like
+    image channels) while its last axis is larger most likely came in as NCHW; the returned
+    text says how to transpose it. Otherwise returns "".
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) in (4, 5) and shape[1] <= 4 and shape[-1] > shape[1]:
+        order = (0, *range(2, len(shape)), 1)
+        return (
+            f" The input shape {shape} looks channels-first; revjax expects channels-last "
+            f"(NHWC / NDHWC): transpose it with x.transpose{order}."
+        )
+    return ""
 
 
 def spatial_axis_names(ndim: int, *, caller: str) -> tuple[str, ...]:
@@ -69,7 +87,7 @@ def _check_spatial_divisible(shape: Sequence[int], block: int, caller: str) -> N
         if size % block:
             raise ValueError(
                 f"{caller}: axis {name} has size {size}, which is not divisible by "
-                f"block={block}; space-to-depth does not crop"
+                f"block={block}; space-to-depth does not crop.{channels_first_hint(shape)}"
             )
 
 

@@ -2,7 +2,8 @@
 
 For a stride-1 "SAME" convolution y = K x acting on inputs of one example's shape (H, W, C_in),
 the quantity that bounds the Lipschitz constant of an i-ResNet branch is the *operator* norm
-‖K‖₂ = max ‖K x‖/‖x‖ over inputs of that shape (SPEC §1.4). It is estimated by power iteration
+‖K‖₂ = max ‖K x‖/‖x‖ over inputs of that shape (Behrmann, Grathwohl, Chen, Duvenaud, Jacobsen 2019,
+i-ResNet, arXiv:1811.00995, Sec. 2-3). It is estimated by power iteration
 on K^T K at the real input shape::
 
     v ← K^T K v / ‖K^T K v‖        (n times; revjax.conv.conv / conv_transpose)
@@ -42,7 +43,8 @@ __all__ = [
 
 
 def check_coefficient(c: float) -> float:
-    """The normalisation coefficient must satisfy 0 < c < 1 (strict contraction, SPEC §1.4)."""
+    """The normalisation coefficient must satisfy 0 < c < 1 (strict contraction, Behrmann et al.
+    2019, Sec. 2)."""
     c = float(c)
     if not 0.0 < c < 1.0:
         raise ValueError(

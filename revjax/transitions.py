@@ -1,6 +1,8 @@
 """Resolution changes between stages: stored (non-invertible) or fully reversible.
 
-Non-invertible (SPEC §1.1, §2.3, §4.1; the input is stored by the engine):
+Non-invertible (Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585, Sec. 3.1: strided layers discard
+information, so their input is stored; Chang, Meng, Haber, Ruthotto, Begert, Holtham 2018,
+arXiv:1709.03698 downsample by average pooling and zero-padded channels):
 
 - `pool_pad(x, out_channels)`: 2x2 average pool, stride 2, then symmetric zero padding of the
   channel axis with (out − in)/2 on each side ("downsample by average pooling, increase filters
@@ -8,7 +10,8 @@ Non-invertible (SPEC §1.1, §2.3, §4.1; the input is stored by the engine):
 - `pool_pad_transition(out_channels)`: that map applied to every state of a pair, as an
   `engine.Transition`.
 
-Fully reversible (SPEC §1.2, §1.3): `space_to_depth_step()` and `haar_step()` (with
+Fully reversible (Jacobsen, Smeulders, Oyallon 2018, i-RevNet, arXiv:1802.07088; Haar wavelets as in
+Lensink, Peters, Haber 2019, arXiv:1912.12137): `space_to_depth_step()` and `haar_step()` (with
 `haar_inverse_step()` for refinement) apply an orthogonal resampling to every state; their
 backward pass is the inverse map applied to the cotangent (Q^{-1} = Q^T), with no stored input.
 """
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 
 from revjax import wavelets
 from revjax.engine import InvertibleStep, Transition
-from revjax.space_to_depth import depth_to_space, space_to_depth
+from revjax.space_to_depth import channels_first_hint, depth_to_space, space_to_depth
 
 __all__ = [
     "check_halvable",
@@ -43,7 +46,8 @@ def check_halvable(shape, where: str = "stride-2 transition") -> None:
         if size % 2:
             raise ValueError(
                 f"{where}: axis {label} has size {size}, which a stride-2 transition cannot "
-                "halve exactly (no silent cropping); use even input sizes"
+                "halve exactly (no silent cropping); use even input sizes."
+                f"{channels_first_hint(shape)}"
             )
 
 

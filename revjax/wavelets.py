@@ -1,4 +1,5 @@
-"""Orthonormal Haar wavelet coarsening in 2-D and 3-D (SPEC §1.3).
+"""Orthonormal Haar wavelet coarsening in 2-D and 3-D (Lensink, Peters, Haber 2019,
+arXiv:1912.12137).
 
 One level of the Haar transform halves every spatial axis and multiplies the channels by
 ``2**d`` (``d`` = number of spatial axes). Along one axis, each consecutive pair
@@ -55,7 +56,12 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from revjax.space_to_depth import depth_to_space, space_to_depth, spatial_axis_names
+from revjax.space_to_depth import (
+    channels_first_hint,
+    depth_to_space,
+    space_to_depth,
+    spatial_axis_names,
+)
 
 __all__ = [
     "check_divisible",
@@ -109,7 +115,8 @@ def check_divisible(shape: Sequence[int], levels: int) -> None:
                 raise ValueError(
                     f"axis {name} has size {size}, which is not divisible by "
                     f"2**{levels} = {2**levels}: {before} it has size {current}, which is "
-                    f"odd, so Haar level {level} of {levels} cannot halve it"
+                    f"odd, so Haar level {level} of {levels} cannot halve it."
+                    f"{channels_first_hint(shape)}"
                 )
             current //= 2
 
@@ -120,7 +127,7 @@ def _check_even(shape: Sequence[int], caller: str) -> None:
         if size % 2:
             raise ValueError(
                 f"{caller}: axis {name} has size {size}, which is odd; Haar coarsening needs "
-                "even sizes (no silent cropping)"
+                f"even sizes (no silent cropping).{channels_first_hint(shape)}"
             )
 
 

@@ -239,3 +239,40 @@ def test_bad_input_errors():
         affine_coupling(affine_residual, affine_residual, max_log_scale=0.0)
     with pytest.raises(ValueError, match="max_log_scale"):
         affine_coupling(affine_residual, affine_residual, max_log_scale=float("inf"))
+
+
+def test_single_layer_or_single_key_is_a_clear_error():
+    """A layer where a sequence is expected, or one key as rngs, names the fix."""
+    x = make_state(jax.random.key(0))
+    params = init_coupling(jax.random.key(1), depth=3)
+    with pytest.raises(TypeError, match=r"sequence of layers.*apply\(\[layer\], \[params\], x\)"):
+        engine.apply(engine.Scan(ADDITIVE), params, x)
+    with pytest.raises(TypeError, match=r"rngs must be None or a sequence.*split\(key, depth\)"):
+        engine.apply([engine.Scan(ADDITIVE)], [params], x, jax.random.key(0))
+    with pytest.raises(TypeError, match="layer 0 is dict, not a revjax layer"):
+        engine.apply([{"F": 1}], [params], x)
+    with pytest.raises(ValueError, match="unknown backprop mode"):
+        engine.check_backprop("magic")
+
+
+def test_reverse_sweep_is_the_reconstruction_of_the_backward_pass():
+    """reverse_sweep with the inverse rule rebuilds every input (restarting at transitions),
+    and a per-layer custom rule sees exactly the states the forward pass produced."""
+    layers, params = chain(ADDITIVE, depth=2)
+    x = make_state(jax.random.key(3))
+    y, _, inputs = engine.forward_sweep(layers, params, x, record_steps=True)
+    assert inputs[1] is not None and jax.tree.leaves(inputs[0])[0].shape[0] == 2
+    x_hat, outs = engine.reverse_sweep(layers, params, y, None, inputs)
+    assert float(engine._relative_error(x_hat, x)) < 1e-12
+    assert outs == (None,) * 4
+
+    def diff_rule(step, p, h, r, true_x):
+        x_rec = step.inverse(p, h, r)
+        return x_rec, engine._relative_error(x_rec, true_x)
+
+    rules = [diff_rule, engine.inverse_rule, diff_rule, diff_rule]
+    _, outs = engine.reverse_sweep(layers, params, y, None, inputs, rules)
+    assert outs[0].shape == (2,) and outs[1] is None and outs[2] is None
+    assert float(jnp.max(outs[3])) < 1e-12
+    with pytest.raises(ValueError, match="4 layers but 3 step rules"):
+        engine.reverse_sweep(layers, params, y, None, inputs, rules[:3])

@@ -67,3 +67,41 @@ def test_coupling_stack_bad_config():
         _model(coupling="magic").init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
     with pytest.raises(ValueError, match="unknown backprop"):
         _model(backprop="magic").init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
+
+
+class FlaxStyleDropoutResidual(nn.Module):
+    """The usual Flax way: `deterministic` is a call argument handed to nn.Dropout."""
+
+    @nn.compact
+    def __call__(self, u, deterministic: bool = True):
+        h = nn.Dense(u.shape[-1], param_dtype=jnp.float64)(u)
+        return nn.Dropout(0.5)(h, deterministic=deterministic)
+
+
+def test_coupling_stack_passes_deterministic_to_flax_style_residuals():
+    """deterministic=False reaches F and G's Dropout (outputs vary with the dropout key);
+    deterministic=True does not (no dropout rng is even needed); reversible == store."""
+    res = FlaxStyleDropoutResidual()
+    x = jax.random.normal(jax.random.key(0), (2, 6))
+    model = CouplingStack(F=res, G=res, depth=2)
+    variables = model.init(jax.random.key(1), x)
+    det = model.apply(variables, x)
+    assert jnp.allclose(det, model.apply(variables, x, deterministic=True))
+
+    def train(key, backprop="reversible"):
+        stack = CouplingStack(F=res, G=res, depth=2, backprop=backprop)
+        return stack.apply(variables, x, deterministic=False, rngs={"dropout": key})
+
+    a, b = train(jax.random.key(2)), train(jax.random.key(3))
+    assert not jnp.allclose(a, det) and not jnp.allclose(a, b)
+
+    def loss(params, backprop):
+        y = CouplingStack(F=res, G=res, depth=2, backprop=backprop).apply(
+            {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(2)}
+        )
+        return jnp.sum(jnp.sin(y))
+
+    g_rev = jax.grad(loss)(variables["params"], "reversible")
+    g_store = jax.grad(loss)(variables["params"], "store")
+    for u, v in zip(jax.tree.leaves(g_rev), jax.tree.leaves(g_store)):
+        assert float(jnp.max(jnp.abs(u - v))) <= 1e-9 * max(float(jnp.max(jnp.abs(v))), 1e-30)

@@ -1,6 +1,8 @@
-r"""Low-cost convolution steps of LeanResNet (Ephrath, Treister, Haber & Ruthotto; SPEC §6).
+r"""Low-cost convolution steps of LeanResNet (Ephrath, Eliasof, Ruthotto, Haber, Treister 2019,
+arXiv:1805.07821).
 
-Six step types share one ResNet skeleton (SPEC §6.2). With ``y`` of shape ``(N, H, W, c)``
+Six step types share one ResNet skeleton (Ephrath et al. 2019, Sec. 3, Eqs. 5-9). With ``y`` of
+shape ``(N, H, W, c)``
 (NHWC, ``C_in = C_out = c``), ``m x m`` stencils, ``N`` = BatchNorm and ``σ`` = ReLU:
 
 =============  ===========================================================  ===================
@@ -30,12 +32,14 @@ adjoint of that periodic operator. The ResNet, MobileNet and LinearMix steps (an
 connecting layers of the reference networks) use direct convolutions with *zero* ``"SAME"``
 padding, the usual deep-learning convention.
 
-Step size. SPEC §6.8 leaves ``h`` unknown; ``DEFAULT_H = 0.1`` is a module field. With the
+Step size. The paper does not state ``h``; ``DEFAULT_H = 0.1`` is a module field. With the
 depthwise initialisation used here (truncated normal, std ``1/m``) the explicit diffusion
-stability condition ``h ‖K_dw‖² ≤ 2`` (SPEC §6.2) holds comfortably at initialisation. The
+stability condition ``h ‖K_dw‖² ≤ 2`` (Ephrath et al. 2019, Sec. 3.2.1: h small enough) holds
+comfortably at initialisation. The
 implicit step is stable for every ``h ≥ 0``.
 
-Reversible use (SPEC §6.7). None of the six steps is invertible. The low-cost operators are
+Reversible use (this library's extension, not in the paper). None of the six steps is invertible.
+The low-cost operators are
 instead used as the ``K`` inside the reversible Hamiltonian force ``F(z) = h Kᵀ σ(K z + b)``
 (:func:`low_cost_force`, :func:`low_cost_hamiltonian_step`), with ``K = M ∘ K_dw`` (FFT
 depthwise then 1x1 mix) or ``K = K_circ``, and ``Kᵀ`` the exact adjoint built from
@@ -331,7 +335,8 @@ STEP_MODULES: dict[str, type[_LeanModule]] = {
 class ConnectingLayer(_LeanModule):
     """``x ↦ avg_pool₂ₓ₂(BN([x ; K_dw x]))``: ``(N, H, W, c) -> (N, H/2, W/2, 2c)``.
 
-    ``K_dw`` is a zero-padded depthwise ``m x m`` conv; ``m²c + 4c`` parameters (SPEC §6.5).
+    ``K_dw`` is a zero-padded depthwise ``m x m`` conv; ``m²c + 4c`` parameters (Ephrath et al.
+    2019, Sec. 4).
     """
 
     @nn.compact
@@ -387,7 +392,8 @@ def low_cost_operator(kind: str) -> tuple[Callable, Callable]:
 
 
 def low_cost_force(kind: str, h: float) -> ForceFn:
-    """Pure ``F(params, z, rng) = h Kᵀ σ(K z + b)`` with a low-cost ``K`` (SPEC §4.1, §6.7).
+    """Pure ``F(params, z, rng) = h Kᵀ σ(K z + b)`` with a low-cost ``K`` (the Hamiltonian force of
+    Chang, Meng, Haber, Ruthotto, Begert, Holtham 2018, arXiv:1709.03698).
 
     ``params`` holds the operator's entries (see :func:`low_cost_operator`) and ``"bias"``,
     shape ``(c,)``; ``z`` is ``(N, H, W, c)``.

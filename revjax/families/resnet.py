@@ -1,6 +1,7 @@
 """Pre-activation ResNet (He et al. 2016) as in the RevNet reference code: the baseline.
 
-The residual functions defined here are shared with the RevNet family (SPEC §2.2), which runs
+The residual functions defined here are shared with the RevNet family (Gomez, Ren, Urtasun, Grosse
+2017, arXiv:1707.04585, Sec. 3.1), which runs
 the same functions on channel halves inside additive couplings.
 
 Basic residual function (pre-activation), u: (N, H, W, C_in) -> (N, H/s, W/s, C_out)::

@@ -11,6 +11,7 @@ Each family module registers its configurations with `@register("name")` on a fa
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Callable
@@ -21,7 +22,15 @@ import jax.numpy as jnp
 
 from revjax.drift import reconstruction_error
 
-__all__ = ["register", "create", "names", "count_params", "summary", "reconstruction_error"]
+__all__ = [
+    "register",
+    "create",
+    "names",
+    "config_fields",
+    "count_params",
+    "summary",
+    "reconstruction_error",
+]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -44,12 +53,36 @@ def names() -> list[str]:
 
 
 def create(name: str, **overrides) -> nn.Module:
-    """The registered model `name`, with its configuration fields overridden."""
+    """The registered model `name`, with its configuration fields overridden.
+
+    Raises:
+      ValueError: an unknown `name`, or an override that is not a field of the model (the
+        message lists the valid fields and the closest matches).
+    """
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {close}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(names())}")
-    return _REGISTRY[name](**overrides)
+    factory = _REGISTRY[name]
+    unknown = sorted(set(overrides) - set(config_fields(name)))
+    if unknown:
+        valid = config_fields(name)
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, valid, n=2)
+            hints.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)"
+                                       if close else ""))
+        raise ValueError(
+            f"model {name!r} has no field(s) {', '.join(hints)}. "
+            f"Valid fields: {', '.join(valid)}"
+        )
+    return factory(**overrides)
+
+
+def config_fields(name: str) -> list[str]:
+    """The fields `create(name, **overrides)` accepts: those of the linen module it builds."""
+    model = _REGISTRY[name]()
+    return sorted(f.name for f in dataclasses.fields(model) if f.name != "parent")
 
 
 def count_params(variables) -> int:

@@ -1,4 +1,5 @@
-"""LeanResNet reference networks A, B, C (SPEC §6.5) and a reversible low-cost Hamiltonian net.
+"""LeanResNet reference networks A, B, C (Ephrath, Eliasof, Ruthotto, Haber, Treister 2019,
+arXiv:1805.07821, Sec. 4) and a reversible low-cost Hamiltonian net.
 
 Registered names: ``lean_{a,b,c}_{resnet,mobilenet,linear_mix,explicit_rd,implicit_rd,
 circular_rd}`` (18 classifiers, CIFAR-10 by default; pass ``num_classes=100`` for CIFAR-100,
@@ -24,7 +25,8 @@ MobileNet and all RD nets A/B/B-100/C-100 give 101,066 / 216,106 / 250,756 / 423
 fudged:
 
 * LinearMix: the paper's figures (195K, 422K, 456K, 789K) equal ``2(m²c + c²)`` per step, i.e.
-  the duplicated centre tap was *not* dropped; here it is (SPEC §6.1: ``m²c + c² − c``), so
+  the duplicated centre tap was *not* dropped; here it is (Ephrath et al. 2019, Table 1: ``m²c + c²
+  − c``), so
   ours are ``8 Σᵢ cᵢ`` lower (1.8K for A, 2.7K for B, 3.8K for C).
 * ResNet A is 1,555,274 (paper "1.5M": truncated) but ResNet B on CIFAR-100 is 3,528,772,
   which the paper prints as "3.4M", below its own CIFAR-10 figure of 3.5M for a network with
@@ -59,7 +61,7 @@ __all__ = [
 
 NETWORKS = {"a": (32, 3), "b": (48, 3), "c": (32, 4)}  # stem width c₀, number of blocks
 
-# SPEC §6.6 (paper Table 2), parameter counts as printed: (network, num_classes) -> count.
+# Ephrath et al. 2019, Table 2, parameter counts as printed: (network, num_classes) -> count.
 _RD_COUNTS = {("a", 10): 101e3, ("b", 10): 216e3, ("b", 100): 250e3, ("c", 100): 423e3}
 PAPER_TABLE2 = {
     "resnet": {("a", 10): 1.5e6, ("b", 10): 3.5e6, ("b", 100): 3.4e6, ("c", 100): 6.3e6},
@@ -130,7 +132,8 @@ class LeanResNet(nn.Module):
 
 
 class LeanHamiltonian(ReversibleModel, nn.Module):
-    """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator (SPEC §6.7).
+    """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator (this library's
+    extension, not in the paper).
 
     Body per stage: ``depth`` Verlet steps on the channel halves ``(Y, Z)``,
     ``Y' = Y + h K_Fᵀ σ(K_F Z + b_F)``, ``Z' = Z − h K_Gᵀ σ(K_G Y' + b_G)``, with
@@ -144,7 +147,8 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
         widths: channels per stage (even, non-decreasing, even differences).
         depth: Verlet steps per stage.
         operator: ``"dw_mix"`` or ``"circulant"``.
-        h: step size inside the force (Chang et al.'s convention, SPEC §4.1).
+        h: step size inside the force (the convention of Chang, Meng, Haber, Ruthotto, Begert,
+        Holtham 2018, arXiv:1709.03698).
         kernel_size: stencil ``m``.
         num_classes: classifier outputs.
         backprop: ``"reversible"`` | ``"store"`` | ``"remat"``.
@@ -192,7 +196,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
 
 
 def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
-    engine._check_backprop(model.backprop)
+    engine.check_backprop(model.backprop)
     check_num_classes(model.num_classes)
     if model.operator not in lean.LOW_COST_OPERATORS:
         raise ValueError(
@@ -224,7 +228,9 @@ def _lean_factory(network: str, step: str):
         check_num_classes(model.num_classes)
         return model
 
-    factory.__doc__ = f"LeanResNet {network.upper()} with {step} steps (SPEC §6.5)."
+    factory.__doc__ = (
+        f"LeanResNet {network.upper()} with {step} steps (Ephrath et al. 2019, Sec. 4)."
+    )
     return factory
 
 

@@ -1,7 +1,8 @@
-"""Registry entries for RevNet and its ResNet baselines (SPEC §2.4).
+"""Registry entries for RevNet and its ResNet baselines (Gomez, Ren, Urtasun, Grosse 2017,
+arXiv:1707.04585, Table 1).
 
 Filters list (stem, stage 1, ...) base widths; bottleneck nets multiply the stage widths by 4.
-Parameter counts (10 / 1000 classes) equal SPEC §2.4:
+Parameter counts (10 / 1000 classes) equal those of Gomez et al. 2017, Table 1:
 
     resnet32 464,154   revnet38 464,890   resnet110 1,727,962   revnet110 1,729,194
     resnet164 1,703,258   revnet164 1,748,778   resnet101 44,541,480   revnet104 45,428,072

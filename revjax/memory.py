@@ -1,0 +1,145 @@
+"""Compiled memory of a training step, from XLA's memory analysis (compile only, nothing runs).
+
+One definition of "a training step", shared by the trainer, the experiments and the tests: the
+real optimizer update
+
+    loss, g = value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = optimizer.update(g, opt_state, params)
+    params = optax.apply_updates(params, updates)
+
+jitted with params and optimizer state donated (as a training loop runs it). XLA's
+`memory_analysis()` of the compiled executable reports `temp_size_in_bytes`: scratch memory
+beyond the arguments and outputs, i.e. mostly the activations kept for the backward pass.
+Lowering from `jax.ShapeDtypeStruct`s allocates nothing, so the figure is exact and cheap even
+for models that would not fit.
+
+>>> import jax.numpy as jnp, optax
+>>> loss = lambda p, batch: jnp.sum((batch @ p) ** 2)
+>>> stats = update_step_memory(loss, jnp.ones((4, 4)), jnp.ones((8, 4)), optax.sgd(0.1))
+>>> sorted(stats)
+['arguments', 'outputs', 'temp', 'total']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "abstract",
+    "compile_update_step",
+    "compiled_memory",
+    "jitted_step_memory",
+    "update_step",
+    "update_step_memory",
+    "update_step_temp_bytes",
+]
+
+PyTree = Any
+
+
+def abstract(tree: PyTree) -> PyTree:
+    """ShapeDtypeStructs of `tree`'s leaves, keeping shardings (a sharded step is per device)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            jnp.shape(x), x.dtype, sharding=getattr(x, "sharding", None)
+        ),
+        tree,
+    )
+
+
+def compiled_memory(compiled: Any) -> dict[str, int]:
+    """{"temp", "arguments", "outputs", "total"} bytes of a `jax.stages.Compiled` (0 if unknown).
+
+    total = temp + arguments + outputs (donated buffers counted once, as arguments).
+    """
+    analysis = compiled.memory_analysis()
+
+    def get(field):
+        return int(getattr(analysis, field, 0) or 0) if analysis is not None else 0
+
+    out = {
+        "temp": get("temp_size_in_bytes"),
+        "arguments": get("argument_size_in_bytes"),
+        "outputs": get("output_size_in_bytes"),
+    }
+    out["total"] = out["temp"] + out["arguments"] + out["outputs"]
+    return out
+
+
+def jitted_step_memory(
+    step_fn: Callable[..., Any], *args: PyTree, donate_argnums: int | Sequence[int] = 0
+) -> dict[str, int]:
+    """`compiled_memory` of `jax.jit(step_fn, donate_argnums=...)` lowered at `args`.
+
+    For a step the caller already has (e.g. a trainer's `(state, batch) -> (state, metrics)`,
+    state donated). `args` may be arrays or ShapeDtypeStructs.
+    """
+    lowered = jax.jit(step_fn, donate_argnums=donate_argnums).lower(*map(abstract, args))
+    return compiled_memory(lowered.compile())
+
+
+def update_step(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array], optimizer: optax.GradientTransformation
+) -> Callable[[PyTree, PyTree, PyTree], tuple[PyTree, PyTree, jax.Array]]:
+    """(params, opt_state, batch) -> (params, opt_state, loss): one optimizer update."""
+
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def compile_update_step(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    batch: PyTree,
+    optimizer: optax.GradientTransformation,
+) -> Any:
+    """`jax.jit(update_step(loss_fn, optimizer), donate_argnums=(0, 1))`, compiled.
+
+    Callable as `compiled(params, opt_state, batch) -> (params, opt_state, loss)` on arrays of
+    the given shapes (the old params and opt_state are donated: thread the returned ones), so
+    a benchmark can time exactly the executable whose memory it reports.
+    """
+    params = abstract(params)
+    opt_state = jax.eval_shape(optimizer.init, params)
+    step = jax.jit(update_step(loss_fn, optimizer), donate_argnums=(0, 1))
+    return step.lower(params, opt_state, abstract(batch)).compile()
+
+
+def update_step_memory(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    batch: PyTree,
+    optimizer: optax.GradientTransformation,
+) -> dict[str, int]:
+    """Compiled bytes of one training step: `update_step(loss_fn, optimizer)`, donated.
+
+    Args:
+      loss_fn: (params, batch) -> scalar loss (e.g. a closure over `model.apply`).
+      params: the differentiated pytree (arrays or ShapeDtypeStructs).
+      batch: the step's data (arrays or ShapeDtypeStructs).
+      optimizer: the optax transformation the training loop uses (its state is part of the
+        step's arguments).
+
+    Returns:
+      {"temp", "arguments", "outputs", "total"} in bytes.
+    """
+    return compiled_memory(compile_update_step(loss_fn, params, batch, optimizer))
+
+
+def update_step_temp_bytes(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    batch: PyTree,
+    optimizer: optax.GradientTransformation,
+) -> int:
+    """`update_step_memory(...)["temp"]`: the activation-dominated scratch of one training step."""
+    return update_step_memory(loss_fn, params, batch, optimizer)["temp"]
