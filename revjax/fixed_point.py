@@ -369,7 +369,10 @@ def exact_midpoint_step(
         v, pull = _residual_vjp(g_fn, params, cur, rng, frac_bits)
         prev = _sub_exact(nxt, 2 * h * v.astype(cur.g.dtype), frac_bits)
         params_bar, cur_from_g = pull(nxt_bar.g * (2 * h))
-        x_bar = (Fixed(_float0(prev.q), nxt_bar.g), Fixed(_float0(cur.q), cur_bar_direct.g + cur_from_g))
+        x_bar = (
+            Fixed(_float0(prev.q), nxt_bar.g),
+            Fixed(_float0(cur.q), cur_bar_direct.g + cur_from_g),
+        )
         return (prev, cur), params_bar, x_bar
 
     return InvertibleStep(forward, inverse, backward, has_aux=True, name=name)
@@ -394,7 +397,11 @@ def exact_duplicate_state(name: str = "exact_duplicate_state") -> InvertibleStep
 
 
 def exact_euler_start(
-    fn: ResidualFn, scale: float, *, frac_bits: int = DEFAULT_FRAC_BITS, name: str = "exact_euler_start"
+    fn: ResidualFn,
+    scale: float,
+    *,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    name: str = "exact_euler_start",
 ) -> InvertibleStep:
     """Y0 -> (Y0, Y0 + ⌊scale·fn(Y0)⌉) (a single `Fixed` leaf); the inverse reads Y0."""
     from revjax.integrators import check_step_size
@@ -438,9 +445,7 @@ def exact_linear_step(
     adjoint_fn = inverse_fn if adjoint_fn is None else adjoint_fn
 
     def on_fixed(fn):
-        return lambda tree: jax.tree.map(
-            lambda s: Fixed(fn(s.q), fn(s.g)), tree, is_leaf=_is_fixed
-        )
+        return lambda tree: jax.tree.map(lambda s: Fixed(fn(s.q), fn(s.g)), tree, is_leaf=_is_fixed)
 
     def backward(params, y, y_bar, rng=None):
         x = on_fixed(inverse_fn)(y)
@@ -457,7 +462,9 @@ def exact_linear_step(
     )
 
 
-def exact_zero_pad_channels_step(extra: int, name: str = "exact_zero_pad_channels") -> InvertibleStep:
+def exact_zero_pad_channels_step(
+    extra: int, name: str = "exact_zero_pad_channels"
+) -> InvertibleStep:
     """Append `extra` zero channels to every `Fixed` leaf (i-RevNet inj_pad); inverse crops."""
     if extra < 0:
         raise ValueError(f"cannot zero-pad by a negative number of channels ({extra})")
@@ -529,4 +536,3 @@ def check_overflow(
             "are wrong. Remedy: fewer frac_bits (a larger range, coarser resolution), a smaller "
             "step size h, or smaller inputs/weights"
         )
-

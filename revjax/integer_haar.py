@@ -151,9 +151,7 @@ def real_haar_forward_adjoint(y_bar: jax.Array) -> jax.Array:
 def real_haar_inverse_adjoint(x_bar: jax.Array) -> jax.Array:
     """Transpose of `real_haar_inverse`: s̄ = ū + v̄, d̄ = (ū − v̄)/2 (per axis)."""
     num_axes = _check_input(x_bar, "real_haar_inverse_adjoint")
-    return _butterflies(
-        space_to_depth(x_bar, 2), num_axes, lambda u, v: (u + v, (u - v) / 2)
-    )
+    return _butterflies(space_to_depth(x_bar, 2), num_axes, lambda u, v: (u + v, (u - v) / 2))
 
 
 def _overflow(q: jax.Array) -> jax.Array:
