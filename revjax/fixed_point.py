@@ -8,7 +8,7 @@ that grid before adding it makes each update an integer addition, which is exact
 undone (even modulo 2³² on overflow). The increment is recomputed from a bit-identical input,
 so reconstruction is **bit-exact at every depth**, whatever dtype the residual functions
 compute in. (Fixed-point states for exact reversal: MacKay, Vicol, Ba, Grosse (2018),
-"Reversible Recurrent Neural Networks", arXiv:1810.10999, §4; the bit-reversible Verlet
+"Reversible Recurrent Neural Networks", arXiv:1810.10999; the bit-reversible Verlet
 integrator of Levesque & Verlet (1993), J. Stat. Phys. 72:519.)
 
 State representation. A fixed-point state leaf is ``Fixed(q, g)``:
@@ -31,13 +31,13 @@ float dtype of ``g``.
 Steps (all `engine.InvertibleStep` values; parameters stay float; the residual functions may
 compute in float32 or bfloat16; ⌊·⌉ = round half to even on the 2^−f grid)::
 
-    additive coupling (Gomez et al. 2017, arXiv:1707.04585, eq. 1):
+    additive coupling (Gomez et al. 2017, arXiv:1707.04585):
         y1 = x1 + ⌊F(x2)⌉,  y2 = x2 + ⌊G(y1)⌉
-    Verlet / Hamiltonian (Chang et al. 2018, arXiv:1709.03698, eq. 7):
+    Verlet / Hamiltonian (Chang et al. 2018, arXiv:1709.03698):
         Y' = Y + ⌊F(Z)⌉,    Z' = Z − ⌊G(Y')⌉
-    leapfrog / hyperbolic (Chang et al. 2018, eq. 9; Peters, Haber, Lensink 2019,
-        arXiv:1912.12137, eq. 3.2):  Y_{j+1} = 2Y_j − Y_{j−1} + ⌊h² f(Y_j)⌉
-    midpoint (Chang et al. 2018, eq. 8):  Y_{j+1} = Y_{j−1} + ⌊2h g(Y_j)⌉
+    leapfrog / hyperbolic (Chang et al. 2018; Peters, Haber, Lensink 2019,
+        arXiv:1912.12137):  Y_{j+1} = 2Y_j − Y_{j−1} + ⌊h² f(Y_j)⌉
+    midpoint (Chang et al. 2018):  Y_{j+1} = Y_{j−1} + ⌊2h g(Y_j)⌉
 
 Damped leapfrog, ``(1 + γh/2) Y_{j+1} = 2Y_j − (1 − γh/2) Y_{j−1} + h² f``, is refused: the
 map contracts the phase-space volume by ((1 − γh/2)/(1 + γh/2))^n, so on a fixed grid it

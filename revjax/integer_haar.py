@@ -3,7 +3,7 @@
 Along one axis, each pair ``(u, v) = (x[2i], x[2i+1])`` of integers becomes (lifting form of
 the Haar transform: Sweldens (1996), "The lifting scheme", Appl. Comput. Harmon. Anal. 3:186;
 Calderbank, Daubechies, Sweldens, Yeo (1998), "Wavelet transforms that map integers to
-integers", Appl. Comput. Harmon. Anal. 5:332, §4, the S-transform)::
+integers", Appl. Comput. Harmon. Anal. 5:332: the S-transform)::
 
     d = u − v,            v = s − ⌊d/2⌋,
     s = v + ⌊d/2⌋,        u = d + v.
