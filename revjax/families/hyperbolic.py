@@ -39,8 +39,9 @@ Input lifting. An image has few channels (3) but the state has `width` ≥ 3. We
 width − c_in zero channels (`pad_channels_step`, the injective "inj_pad" of i-RevNet:
 Jacobsen, Smeulders, Oyallon (2018), arXiv:1802.07088): its left inverse drops the padded
 channels, so the network from the raw image to (Y_{N−1}, Y_N) stays invertible,
-`engine.invert` recovers the image, and no stem activation is stored. (A learned stem convolution would also work but is not invertible and would have to
-be stored as a Transition.) The leapfrog forces fill the padded channels from the first step.
+`engine.invert` recovers the image, and no stem activation is stored. (A learned stem
+convolution would also work but is not invertible and would have to be stored as a
+Transition.) The leapfrog forces fill the padded channels from the first step.
 
 Exact arithmetic (`arithmetic="exact"`, `revjax.fixed_point`): the same network on int32
 fixed-point states (x is `fixed_point.encode`d first): each leapfrog increment h² f(Y_j) is
