@@ -89,6 +89,7 @@ __all__ = [
     "exact_linear_step",
     "exact_zero_pad_channels_step",
     "exact_space_to_depth_step",
+    "float_transition",
 ]
 
 DEFAULT_FRAC_BITS = 20
@@ -483,6 +484,33 @@ def exact_space_to_depth_step() -> InvertibleStep:
     from revjax.space_to_depth import depth_to_space, space_to_depth
 
     return exact_linear_step(space_to_depth, depth_to_space, name="exact_space_to_depth")
+
+
+def float_transition(
+    apply_float: Callable[[jax.Array], jax.Array],
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    name: str = "float_transition",
+) -> Transition:
+    """A non-invertible map (e.g. average pooling) between exact stages, as an `engine.Transition`.
+
+    y = encode(apply_float(decode(x))) on every `Fixed` leaf; the engine stores x, so the
+    rounding costs nothing in exactness. aux = overflow flag of the re-encoding. params = None.
+    """
+    frac_bits = check_frac_bits(frac_bits)
+
+    def apply(params, x, rng=None):
+        def leaf(s):
+            v = apply_float(real(s, frac_bits))
+            dq, dg, bad = quantize(v, frac_bits, s.g.dtype)
+            return Fixed(dq, dg), bad
+
+        pairs = jax.tree.map(leaf, x, is_leaf=_is_fixed)
+        is_pair = lambda t: isinstance(t, tuple) and len(t) == 2 and _is_fixed(t[0])  # noqa: E731
+        y = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
+        flags = [t[1] for t in jax.tree.leaves(pairs, is_leaf=is_pair)]
+        return y, jnp.any(jnp.stack(flags))
+
+    return Transition(apply, has_aux=True, name=name)
 
 
 # --------------------------------------------------------------------------------------------

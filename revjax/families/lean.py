@@ -1,7 +1,10 @@
-r"""Low-cost convolution steps of LeanResNet (Ephrath, Treister, Haber & Ruthotto; SPEC §6).
+r"""Low-cost convolution steps of LeanResNet (Ephrath, Eliasof, Ruthotto, Haber, Treister
+(2019), "LeanResNet: Low-cost parameterizations of deep convolutional neural networks",
+arXiv:1805.07821).
 
-Six step types share one ResNet skeleton (SPEC §6.2). With ``y`` of shape ``(N, H, W, c)``
-(NHWC, ``C_in = C_out = c``), ``m x m`` stencils, ``N`` = BatchNorm and ``σ`` = ReLU:
+Six step types share one ResNet skeleton (Ephrath et al., §3). With ``y`` of shape
+``(N, H, W, c)`` (NHWC, ``C_in = C_out = c``), ``m x m`` stencils, ``N`` = BatchNorm and
+``σ`` = ReLU:
 
 =============  ===========================================================  ===================
 step           map                                                          weights (+ BN)
@@ -30,16 +33,16 @@ adjoint of that periodic operator. The ResNet, MobileNet and LinearMix steps (an
 connecting layers of the reference networks) use direct convolutions with *zero* ``"SAME"``
 padding, the usual deep-learning convention.
 
-Step size. SPEC §6.8 leaves ``h`` unknown; ``DEFAULT_H = 0.1`` is a module field. With the
+Step size. The paper does not state ``h``; ``DEFAULT_H = 0.1`` is a module field. With the
 depthwise initialisation used here (truncated normal, std ``1/m``) the explicit diffusion
-stability condition ``h ‖K_dw‖² ≤ 2`` (SPEC §6.2) holds comfortably at initialisation. The
-implicit step is stable for every ``h ≥ 0``.
+stability condition ``h ‖K_dw‖² ≤ 2`` (Ephrath et al., §3.2) holds comfortably at
+initialisation. The implicit step is stable for every ``h ≥ 0``.
 
-Reversible use (SPEC §6.7). None of the six steps is invertible. The low-cost operators are
-instead used as the ``K`` inside the reversible Hamiltonian force ``F(z) = h Kᵀ σ(K z + b)``
-(:func:`low_cost_force`, :func:`low_cost_hamiltonian_step`), with ``K = M ∘ K_dw`` (FFT
-depthwise then 1x1 mix) or ``K = K_circ``, and ``Kᵀ`` the exact adjoint built from
-``revjax.fft.*_adjoint``.
+Reversible use (this library's addition, not in the paper). None of the six steps is
+invertible. The low-cost operators are instead used as the ``K`` inside the reversible
+Hamiltonian force ``F(z) = h Kᵀ σ(K z + b)`` (:func:`low_cost_force`,
+:func:`low_cost_hamiltonian_step`), with ``K = M ∘ K_dw`` (FFT depthwise then 1x1 mix) or
+``K = K_circ``, and ``Kᵀ`` the exact adjoint built from ``revjax.fft.*_adjoint``.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from revjax import fft, integrators
+from revjax import fft, fixed_point, integrators
 from revjax.conv import conv
 from revjax.engine import InvertibleStep
 from revjax.heads import batch_norm, conv_init
@@ -331,7 +334,8 @@ STEP_MODULES: dict[str, type[_LeanModule]] = {
 class ConnectingLayer(_LeanModule):
     """``x ↦ avg_pool₂ₓ₂(BN([x ; K_dw x]))``: ``(N, H, W, c) -> (N, H/2, W/2, 2c)``.
 
-    ``K_dw`` is a zero-padded depthwise ``m x m`` conv; ``m²c + 4c`` parameters (SPEC §6.5).
+    ``K_dw`` is a zero-padded depthwise ``m x m`` conv; ``m²c + 4c`` parameters (Ephrath et
+    al., §4).
     """
 
     @nn.compact
@@ -387,7 +391,10 @@ def low_cost_operator(kind: str) -> tuple[Callable, Callable]:
 
 
 def low_cost_force(kind: str, h: float) -> ForceFn:
-    """Pure ``F(params, z, rng) = h Kᵀ σ(K z + b)`` with a low-cost ``K`` (SPEC §4.1, §6.7).
+    """Pure ``F(params, z, rng) = h Kᵀ σ(K z + b)`` with a low-cost ``K``.
+
+    The Hamiltonian force of Chang et al. (2018), arXiv:1709.03698, with Ephrath et al.'s
+    low-cost operators.
 
     ``params`` holds the operator's entries (see :func:`low_cost_operator`) and ``"bias"``,
     shape ``(c,)``; ``z`` is ``(N, H, W, c)``.
@@ -401,13 +408,28 @@ def low_cost_force(kind: str, h: float) -> ForceFn:
     return force
 
 
-def low_cost_hamiltonian_step(kind: str = "dw_mix", h: float = 1.0) -> InvertibleStep:
+def low_cost_hamiltonian_step(
+    kind: str = "dw_mix",
+    h: float = 1.0,
+    *,
+    arithmetic: str = "float",
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
+) -> InvertibleStep:
     """Hamiltonian (Verlet) step with low-cost ``K``; state ``(Y, Z)``, params ``{"F", "G"}``.
 
     ``Y' = Y + h K_Fᵀ σ(K_F Z + b_F)``, ``Z' = Z − h K_Gᵀ σ(K_G Y' + b_G)``; the exact inverse
-    and the fused backward come from :func:`revjax.integrators.verlet_step`.
+    and the fused backward come from :func:`revjax.integrators.verlet_step`. With
+    ``arithmetic="exact"`` the state halves are `revjax.fixed_point.Fixed` and each increment
+    is rounded to the 2^−frac_bits grid (:func:`revjax.fixed_point.exact_verlet_step`):
+    bit-exact reconstruction, straight-through gradients.
     """
     force = low_cost_force(kind, h)
+    if arithmetic == "exact":
+        return fixed_point.exact_verlet_step(
+            force, force, frac_bits=frac_bits, name=f"exact_lean_hamiltonian_{kind}"
+        )
+    if arithmetic != "float":
+        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected 'float' or 'exact'")
     return integrators.verlet_step(force, force, name=f"lean_hamiltonian_{kind}")
 
 
