@@ -69,3 +69,27 @@ def test_exact_model_refuses_damping_and_unknown_arithmetic():
         _small_hyperbolic(arithmetic="exact", damping=0.1).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="arithmetic"):
         _small_hyperbolic(arithmetic="integer").init(jax.random.key(0), x)
+
+
+def test_exact_lean_hamiltonian_gradients_reversible_equal_store_and_overflow():
+    x = jax.random.normal(jax.random.key(5), (2, 8, 8, 3), jnp.float64)
+    kw = dict(widths=(4, 8), depth=3, num_classes=3, dtype=jnp.float64, arithmetic="exact")
+    grads = {}
+    for mode in ("reversible", "store"):
+        model = models.create("lean_hamiltonian", backprop=mode, **kw)
+        variables = model.init(jax.random.key(0), x)
+
+        def loss(params, model=model, variables=variables):
+            logits = model.apply({**variables, "params": params}, x, train=False)
+            return jnp.sum(jnp.sin(logits))
+
+        grads[mode] = jax.jit(jax.grad(loss))(variables["params"])
+    flat_r, flat_s = (jax.tree.leaves(grads[m]) for m in ("reversible", "store"))
+    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in flat_s)
+    for a, b in zip(flat_r, flat_s):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    tiny_range = models.create("lean_hamiltonian", frac_bits=30, **kw)
+    logits = tiny_range.apply(variables, 100 * x, train=False)
+    assert bool(jnp.all(jnp.isnan(logits)))
+    with pytest.raises(ValueError, match="arithmetic"):
+        models.create("lean_hamiltonian", arithmetic="int")

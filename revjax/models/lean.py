@@ -1,4 +1,8 @@
-"""LeanResNet reference networks A, B, C (SPEC §6.5) and a reversible low-cost Hamiltonian net.
+"""LeanResNet reference networks A, B, C and a reversible low-cost Hamiltonian net.
+
+LeanResNet: Ephrath, Eliasof, Ruthotto, Haber, Treister (2019), "LeanResNet: Low-cost
+parameterizations of deep convolutional neural networks", arXiv:1805.07821 (§4 networks,
+Table 2 parameter counts).
 
 Registered names: ``lean_{a,b,c}_{resnet,mobilenet,linear_mix,explicit_rd,implicit_rd,
 circular_rd}`` (18 classifiers, CIFAR-10 by default; pass ``num_classes=100`` for CIFAR-100,
@@ -24,8 +28,8 @@ MobileNet and all RD nets A/B/B-100/C-100 give 101,066 / 216,106 / 250,756 / 423
 fudged:
 
 * LinearMix: the paper's figures (195K, 422K, 456K, 789K) equal ``2(m²c + c²)`` per step, i.e.
-  the duplicated centre tap was *not* dropped; here it is (SPEC §6.1: ``m²c + c² − c``), so
-  ours are ``8 Σᵢ cᵢ`` lower (1.8K for A, 2.7K for B, 3.8K for C).
+  the duplicated centre tap was *not* dropped; here it is (``m²c + c² − c``, see
+  `revjax.families.lean`), so ours are ``8 Σᵢ cᵢ`` lower (1.8K for A, 2.7K for B, 3.8K for C).
 * ResNet A is 1,555,274 (paper "1.5M": truncated) but ResNet B on CIFAR-100 is 3,528,772,
   which the paper prints as "3.4M", below its own CIFAR-10 figure of 3.5M for a network with
   34,650 *more* weights: no configuration of this skeleton gives that, presumably a typo.
@@ -40,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, transitions
+from revjax import engine, fixed_point, transitions
 from revjax.families import lean
 from revjax.heads import ClassifierHead, Stem, check_num_classes
 from revjax.models import create, register
@@ -58,7 +62,7 @@ __all__ = [
 
 NETWORKS = {"a": (32, 3), "b": (48, 3), "c": (32, 4)}  # stem width c₀, number of blocks
 
-# SPEC §6.6 (paper Table 2), parameter counts as printed: (network, num_classes) -> count.
+# Ephrath et al. (2019), Table 2: parameter counts as printed: (network, num_classes) -> count.
 _RD_COUNTS = {("a", 10): 101e3, ("b", 10): 216e3, ("b", 100): 250e3, ("c", 100): 423e3}
 PAPER_TABLE2 = {
     "resnet": {("a", 10): 1.5e6, ("b", 10): 3.5e6, ("b", 100): 3.4e6, ("c", 100): 6.3e6},
@@ -129,7 +133,7 @@ class LeanResNet(nn.Module):
 
 
 class LeanHamiltonian(nn.Module):
-    """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator (SPEC §6.7).
+    """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator.
 
     Body per stage: ``depth`` Verlet steps on the channel halves ``(Y, Z)``,
     ``Y' = Y + h K_Fᵀ σ(K_F Z + b_F)``, ``Z' = Z − h K_Gᵀ σ(K_G Y' + b_G)``, with
@@ -143,10 +147,17 @@ class LeanHamiltonian(nn.Module):
         widths: channels per stage (even, non-decreasing, even differences).
         depth: Verlet steps per stage.
         operator: ``"dw_mix"`` or ``"circulant"``.
-        h: step size inside the force (Chang et al.'s convention, SPEC §4.1).
+        h: step size inside the force (the convention of Chang et al. (2018),
+            arXiv:1709.03698, and of their reference code).
         kernel_size: stencil ``m``.
         num_classes: classifier outputs.
         backprop: ``"reversible"`` | ``"store"`` | ``"remat"``.
+        arithmetic: ``"float"`` or ``"exact"``: int32 fixed-point body states
+            (`revjax.fixed_point`): the stem output is encoded, Verlet increments are rounded
+            to the 2^−frac_bits grid (bit-exact reconstruction), ``pool_pad`` runs in float
+            between stages (a stored transition), and the body output is decoded for the
+            head. A fixed-point overflow makes the logits NaN.
+        frac_bits: fractional bits of the exact states.
         dtype: parameter and computation dtype.
     """
 
@@ -157,25 +168,47 @@ class LeanHamiltonian(nn.Module):
     kernel_size: int = 3
     num_classes: int = 10
     backprop: str = "reversible"
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_hamiltonian_config(self)
-        step = engine.Scan(lean.low_cost_hamiltonian_step(self.operator, self.h))
+        exact = self.arithmetic == "exact"
+        step = engine.Scan(
+            lean.low_cost_hamiltonian_step(
+                self.operator, self.h, arithmetic=self.arithmetic, frac_bits=self.frac_bits
+            )
+        )
         x = Stem(self.widths[0], kernel_size=3, dtype=self.dtype)(x, train)
         state = tuple(jnp.split(x, 2, axis=-1))
         layers, params = [], []
         for i, width in enumerate(self.widths):
             if i > 0:
-                layers.append(transitions.pool_pad_transition(width // 2))
+                layers.append(self._transition(width // 2))
                 params.append(None)
             layers.append(step)
             params.append(self.param(f"stage{i}", self._init_stage, width // 2))
-        y, z = engine.apply(layers, params, state, backprop=self.backprop)
+        if exact:
+            f = self.frac_bits
+            out, aux = engine.apply_with_aux(
+                layers, params, fixed_point.encode(state, f), backprop=self.backprop
+            )
+            overflow = fixed_point.any_overflow(aux) | fixed_point.out_of_range(x * 2.0**f)
+            y, z = (jnp.where(overflow, jnp.nan, u) for u in fixed_point.decode(out, f))
+        else:
+            y, z = engine.apply(layers, params, state, backprop=self.backprop)
         return ClassifierHead(self.num_classes, dtype=self.dtype)(
             jnp.concatenate([y, z], axis=-1), train
         )
+
+    def _transition(self, half_width: int) -> engine.Transition:
+        if self.arithmetic == "exact":
+            return fixed_point.float_transition(
+                lambda u: transitions.pool_pad(u, half_width), self.frac_bits, name="pool_pad"
+            )
+        return transitions.pool_pad_transition(half_width)
 
     def _init_stage(self, key: jax.Array, half_width: int) -> dict:
         def one(k):
@@ -198,6 +231,9 @@ def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
         )
     if model.depth < 1:
         raise ValueError(f"depth must be >= 1, got {model.depth}")
+    if model.arithmetic not in ("float", "exact"):
+        raise ValueError(f"unknown arithmetic {model.arithmetic!r}; expected 'float' or 'exact'")
+    fixed_point.check_frac_bits(model.frac_bits)
     widths = tuple(model.widths)
     if not widths or any(w < 2 or w % 2 for w in widths):
         raise ValueError(f"widths must be even and >= 2, got {widths}")
@@ -222,7 +258,7 @@ def _lean_factory(network: str, step: str):
         check_num_classes(model.num_classes)
         return model
 
-    factory.__doc__ = f"LeanResNet {network.upper()} with {step} steps (SPEC §6.5)."
+    factory.__doc__ = f"LeanResNet {network.upper()} with {step} steps (Ephrath et al., §4)."
     return factory
 
 
