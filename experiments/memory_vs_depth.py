@@ -12,6 +12,11 @@ Two extra baselines show the conv-in-scan trap on CPU (see revjax/conv.py):
 - "store_loop_lax": Python-unrolled loop of plain `lax.conv` steps, plain autodiff;
 - "store_scan_lax": the same inside `lax.scan` (XLA's own conv transpose in the scan body).
 
+`--exact` instead measures the cost of exact (fixed-point) arithmetic (`revjax.fixed_point`):
+the same stack with `exact_additive_coupling` (int32 states, straight-through gradients), for
+reversible and store backprop, the four compiled steps timed round-robin (interleaved) so that
+machine load affects float and exact alike.
+
 Expected (issue targets): reversible temp bytes flat in depth and >= 10x below "store" at
 depth 64; reversible time <= 1.4x "store" and no slower than "remat".
 
@@ -32,6 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from revjax import engine
+from revjax import fixed_point as fp
 from revjax.conv import conv
 from revjax.couplings import additive_coupling
 
@@ -84,6 +90,14 @@ def make_step(mode: str):
                 x = step.forward(jax.tree.map(lambda a, j=j: a[j], params), x)
             return x
 
+    elif mode in ("exact_reversible", "exact_store"):
+        step = fp.exact_additive_coupling(residual(conv), residual(conv))
+        backprop = mode.removeprefix("exact_")
+
+        def body(params, x):
+            state = engine.apply([engine.Scan(step)], [params], fp.encode(x), backprop=backprop)
+            return fp.decode(state)
+
     else:
         raise ValueError(mode)
 
@@ -127,6 +141,59 @@ def measure(mode, depth, batch, size, channels, repeats, time_it=True):
     return record
 
 
+def measure_exact_cost(depth, batch, size, channels, repeats):
+    """Float vs exact, reversible and store: temp bytes and interleaved median step time."""
+    modes = ["reversible", "exact_reversible", "store", "exact_store"]
+    half = channels // 2
+    params = init_params(jax.random.key(0), depth, half)
+    kx1, kx2 = jax.random.split(jax.random.key(1))
+    x = (
+        jax.random.normal(kx1, (batch, size, size, half)),
+        jax.random.normal(kx2, (batch, size, size, half)),
+    )
+    compiled = {m: make_step(m).lower(params, x).compile() for m in modes}
+    times = {m: [] for m in modes}
+    for m in modes:
+        jax.block_until_ready(compiled[m](params, x))
+    for _ in range(repeats):
+        for m in modes:
+            t = time.perf_counter()
+            jax.block_until_ready(compiled[m](params, x))
+            times[m].append(time.perf_counter() - t)
+    records = []
+    for m in modes:
+        mem = compiled[m].memory_analysis()
+        records.append(
+            {
+                "depth": depth,
+                "backprop": m,
+                "temp_bytes": int(mem.temp_size_in_bytes),
+                "step_seconds": statistics.median(times[m]),
+            }
+        )
+    by_mode = {r["backprop"]: r for r in records}
+    for r in records:
+        float_mode = r["backprop"].removeprefix("exact_")
+        ref = by_mode[float_mode]
+        r["time_ratio_this_over_float"] = r["step_seconds"] / ref["step_seconds"]
+        r["memory_ratio_this_over_float"] = r["temp_bytes"] / max(ref["temp_bytes"], 1)
+    return records
+
+
+def format_exact_table(records):
+    lines = [
+        "| depth | backprop | temp MiB | step ms | time / float | memory / float |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['depth']} | {r['backprop']} | {r['temp_bytes'] / 2**20:.2f} | "
+            f"{1e3 * r['step_seconds']:.1f} | {r['time_ratio_this_over_float']:.2f} | "
+            f"{r['memory_ratio_this_over_float']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def add_ratios(records):
     by_key = {(r["depth"], r["backprop"]): r for r in records}
     for r in records:
@@ -164,7 +231,23 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--exact", action="store_true", help="float vs exact arithmetic cost")
     args = parser.parse_args(argv)
+    if args.exact:
+        depths = args.depths or [16]
+        records = []
+        for depth in depths:
+            records += measure_exact_cost(depth, args.batch, args.size, args.channels, args.repeats)
+        print(
+            f"RevNet-style stack, {args.channels} channels, {args.size}x{args.size}, batch "
+            f"{args.batch}, {jax.devices()[0].platform}, float vs exact (interleaved timing)"
+        )
+        print(format_exact_table(records))
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(records, indent=2))
+        print(f"wrote {out}")
+        return
     if args.quick:
         depths = args.depths or [4, 16]
         batch, size, repeats = 8, 16, 3
