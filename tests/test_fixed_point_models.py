@@ -1,5 +1,11 @@
 """Models with arithmetic="exact": hyperbolic2d/3d (and the low-cost Hamiltonian)."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +99,25 @@ def test_exact_lean_hamiltonian_gradients_reversible_equal_store_and_overflow():
     assert bool(jnp.all(jnp.isnan(logits)))
     with pytest.raises(ValueError, match="arithmetic"):
         models.create("lean_hamiltonian", arithmetic="int")
+
+
+def test_exact_hyperbolic3d_sharded_equals_single_device():
+    """3 SGD steps of exact hyperbolic3d: data-parallel and spatially sharded (8 host devices)
+    give the single-device parameters (the fixed-point trajectory is per-example)."""
+    script = Path(__file__).with_name("sharded_training_check.py")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env.pop("JAX_ENABLE_X64", None)
+    out = subprocess.run(
+        [sys.executable, str(script), "hyperbolic3d_exact:data", "hyperbolic3d_exact:spatial"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    exact = [r for r in results if r["model"] == "hyperbolic3d_exact"]
+    assert {r["mode"] for r in exact} == {"data", "spatial"}
+    for r in exact:
+        assert r["max_rel_diff"] < 1e-5, r
