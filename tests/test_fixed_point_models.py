@@ -101,6 +101,7 @@ def test_exact_lean_hamiltonian_gradients_reversible_equal_store_and_overflow():
         models.create("lean_hamiltonian", arithmetic="int")
 
 
+@pytest.mark.slow
 def test_exact_hyperbolic3d_sharded_equals_single_device():
     """3 SGD steps of exact hyperbolic3d: data-parallel and spatially sharded (8 host devices)
     give the single-device parameters (the fixed-point trajectory is per-example)."""
