@@ -382,9 +382,11 @@ def main(argv=None):
     parser.add_argument(
         "--out", default="results/reconstruction_drift", help="output stem (<out>.json, .png)"
     )
+    parser.add_argument("--depths", type=int, nargs="*", help="override the depths")
     args = parser.parse_args(argv)
     out = output_stem(args.out)
     depths = (10, 100) if args.quick else (10, 100, 1000)
+    depths = tuple(args.depths) if args.depths else depths
     rows = [measure(f, d, r) for r in REGIMES for f in FAMILIES for d in depths]
     print_table(rows)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
