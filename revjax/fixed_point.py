@@ -50,7 +50,8 @@ left the representable range |x| < 2^(31−f)" (checked on a float32 estimate, c
 within 2^12 units of the limit; non-finite increments count as overflow). `check_overflow`
 turns the per-layer flags returned by `engine.apply_with_aux` into a `FixedPointOverflowError`
 naming the layer and step and the remedy (fewer `frac_bits`, a smaller step size h). The check
-costs a few element-wise operations and one reduction per update (measured in README).
+costs a few element-wise operations and one reduction per update (included in the exact/float
+step times of README).
 
 `frac_bits`: ``DEFAULT_FRAC_BITS = 20`` gives a range |x| < 2048 with resolution
 2^−20 ≈ 9.5e-7 (the float32 spacing at |x| ≈ 8); the largest state magnitudes measured on the

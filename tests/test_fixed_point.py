@@ -192,3 +192,21 @@ def test_exact_space_to_depth_and_padding_round_trip():
     y = engine.apply(layers, (None, None), x)
     assert y.q.shape == (2, 2, 2, 16)
     assert _bitwise_equal(engine.invert(layers, (None, None), y), x)
+
+
+def test_reconstruction_error_of_fixed_point_states_is_meaningful():
+    """A step whose inverse is off by one grid unit reports error ≈ 2^-f·sqrt(n)/‖x‖ (int32
+    squares in the engine's relative error used to wrap around)."""
+    base = fp.exact_midpoint_step(_residual(jnp.float32), 0.05)
+
+    def off_by_one(params, y, rng=None):
+        prev, cur = base.inverse(params, y, rng)
+        return fp.Fixed(prev.q + 1, prev.g), cur
+
+    step = base._replace(inverse=off_by_one)
+    w = _weights(jax.random.key(0), depth=1)[0]
+    x0 = 3.0 * jax.random.normal(jax.random.key(1), (4, WIDTH), jnp.float32)
+    x = (fp.encode(x0), fp.encode(x0))
+    (err,) = engine.reconstruction_error([step], (w,), x)
+    expected = 2.0**-20 * math.sqrt(x0.size) / float(jnp.linalg.norm(jnp.stack([x0, x0])))
+    np.testing.assert_allclose(float(err), expected, rtol=1e-3)
