@@ -145,8 +145,9 @@ def out_of_range(x_scaled: jax.Array) -> jax.Array:
 def encode(x: PyTree, frac_bits: int = DEFAULT_FRAC_BITS) -> PyTree:
     """Float pytree -> pytree of `Fixed` leaves: q = ⌊x·2^f⌉ (round half to even), g = x − sg(x).
 
-    The VJP is the straight-through identity (x̄ = ḡ). Out-of-range entries are clipped; test
-    them with `out_of_range(x * 2**frac_bits)` (models do) to report them.
+    The VJP is the straight-through identity (x̄ = ḡ). Out-of-range or non-finite entries
+    become 0; test them with `out_of_range(x * 2**frac_bits)` (the exact models do, and turn
+    their output into NaN).
     """
     frac_bits = check_frac_bits(frac_bits)
 
