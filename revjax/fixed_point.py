@@ -54,8 +54,9 @@ costs a few element-wise operations and one reduction per update (included in th
 step times of README).
 
 `frac_bits`: ``DEFAULT_FRAC_BITS = 20`` gives a range |x| < 2048 with resolution
-2^−20 ≈ 9.5e-7 (the float32 spacing at |x| ≈ 8); the largest state magnitudes measured on the
-built-in models at initialisation are far below that range (README).
+2^−20 ≈ 9.5e-7 (the float32 spacing at |x| ≈ 8). The stable bodies of
+`experiments/reconstruction_drift.py` (unit-variance inputs, norm growth up to 341x at depth
+1000) stay inside that range with no overflow (README); states that grow more need fewer bits.
 """
 
 from __future__ import annotations
