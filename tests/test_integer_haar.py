@@ -1,4 +1,4 @@
-"""Integer (lifting) Haar: bit-exact round trip, its scaling vs the orthonormal Haar, exact steps."""
+"""Integer (lifting) Haar: bit-exact round trip, scaling vs the orthonormal Haar, exact steps."""
 
 import math
 
