@@ -12,7 +12,8 @@ two-state integrators). `rng` is a PRNG key or None; whatever is random inside a
 function (dropout) must be drawn from it, so that reconstruction replays it exactly.
 
 A fused `backward` reconstructs the step's input from its output *and* produces the
-cotangents in one pass, evaluating each residual function once (SPEC §0.3, §2.1). Steps without
+cotangents in one pass, evaluating each residual function once (the RevNet backward algorithm,
+Gomez et al. 2017, arXiv:1707.04585). Steps without
 one get the generic rule: x = inverse(y), then `jax.vjp(forward, x)` (one inverse and one
 forward: two extra evaluations instead of one).
 
@@ -36,8 +37,9 @@ backward strategies, all giving the same numbers:
 Dtype policy: a step computes in the dtype of its input state; every floating parameter leaf
 must have that dtype (mismatches are errors, not silent promotions). Reconstruction error grows
 with the forward/backward amplification of the network times the unit round-off of that dtype
-(SPEC §8.2): use `reconstruction_error` to measure it, `check_reconstruction` to bound it, and
-keep states in float32 (not bfloat16) for deep stacks.
+: use `reconstruction_error` to measure it, `check_reconstruction` to bound it, and
+keep states in float32 (not bfloat16) for deep stacks, or use the fixed-point states of
+`revjax.fixed_point` (bit-exact reconstruction).
 """
 
 from __future__ import annotations
