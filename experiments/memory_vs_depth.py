@@ -14,6 +14,11 @@ Two extra baselines show the conv-in-scan trap on CPU (see revjax/conv.py):
 - "store_loop_lax": Python-unrolled loop of plain `lax.conv` steps, plain autodiff;
 - "store_scan_lax": the same inside `lax.scan` (XLA's own conv transpose in the scan body).
 
+`--exact` instead measures the cost of exact (fixed-point) arithmetic (`revjax.fixed_point`):
+the same stack with `exact_additive_coupling` (int32 states, straight-through gradients), for
+reversible and store backprop, the four compiled steps timed round-robin (interleaved) so that
+machine load affects float and exact alike.
+
 Expected (issue targets): reversible temp bytes flat in depth and >= 10x below "store" at
 depth 64; reversible time <= 1.4x "store" and no slower than "remat".
 
@@ -34,6 +39,7 @@ import optax
 from jax import lax
 
 from revjax import benchmark, engine, memory
+from revjax import fixed_point as fp
 from revjax.conv import conv
 from revjax.couplings import additive_coupling
 
@@ -88,6 +94,14 @@ def make_loss(mode: str):
             for j in range(depth):
                 x = step.forward(jax.tree.map(lambda a, j=j: a[j], params), x)
             return x
+
+    elif mode in ("exact_reversible", "exact_store"):
+        step = fp.exact_additive_coupling(residual(conv), residual(conv))
+        backprop = mode.removeprefix("exact_")
+
+        def body(params, x):
+            state = engine.apply([engine.Scan(step)], [params], fp.encode(x), backprop=backprop)
+            return fp.decode(state)
 
     else:
         raise ValueError(mode)
@@ -147,6 +161,42 @@ def time_modes(compiled_steps, depth, batch, size, channels, rounds):
     return benchmark.summarize(benchmark.interleaved_times(fns, rounds), baseline="store")
 
 
+def measure_exact_cost(depth, batch, size, channels, rounds):
+    """Float vs exact, reversible and store: temp bytes of the donated update and interleaved
+    step times (round-robin, ratios from the same rounds)."""
+    modes = ["reversible", "exact_reversible", "store", "exact_store"]
+    compiled, records = {}, []
+    for mode in modes:
+        record, compiled[mode] = measure_memory(mode, depth, batch, size, channels)
+        records.append(record)
+    timing = time_modes(compiled, depth, batch, size, channels, rounds)
+    by_mode = {r["backprop"]: r for r in records}
+    for r in records:
+        r["step_seconds"] = timing[r["backprop"]]["median_seconds"]
+    for r in records:
+        ref = by_mode[r["backprop"].removeprefix("exact_")]
+        r["time_ratio_this_over_float"] = (
+            timing[r["backprop"]]["ratio_to_baseline"]
+            / timing[ref["backprop"]]["ratio_to_baseline"]
+        )
+        r["memory_ratio_this_over_float"] = r["temp_bytes"] / max(ref["temp_bytes"], 1)
+    return records
+
+
+def format_exact_table(records):
+    lines = [
+        "| depth | backprop | temp MiB | step ms | time / float | memory / float |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['depth']} | {r['backprop']} | {r['temp_bytes'] / 2**20:.2f} | "
+            f"{1e3 * r['step_seconds']:.1f} | {r['time_ratio_this_over_float']:.2f} | "
+            f"{r['memory_ratio_this_over_float']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def add_ratios(records):
     by_key = {(r["depth"], r["backprop"]): r for r in records}
     for r in records:
@@ -182,7 +232,23 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--exact", action="store_true", help="float vs exact arithmetic cost")
     args = parser.parse_args(argv)
+    if args.exact:
+        depths = args.depths or [16]
+        records = []
+        for depth in depths:
+            records += measure_exact_cost(depth, args.batch, args.size, args.channels, args.rounds)
+        print(
+            f"RevNet-style stack, {args.channels} channels, {args.size}x{args.size}, batch "
+            f"{args.batch}, {jax.devices()[0].platform}, float vs exact (interleaved timing)"
+        )
+        print(format_exact_table(records))
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(records, indent=2))
+        print(f"wrote {out}")
+        return
     if args.quick:
         depths = args.depths or [4, 16]
         batch, size, rounds = 8, 16, 3

@@ -1,4 +1,4 @@
-"""Float32 reconstruction drift of reversible bodies versus depth (SPEC §8.2, §4).
+"""Float32 reconstruction drift of reversible bodies versus depth, float vs exact arithmetic.
 
 For each family body -- RevNet-style additive coupling, Hamiltonian (Verlet), midpoint,
 leapfrog -- at the default step size, at depths 10 / 100 / 1000 (--quick: 10 / 100), on small
@@ -7,6 +7,9 @@ shapes (batch 2, 8x8, 8 state channels), this measures in float32:
 - worst relative reconstruction error ‖x̂ − x‖/‖x‖ at the body input
   (`engine.reconstruction_error`, entry of the first layer: errors accumulate towards it);
 - forward growth ‖Y_N‖/‖Y_0‖ of the features the head would read;
+- the same error for the *exact* (fixed-point, `revjax.fixed_point`, default frac_bits) version
+  of the same body with the same weights and input (0.0 expected: bit-exact), and whether that
+  version overflowed the fixed-point range;
 - the frozen-coefficient statistic of the worst block (power iteration at the input shape):
   h²‖K_j‖²_op for Verlet / leapfrog (stable iff ≤ 4), h‖W_j − W_jᵀ‖_op for the midpoint net
   (stable for ≤ 1), ‖W2_j‖_op ‖W1_j‖_op (a Lipschitz bound of a RevNet branch).
@@ -31,7 +34,7 @@ Bodies (one stage, no transitions):
 - midpoint: forward-Euler start + `midpoint_step(h = 0.1)`.
 - leapfrog: zero-velocity start + `leapfrog_step(h = 0.5)`.
 
-Expected (SPEC §8.2 lesson 1): error ≈ amplification × 1e-7.
+Expected: float error ≈ amplification × 1e-7 (the float32 unit round-off); exact error 0.
 
 Usage: python experiments/reconstruction_drift.py [--quick] [--out results/reconstruction_drift]
 Writes <out>.json and <out>.png (a trailing ".json" on --out is dropped).
@@ -48,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from revjax import couplings, engine, spectral_norm
+from revjax import fixed_point as fp
 from revjax.conv import conv
 from revjax.families import chang
 from revjax.heads import conv_init
@@ -245,6 +249,25 @@ def family_body(family: str, depth: int, regime: str, key):
     return layers, to_params(rebuild(kernels)), state, readout, h, statistic
 
 
+def exact_layers(family: str, h: float | None, layers) -> list:
+    """The fixed-point (exact) counterpart of each layer of a one-stage body, same params."""
+    res = None if h is None else chang.hamiltonian_residual(h)
+    exact = {
+        "revnet": lambda: fp.exact_additive_coupling(revnet_residual, revnet_residual),
+        "hamiltonian": lambda: fp.exact_verlet_step(res, res),
+        "midpoint": lambda: fp.exact_midpoint_step(chang.midpoint_residual, h),
+        "midpoint_start": lambda: fp.exact_euler_start(chang.midpoint_residual, h),
+        "leapfrog": lambda: fp.exact_leapfrog_step(chang.leapfrog_force, h),
+        "duplicate_state": fp.exact_duplicate_state,
+    }
+    out = []
+    for layer in layers:
+        step = layer.step if isinstance(layer, engine.Scan) else layer
+        new = exact[step.name]()
+        out.append(engine.Scan(new, name=layer.name) if isinstance(layer, engine.Scan) else new)
+    return out
+
+
 def measure(family: str, depth: int, regime: str) -> dict:
     """One table row: errors, growth and the frozen statistic of one body."""
     layers, params, state, readout, h, statistic = family_body(
@@ -261,6 +284,16 @@ def measure(family: str, depth: int, regime: str) -> dict:
         return jnp.max(errors[0]), worst, growth
 
     at_input, worst, growth = (float(v) for v in run(params, state))
+    fixed = exact_layers(family, h, layers)
+
+    @jax.jit
+    def run_exact(params, state):
+        encoded = fp.encode(state)
+        errors = engine.reconstruction_error(fixed, params, encoded)
+        _, aux = engine.apply_with_aux(fixed, params, encoded)
+        return jnp.max(errors[0]), fp.any_overflow(aux)
+
+    exact_error, overflow = run_exact(params, state)
     return {
         "regime": regime,
         "family": family,
@@ -270,6 +303,8 @@ def measure(family: str, depth: int, regime: str) -> dict:
         "input_error": at_input,
         "worst_error": worst,
         "growth": growth,
+        "exact_input_error": float(exact_error),
+        "exact_overflow": bool(overflow),
     }
 
 
@@ -325,7 +360,7 @@ def output_stem(out: str) -> str:
 def print_table(rows):
     print(
         f"{'regime':<22}{'family':<12}{'h':>5}{'depth':>7}{'frozen':>9}"
-        f"{'err@input':>12}{'worst err':>12}{'growth':>12}"
+        f"{'err@input':>12}{'worst err':>12}{'growth':>12}{'exact err':>12}"
     )
     for r in rows:
         h = "-" if r["h"] is None else f"{r['h']:g}"
@@ -333,6 +368,7 @@ def print_table(rows):
             f"{r['regime']:<22}{r['family']:<12}{h:>5}{r['depth']:>7}"
             f"{r['frozen_statistic']:>9.3g}{r['input_error']:>12.2e}"
             f"{r['worst_error']:>12.2e}{r['growth']:>12.3g}"
+            f"{r['exact_input_error']:>10.2g}{' (ovf)' if r['exact_overflow'] else ''}"
         )
     print(
         "frozen = worst block's h²‖K‖² (Verlet, leapfrog; stable ≤ 4), h‖W−Wᵀ‖ (midpoint; ≤ 1), "
@@ -346,9 +382,11 @@ def main(argv=None):
     parser.add_argument(
         "--out", default="results/reconstruction_drift", help="output stem (<out>.json, .png)"
     )
+    parser.add_argument("--depths", type=int, nargs="*", help="override the depths")
     args = parser.parse_args(argv)
     out = output_stem(args.out)
     depths = (10, 100) if args.quick else (10, 100, 1000)
+    depths = tuple(args.depths) if args.depths else depths
     rows = [measure(f, d, r) for r in REGIMES for f in FAMILIES for d in depths]
     print_table(rows)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -47,7 +47,8 @@ with the forward/backward amplification of the network times the unit round-off 
 architectures and stability": an unstable network makes single-precision reconstruction grossly
 inaccurate; `experiments/reconstruction_drift.py` measures it for this library). Use
 `reconstruction_error` to measure it, `check_reconstruction` to bound it, and keep states in
-float32 (not bfloat16) for deep stacks.
+float32 (not bfloat16) for deep stacks, or use the fixed-point states of `revjax.fixed_point`
+(bit-exact reconstruction at any depth).
 """
 
 from __future__ import annotations
@@ -497,12 +498,18 @@ class ReconstructionError(RuntimeError):
     """Raised by `check_reconstruction` when drift exceeds the user's bound."""
 
 
+def _as_float(u: jax.Array) -> jax.Array:
+    # Integer leaves (fixed-point states, revjax.fixed_point) are squared in float32: an int32
+    # square would wrap around. Differences are taken in the integers first (exact).
+    return u.astype(jnp.float32) if jnp.issubdtype(u.dtype, jnp.integer) else u
+
+
 def _relative_error(estimate: PyTree, truth: PyTree) -> jax.Array:
     num = sum(
-        jnp.sum(jnp.square(a - b))
+        jnp.sum(jnp.square(_as_float(a - b)))
         for a, b in zip(jax.tree.leaves(estimate), jax.tree.leaves(truth))
     )
-    den = sum(jnp.sum(jnp.square(b)) for b in jax.tree.leaves(truth))
+    den = sum(jnp.sum(jnp.square(_as_float(b))) for b in jax.tree.leaves(truth))
     return jnp.sqrt(num / jnp.maximum(den, jnp.finfo(jnp.result_type(den)).tiny))
 
 

@@ -45,6 +45,13 @@ CASES = {
         (8, 4, 16, 8, 3),
         3,
     ),
+    # Exact (fixed-point) arithmetic; run by tests/test_fixed_point_models.py, not by default.
+    "hyperbolic3d_exact": (
+        "hyperbolic3d",
+        {"width": 4, "levels": 2, "layers_per_level": 1, "num_classes": 3, "arithmetic": "exact"},
+        (8, 4, 16, 8, 3),
+        3,
+    ),
 }
 
 MODES = {
@@ -127,7 +134,8 @@ def fft_sharded_case() -> dict:
 
 def main(argv: list[str]) -> None:
     assert jax.device_count() == 8, jax.devices()
-    requested = argv or [f"{m}:{mode}" for m in CASES for mode in ("data", "fsdp")] + [
+    defaults = [m for m in CASES if not m.endswith("_exact")]
+    requested = argv or [f"{m}:{mode}" for m in defaults for mode in ("data", "fsdp")] + [
         "hyperbolic3d:spatial"
     ]
     results = [fft_sharded_case()]

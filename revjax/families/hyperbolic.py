@@ -1,8 +1,10 @@
-"""Fully reversible multilevel hyperbolic networks (Peters, Haber, Lensink; SPEC §5).
+"""Fully reversible multilevel hyperbolic networks (Peters, Haber, Lensink (2019),
+"Symmetric block-low-rank layers for fully reversible multilevel neural networks",
+arXiv:1912.12137).
 
-Symmetric block-low-rank layer (SPEC §5.2). With K a stride-1 "SAME" convolution from C state
-channels to r ≤ C hidden channels (kernel (k, k, C, r) in 2-D, (k, k, k, C, r) in 3-D) and
-K^T its exact adjoint (`revjax.conv.conv_transpose`)::
+Symmetric block-low-rank layer (Peters et al. 2019). With K a stride-1 "SAME" convolution
+from C state channels to r ≤ C hidden channels (kernel (k, k, C, r) in 2-D, (k, k, k, C, r)
+in 3-D) and K^T its exact adjoint (`revjax.conv.conv_transpose`)::
 
     f(Y) = −K^T σ(N(K Y + b)),      σ = ReLU,
     N(x)_p = x_p / sqrt(Σ_c x_{p,c}² + ε)   ("tv_norm", ε = 1e-5; or the identity).
@@ -11,14 +13,15 @@ Its linearisation −K^T D K is symmetric negative semi-definite with rank ≤ r
 block-low-rank matrix in factored form, with k^d·C·r weights instead of k^d·C² for a full
 square convolution (`parameter_count_table`).
 
-Two-state hyperbolic propagation (SPEC §5.1), state (Y_{j−1}, Y_j), zero initial velocity::
+Two-state hyperbolic propagation (Peters et al. 2019; the leapfrog network of Chang et al.
+(2018), arXiv:1709.03698), state (Y_{j−1}, Y_j), zero initial velocity::
 
     Y_{−1} = Y_0,     Y_{j+1} = 2 Y_j − Y_{j−1} + h² f_j(Y_j)
 
 (`revjax.integrators.leapfrog_step`, exact inverse and fused VJP).
 
-Multilevel, fully reversible network (SPEC §5.3), an encoder–decoder with `levels` = L
-orthonormal Haar coarsenings (§1.3) of *both* states. Units run at levels
+Multilevel, fully reversible network (Peters et al. 2019), an encoder–decoder with `levels` = L
+orthonormal Haar coarsenings (`revjax.wavelets`) of *both* states. Units run at levels
 0, 1, ..., L, L−1, ..., 0 (2L + 1 units; unit u has `layers_per_level[level(u)]` leapfrog
 steps of rank `ranks[level(u)]`), with channels C_l = width · 2^{d·l} (d = 2 or 3)::
 
@@ -33,11 +36,20 @@ and Chang et al.): the same maps, but every resolution change is an `engine.Tran
 the engine stores both states at its input.
 
 Input lifting. An image has few channels (3) but the state has `width` ≥ 3. We append
-width − c_in zero channels (`pad_channels_step`, the injective i-RevNet "inj_pad", SPEC §1.1):
-its left inverse drops the padded channels, so the network from the raw image to
-(Y_{N−1}, Y_N) stays invertible, `engine.invert` recovers the image, and no stem activation
-is stored. (A learned stem convolution would also work but is not invertible and would have to
-be stored as a Transition.) The leapfrog forces fill the padded channels from the first step.
+width − c_in zero channels (`pad_channels_step`, the injective "inj_pad" of i-RevNet:
+Jacobsen, Smeulders, Oyallon (2018), arXiv:1802.07088): its left inverse drops the padded
+channels, so the network from the raw image to (Y_{N−1}, Y_N) stays invertible,
+`engine.invert` recovers the image, and no stem activation is stored. (A learned stem
+convolution would also work but is not invertible and would have to be stored as a
+Transition.) The leapfrog forces fill the padded channels from the first step.
+
+Exact arithmetic (`arithmetic="exact"`, `revjax.fixed_point`): the same network on int32
+fixed-point states (x is `fixed_point.encode`d first): each leapfrog increment h² f(Y_j) is
+rounded to the 2^−frac_bits grid before it is added, zero padding and duplication act on
+integers, and the Haar levels are the integer lifting Haar (`revjax.integer_haar`: bands
+scaled by [1/2, 1, 1, 2] in 2-D relative to the orthonormal Haar). Reconstruction is then
+bit-exact at any depth; gradients are the straight-through (real-valued) ones. Damping is
+refused (not exactly invertible on a grid).
 
 Shapes (2-D NHWC / 3-D NDHWC)::
 
@@ -64,12 +76,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, integrators, transitions, wavelets
+from revjax import engine, fixed_point, integer_haar, integrators, transitions, wavelets
 from revjax.conv import conv, conv_transpose
 
 __all__ = [
     "NORMS",
     "COARSENINGS",
+    "ARITHMETICS",
     "TV_NORM_EPSILON",
     "MultilevelConfig",
     "tv_norm",
@@ -90,7 +103,8 @@ __all__ = [
 
 NORMS = ("tv_norm", "none")
 COARSENINGS = ("reversible", "stored")
-TV_NORM_EPSILON = 1e-5  # HyperNet (SPEC §5.1)
+ARITHMETICS = ("float", "exact")
+TV_NORM_EPSILON = 1e-5  # as in Lensink's HyperNet reference code
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +195,12 @@ class MultilevelConfig(NamedTuple):
       norm: "tv_norm" or "none".
       use_bias: whether the layers have a bias b ∈ R^r.
       coarsening: "reversible" (Haar steps) or "stored" (Haar as Transitions).
-      damping: telegraph damping γ ≥ 0 (SPEC §5.1; 0 in the reference codes).
+      damping: telegraph damping γ ≥ 0 (0 in the reference codes; must be 0 when exact).
+      arithmetic: "float" (float states) or "exact" (int32 fixed-point states, bit-exact
+        reconstruction: `revjax.fixed_point`; the Haar levels become the integer lifting Haar
+        of `revjax.integer_haar`, which scales the bands differently from the orthonormal
+        one, and the body's input must be `fixed_point.encode`d).
+      frac_bits: fractional bits of the fixed-point states (exact arithmetic only).
     """
 
     spatial_dims: int
@@ -196,6 +215,8 @@ class MultilevelConfig(NamedTuple):
     use_bias: bool = True
     coarsening: str = "reversible"
     damping: float = 0.0
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
 
 
 def _per_level(value: int | Sequence[int], levels: int, name: str) -> tuple[int, ...]:
@@ -233,6 +254,8 @@ def make_config(
     use_bias: bool = True,
     coarsening: str = "reversible",
     damping: float = 0.0,
+    arithmetic: str = "float",
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
 ) -> MultilevelConfig:
     """A validated `MultilevelConfig`; every field error is a ValueError naming the field.
 
@@ -267,9 +290,17 @@ def make_config(
             )
     if not (math.isfinite(damping) and 0 <= damping * h / 2 < 1):
         raise ValueError(f"damping must satisfy 0 <= damping*h/2 < 1, got {damping}")
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
+    if arithmetic == "exact" and damping != 0:
+        raise ValueError(
+            f"arithmetic='exact' needs damping=0 (got {damping}): a damped leapfrog step "
+            "contracts volume, so it cannot be a bijection of the fixed-point grid"
+        )
+    frac_bits = fixed_point.check_frac_bits(frac_bits)
     return MultilevelConfig(
         spatial_dims, in_channels, width, levels, layers, ranks, h, kernel_size, norm,
-        bool(use_bias), coarsening, float(damping),
+        bool(use_bias), coarsening, float(damping), arithmetic, frac_bits,
     )  # fmt: skip
 
 
@@ -296,11 +327,14 @@ def check_input(shape: Sequence[int], config: MultilevelConfig) -> None:
 # The engine layer list and its parameters.
 
 
-def _resolution_change(down: bool, coarsening: str) -> engine.Layer:
-    step = transitions.haar_step() if down else transitions.haar_inverse_step()
+def _resolution_change(down: bool, coarsening: str, arithmetic: str = "float") -> engine.Layer:
+    if arithmetic == "exact":
+        step = integer_haar.exact_haar_step() if down else integer_haar.exact_haar_inverse_step()
+    else:
+        step = transitions.haar_step() if down else transitions.haar_inverse_step()
     if coarsening == "reversible":
         return step
-    return engine.Transition(step.forward, name=f"stored_{step.name}")
+    return engine.Transition(step.forward, has_aux=step.has_aux, name=f"stored_{step.name}")
 
 
 def multilevel_layers(config: MultilevelConfig) -> list[engine.Layer]:
@@ -310,15 +344,29 @@ def multilevel_layers(config: MultilevelConfig) -> list[engine.Layer]:
     Scan(unit L), haar^{-1}, ..., Scan(unit 2L). Parameter-free layers take params None (see
     `init_multilevel_params`, which returns the matching list).
     """
-    layers: list[engine.Layer] = [
-        pad_channels_step(config.in_channels, config.width),
-        integrators.duplicate_state(),
-    ]
+    exact = config.arithmetic == "exact"
+    if exact:
+        layers: list[engine.Layer] = [
+            fixed_point.exact_zero_pad_channels_step(config.width - config.in_channels),
+            fixed_point.exact_duplicate_state(),
+        ]
+    else:
+        layers = [
+            pad_channels_step(config.in_channels, config.width),
+            integrators.duplicate_state(),
+        ]
     levels = unit_levels(config.levels)
     for u, level in enumerate(levels):
         if u > 0:
-            layers.append(_resolution_change(level > levels[u - 1], config.coarsening))
-        step = hyperbolic_step(config.h, config.norm, damping=config.damping, name=f"unit{u}")
+            layers.append(
+                _resolution_change(level > levels[u - 1], config.coarsening, config.arithmetic)
+            )
+        if exact:
+            step = fixed_point.exact_leapfrog_step(
+                symmetric_force(config.norm), config.h, frac_bits=config.frac_bits, name=f"unit{u}"
+            )
+        else:
+            step = hyperbolic_step(config.h, config.norm, damping=config.damping, name=f"unit{u}")
         layers.append(engine.Scan(step, name=f"unit{u}_level{level}"))
     return layers
 
@@ -379,7 +427,7 @@ def init_multilevel_params(
 
 
 # --------------------------------------------------------------------------------------------
-# Parameter counts (SPEC §5.2).
+# Parameter counts (Peters et al. 2019: k^d·C·r instead of k^d·C² per layer).
 
 
 def layer_param_count(

@@ -4,7 +4,13 @@ The body is the fully reversible multilevel network of `revjax.families.hyperbol
 channel padding, zero-velocity start, leapfrog units of symmetric block-low-rank layers,
 Haar down to level L and back up); the head is a 1x1 convolution of the final state Y_N to
 per-pixel (per-voxel) class logits. The head is not invertible and runs under ordinary
-autodiff; Y_{N−1} is discarded, so its cotangent starts at 0 (SPEC §5.1).
+autodiff; Y_{N−1} is discarded, so its cotangent starts at 0.
+
+With `arithmetic="exact"` the body runs on int32 fixed-point states (`revjax.fixed_point`):
+the input is encoded, the reconstruction in the backward pass is bit-exact at any depth, and
+the output Y_N is decoded (straight-through) before the head. A fixed-point overflow anywhere
+in the body makes the logits NaN (so training stops with a non-finite loss instead of going on
+with wrapped-around values); `HyperbolicSegmenter.check_overflow` names the layer.
 
     x (N, *S, c_in) -> body -> (Y_{N−1}, Y_N) each (N, *S, width) -> logits (N, *S, classes)
 
@@ -27,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from revjax import engine
+from revjax import engine, fixed_point
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
 from revjax.heads import check_num_classes
@@ -35,7 +41,8 @@ from revjax.models import register
 
 __all__ = ["COMPARISON_VARIANTS", "HyperbolicSegmenter", "pixelwise_cross_entropy"]
 
-# The three memory-comparison variants of the same network (SPEC §5.3), as model overrides:
+# The three memory-comparison variants of the same network (Peters, Haber, Lensink (2019),
+# arXiv:1912.12137), as model overrides:
 # fully reversible, plain autodiff, and block-reversible (stores at every Haar coarsening).
 COMPARISON_VARIANTS = {
     "reversible": dict(backprop="reversible", coarsening="reversible"),
@@ -61,7 +68,9 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
       coarsening: "reversible" (fully reversible) or "stored" (block-reversible: the engine
         stores both states at every resolution change, the RevNet/Chang approach).
       backprop: "reversible" | "store" | "remat" (engine strategy for the body).
-      damping: telegraph damping γ (0 = conservative leapfrog).
+      damping: telegraph damping γ (0 = conservative leapfrog; must be 0 when exact).
+      arithmetic: "float" or "exact" (int32 fixed-point states, bit-exact reconstruction).
+      frac_bits: fractional bits of the exact fixed-point states.
       dtype: dtype of the parameters and of the computation (the input is cast to it).
 
     Parameters: params["unit{u}"] = {"kernel": (n_l, k.., C_l, r_l), "bias": (n_l, r_l)} for
@@ -81,6 +90,8 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
     coarsening: str = "reversible"
     backprop: str = "reversible"
     damping: float = 0.0
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: Any = jnp.float32
 
     def config(self, in_channels: int) -> hyperbolic.MultilevelConfig:
@@ -98,7 +109,39 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
             use_bias=self.use_bias,
             coarsening=self.coarsening,
             damping=self.damping,
+            arithmetic=self.arithmetic,
+            frac_bits=self.frac_bits,
         )
+
+    def _body(self, layers, params, x, config):
+        """(Y_{N−1}, Y_N) as float arrays; exact: encode, run, decode, NaN on overflow."""
+        if config.arithmetic == "float":
+            sow_reconstruction_error(self, layers, params, x)
+            return engine.apply(layers, params, x, backprop=self.backprop)
+        f = config.frac_bits
+        encoded = fixed_point.encode(x, f)
+        sow_reconstruction_error(self, layers, params, encoded)
+        state, aux = engine.apply_with_aux(layers, params, encoded, backprop=self.backprop)
+        overflow = fixed_point.any_overflow(aux) | fixed_point.out_of_range(x * 2.0**f)
+        return jax.tree.map(lambda u: jnp.where(overflow, jnp.nan, u), fixed_point.decode(state, f))
+
+    def check_overflow(self, variables, x: jax.Array) -> None:
+        """Raise `fixed_point.FixedPointOverflowError` naming the layer (exact arithmetic only).
+
+        Runs the body outside `jit`; use it when training stops on a non-finite loss.
+        """
+        config = self.config(x.shape[-1])
+        if config.arithmetic != "exact":
+            return
+        f = config.frac_bits
+        if bool(fixed_point.out_of_range(x.astype(self.dtype) * 2.0**f)):
+            raise fixed_point.FixedPointOverflowError(
+                f"the input leaves the fixed-point range |x| < 2^{31 - f}; use fewer frac_bits"
+            )
+        layers = hyperbolic.multilevel_layers(config)
+        encoded = fixed_point.encode(x.astype(self.dtype), f)
+        _, aux = engine.apply_with_aux(layers, self.body_params(variables), encoded)
+        fixed_point.check_overflow(layers, aux, f)
 
     def body_params(self, variables) -> list[Any]:
         """The engine parameter list of the body from bound/unbound `variables`."""
@@ -138,9 +181,7 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
             if u > 0:
                 params.append(None)
             params.append(p)
-        x = x.astype(self.dtype)
-        state = engine.apply(layers, params, x, backprop=self.backprop)
-        sow_reconstruction_error(self, layers, params, x)
+        state = self._body(layers, params, x.astype(self.dtype), config)
         head = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head"
         )  # a 1x1 convolution on the channel axis

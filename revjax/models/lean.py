@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, transitions
+from revjax import engine, fixed_point, transitions
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import lean
 from revjax.heads import ClassifierHead, Stem, check_num_classes
@@ -152,6 +152,12 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
         kernel_size: stencil ``m``.
         num_classes: classifier outputs.
         backprop: ``"reversible"`` | ``"store"`` | ``"remat"``.
+        arithmetic: ``"float"`` or ``"exact"``: int32 fixed-point body states
+            (`revjax.fixed_point`): the stem output is encoded, Verlet increments are rounded
+            to the 2^−frac_bits grid (bit-exact reconstruction), ``pool_pad`` runs in float
+            between stages (a stored transition), and the body output is decoded for the
+            head. A fixed-point overflow makes the logits NaN.
+        frac_bits: fractional bits of the exact states.
         dtype: parameter and computation dtype.
     """
 
@@ -162,26 +168,48 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
     kernel_size: int = 3
     num_classes: int = 10
     backprop: str = "reversible"
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_hamiltonian_config(self)
-        step = engine.Scan(lean.low_cost_hamiltonian_step(self.operator, self.h))
+        exact = self.arithmetic == "exact"
+        step = engine.Scan(
+            lean.low_cost_hamiltonian_step(
+                self.operator, self.h, arithmetic=self.arithmetic, frac_bits=self.frac_bits
+            )
+        )
         x = Stem(self.widths[0], kernel_size=3, dtype=self.dtype)(x, train)
         state = tuple(jnp.split(x, 2, axis=-1))
         layers, params = [], []
         for i, width in enumerate(self.widths):
             if i > 0:
-                layers.append(transitions.pool_pad_transition(width // 2))
+                layers.append(self._transition(width // 2))
                 params.append(None)
             layers.append(step)
             params.append(self.param(f"stage{i}", self._init_stage, width // 2))
-        y, z = engine.apply(layers, params, state, backprop=self.backprop)
-        sow_reconstruction_error(self, layers, params, state)
+        if exact:
+            f = self.frac_bits
+            encoded = fixed_point.encode(state, f)
+            out, aux = engine.apply_with_aux(layers, params, encoded, backprop=self.backprop)
+            sow_reconstruction_error(self, layers, params, encoded)
+            overflow = fixed_point.any_overflow(aux) | fixed_point.out_of_range(x * 2.0**f)
+            y, z = (jnp.where(overflow, jnp.nan, u) for u in fixed_point.decode(out, f))
+        else:
+            y, z = engine.apply(layers, params, state, backprop=self.backprop)
+            sow_reconstruction_error(self, layers, params, state)
         return ClassifierHead(self.num_classes, dtype=self.dtype)(
             jnp.concatenate([y, z], axis=-1), train
         )
+
+    def _transition(self, half_width: int) -> engine.Transition:
+        if self.arithmetic == "exact":
+            return fixed_point.float_transition(
+                lambda u: transitions.pool_pad(u, half_width), self.frac_bits, name="pool_pad"
+            )
+        return transitions.pool_pad_transition(half_width)
 
     def _init_stage(self, key: jax.Array, half_width: int) -> dict:
         def one(k):
@@ -204,6 +232,9 @@ def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
         )
     if model.depth < 1:
         raise ValueError(f"depth must be >= 1, got {model.depth}")
+    if model.arithmetic not in ("float", "exact"):
+        raise ValueError(f"unknown arithmetic {model.arithmetic!r}; expected 'float' or 'exact'")
+    fixed_point.check_frac_bits(model.frac_bits)
     widths = tuple(model.widths)
     if not widths or any(w < 2 or w % 2 for w in widths):
         raise ValueError(f"widths must be even and >= 2, got {widths}")

@@ -1,0 +1,216 @@
+"""Integer-to-integer Haar transform (lifting / S-transform) for exact fixed-point networks.
+
+Along one axis, each pair ``(u, v) = (x[2i], x[2i+1])`` of integers becomes (lifting form of
+the Haar transform: Sweldens (1996), "The lifting scheme", Appl. Comput. Harmon. Anal. 3:186;
+Calderbank, Daubechies, Sweldens, Yeo (1998), "Wavelet transforms that map integers to
+integers", Appl. Comput. Harmon. Anal. 5:332: the S-transform)::
+
+    d = u − v,            v = s − ⌊d/2⌋,
+    s = v + ⌊d/2⌋,        u = d + v.
+
+Each lifting step adds a function of the *other* channel, so the map is a bijection of
+integers (of int32 modulo 2³² even when it wraps): the round trip is bit-exact.
+
+Scaling, compared with the orthonormal Haar of `revjax.wavelets` (L = (u+v)/√2,
+Hi = (u−v)/√2): the real-valued map behind the lifting is ``s = (u+v)/2 = L/√2`` and
+``d = u − v = √2·Hi``. It is not orthogonal (determinant 1, but it scales the low band by
+1/√2 and the high band by √2 per axis): in 2-D the bands [LL, LH, HL, HH] are the orthonormal
+ones times [1/2, 1, 1, 2], in 3-D times 2^{(#H − #L)/2} (1/(2√2) for LLL ... 2√2 for HHH).
+The sub-band layout is that of `revjax.wavelets` (space-to-depth then butterflies, H-axis bit
+before W-axis bit, D most significant in 3-D), so an exact multilevel network uses this in
+place of the orthonormal Haar with channels multiplied by 2^d at each level.
+
+Gradients follow the straight-through rule: the carrier ``g`` of a `Fixed` state goes through
+the real-valued map above (s = (u+v)/2, d = u − v), whose transpose gives the backward pass
+(ū = s̄/2 + d̄, v̄ = s̄/2 − d̄).
+
+Shapes: (N, H, W, C) -> (N, H/2, W/2, 4C); (N, D, H, W, C) -> (N, D/2, H/2, W/2, 8C).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from revjax import fixed_point
+from revjax.engine import InvertibleStep
+from revjax.fixed_point import Fixed
+from revjax.space_to_depth import depth_to_space, space_to_depth
+
+__all__ = [
+    "lifting_haar_forward",
+    "lifting_haar_inverse",
+    "real_haar_forward",
+    "real_haar_inverse",
+    "real_haar_forward_adjoint",
+    "real_haar_inverse_adjoint",
+    "exact_haar_step",
+    "exact_haar_inverse_step",
+]
+
+
+def _pairs(z, axis):
+    return (
+        jax.lax.index_in_dim(z, 0, axis, keepdims=False),
+        jax.lax.index_in_dim(z, 1, axis, keepdims=False),
+    )
+
+
+def _blocks(y: jax.Array, num_axes: int) -> jax.Array:
+    *leading, channels = y.shape
+    return y.reshape(*leading, *([2] * num_axes), channels // 2**num_axes)
+
+
+def _check_int(x: jax.Array, caller: str) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{caller} maps integers to integers; got dtype {x.dtype}")
+
+
+def _check_channels(y: jax.Array, caller: str) -> int:
+    num_axes = y.ndim - 2
+    if num_axes not in (2, 3):
+        raise ValueError(f"{caller} expects NHWC or NDHWC arrays, got rank {y.ndim}")
+    if y.shape[-1] % 2**num_axes:
+        raise ValueError(
+            f"{caller}: channel axis has size {y.shape[-1]}, not divisible by {2**num_axes}"
+        )
+    return num_axes
+
+
+def _butterflies(y: jax.Array, num_axes: int, pair_fn) -> jax.Array:
+    z = _blocks(y, num_axes)
+    lead = y.ndim - 1
+    for k in range(num_axes):
+        u, v = _pairs(z, lead + k)
+        z = jnp.stack(pair_fn(u, v), axis=lead + k)
+    return z.reshape(y.shape)
+
+
+def _check_input(x: jax.Array, caller: str) -> int:
+    num_axes = x.ndim - 2
+    if num_axes not in (2, 3):
+        raise ValueError(f"{caller} expects NHWC or NDHWC arrays, got rank {x.ndim}")
+    for size in x.shape[1:-1]:
+        if size % 2:
+            raise ValueError(f"{caller}: spatial size {size} is odd (no silent cropping)")
+    return num_axes
+
+
+def lifting_haar_forward(x: jax.Array) -> jax.Array:
+    """Integer Haar level: (N, *S, C) int -> (N, *S/2, 2^d C) int, (s, d) per axis (module doc)."""
+    x = jnp.asarray(x)
+    _check_int(x, "lifting_haar_forward")
+    num_axes = _check_input(x, "lifting_haar_forward")
+
+    def pair(u, v):
+        d = u - v
+        return v + (d >> 1), d
+
+    return _butterflies(space_to_depth(x, 2), num_axes, pair)
+
+
+def lifting_haar_inverse(y: jax.Array) -> jax.Array:
+    """Exact inverse of `lifting_haar_forward` (bit for bit, also modulo 2³²)."""
+    y = jnp.asarray(y)
+    _check_int(y, "lifting_haar_inverse")
+    num_axes = _check_channels(y, "lifting_haar_inverse")
+
+    def pair(s, d):
+        v = s - (d >> 1)
+        return d + v, v
+
+    # Undo the axes in reverse order.
+    z = _blocks(y, num_axes)
+    lead = y.ndim - 1
+    for k in reversed(range(num_axes)):
+        s, d = _pairs(z, lead + k)
+        z = jnp.stack(pair(s, d), axis=lead + k)
+    return depth_to_space(z.reshape(y.shape), 2)
+
+
+def real_haar_forward(x: jax.Array) -> jax.Array:
+    """The real-valued map the lifting rounds: s = (u+v)/2, d = u − v along every axis."""
+    num_axes = _check_input(x, "real_haar_forward")
+    return _butterflies(space_to_depth(x, 2), num_axes, lambda u, v: ((u + v) / 2, u - v))
+
+
+def real_haar_inverse(y: jax.Array) -> jax.Array:
+    """Inverse of `real_haar_forward`: v = s − d/2, u = s + d/2."""
+    num_axes = _check_channels(y, "real_haar_inverse")
+    z = _butterflies(y, num_axes, lambda s, d: (s + d / 2, s - d / 2))
+    return depth_to_space(z, 2)
+
+
+def real_haar_forward_adjoint(y_bar: jax.Array) -> jax.Array:
+    """Transpose of `real_haar_forward`: ū = s̄/2 + d̄, v̄ = s̄/2 − d̄ (per axis)."""
+    num_axes = _check_channels(y_bar, "real_haar_forward_adjoint")
+    z = _butterflies(y_bar, num_axes, lambda s, d: (s / 2 + d, s / 2 - d))
+    return depth_to_space(z, 2)
+
+
+def real_haar_inverse_adjoint(x_bar: jax.Array) -> jax.Array:
+    """Transpose of `real_haar_inverse`: s̄ = ū + v̄, d̄ = (ū − v̄)/2 (per axis)."""
+    num_axes = _check_input(x_bar, "real_haar_inverse_adjoint")
+    return _butterflies(space_to_depth(x_bar, 2), num_axes, lambda u, v: (u + v, (u - v) / 2))
+
+
+def _overflow(q: jax.Array) -> jax.Array:
+    """Whether the lifting of q can leave int32: |d| ≤ 2^d · max|q| per level (float estimate)."""
+    num_axes = q.ndim - 2
+    return fixed_point.out_of_range(jnp.max(jnp.abs(q.astype(jnp.float32))) * 2**num_axes)
+
+
+def _map_fixed(q_fn, g_fn, tree):
+    return jax.tree.map(lambda s: Fixed(q_fn(s.q), g_fn(s.g)), tree, is_leaf=fixed_point._is_fixed)
+
+
+def _haar_step(forward_pair, inverse_pair, adjoint, check, name) -> InvertibleStep:
+    """forward_pair/inverse_pair: (q_fn, g_fn); adjoint: transpose of the forward g map."""
+
+    def forward(params, x, rng=None):
+        flags = [check(s.q) for s in jax.tree.leaves(x, is_leaf=fixed_point._is_fixed)]
+        y = _map_fixed(*forward_pair, x)
+        return y, jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
+
+    def inverse(params, y, rng=None):
+        return _map_fixed(*inverse_pair, y)
+
+    def backward(params, y, y_bar, rng=None):
+        x = inverse(params, y)
+        x_bar = jax.tree.map(
+            lambda s, b: Fixed(fixed_point._float0(s.q), adjoint(b.g)),
+            x,
+            y_bar,
+            is_leaf=fixed_point._is_fixed,
+        )
+        return x, jax.tree.map(jnp.zeros_like, params), x_bar
+
+    return InvertibleStep(forward, inverse, backward, has_aux=True, name=name)
+
+
+def exact_haar_step() -> InvertibleStep:
+    """Integer Haar coarsening of every `Fixed` leaf (channels ×2^d); aux = overflow flag."""
+    return _haar_step(
+        (lifting_haar_forward, real_haar_forward),
+        (lifting_haar_inverse, real_haar_inverse),
+        real_haar_forward_adjoint,
+        _overflow,
+        "exact_haar",
+    )
+
+
+def _inverse_overflow(q: jax.Array) -> jax.Array:
+    # v = s − ⌊d/2⌋, u = d + v: |u|, |v| ≤ 3·max|q| per axis (float estimate).
+    num_axes = q.ndim - 2
+    return fixed_point.out_of_range(jnp.max(jnp.abs(q.astype(jnp.float32))) * 3**num_axes)
+
+
+def exact_haar_inverse_step() -> InvertibleStep:
+    """Integer Haar refinement (inverse of `exact_haar_step`) of every `Fixed` leaf."""
+    return _haar_step(
+        (lifting_haar_inverse, real_haar_inverse),
+        (lifting_haar_forward, real_haar_forward),
+        real_haar_inverse_adjoint,
+        _inverse_overflow,
+        "exact_haar_inverse",
+    )
