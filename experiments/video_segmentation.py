@@ -31,11 +31,12 @@ import os
 import tempfile
 
 import numpy as np
+import optax
 
 from revjax import configs, data
+from revjax.memory import model_step_memory
 from revjax.models.hyperbolic import COMPARISON_VARIANTS
 from revjax.train import trainer
-from revjax.train.memory import segmentation_step_memory
 
 LABELS = {"reversible": "(a) reversible", "store": "(b) store", "block": "(c) block-reversible"}
 
@@ -78,7 +79,9 @@ def memory_variants(config) -> dict:
     info = data.dataset_info(config.dataset, **options)
     shape = (int(config.global_batch_size), *info.image_shape)
     return {
-        LABELS[name]: segmentation_step_memory(trainer.build_model(config, info, **v), shape)
+        LABELS[name]: model_step_memory(
+            trainer.build_model(config, info, **v), shape, optax.adam(1e-3)
+        )
         for name, v in COMPARISON_VARIANTS.items()
     }
 

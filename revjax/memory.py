@@ -34,6 +34,7 @@ __all__ = [
     "compile_update_step",
     "compiled_memory",
     "jitted_step_memory",
+    "model_step_memory",
     "update_step",
     "update_step_memory",
     "update_step_temp_bytes",
@@ -143,3 +144,39 @@ def update_step_temp_bytes(
 ) -> int:
     """`update_step_memory(...)["temp"]`: the activation-dominated scratch of one training step."""
     return update_step_memory(loss_fn, params, batch, optimizer)["temp"]
+
+
+def model_step_memory(
+    model: Any,
+    input_shape: Sequence[int],
+    optimizer: optax.GradientTransformation,
+    *,
+    dtype: Any = jnp.float32,
+) -> dict[str, int]:
+    """`update_step_memory` of a zoo model's training step, for a batch of `input_shape`.
+
+    The loss is the mean softmax cross-entropy over the logits' last axis with integer labels
+    of the logits' leading shape (classifiers (N,), segmenters (N, *S)); batch norm runs in
+    training mode (its running averages ride in the batch, not differentiated). Nothing is
+    allocated: shapes only.
+
+    Returns:
+      {"temp", "arguments", "outputs", "total"} bytes (per device for a sharded model).
+    """
+    x = jax.ShapeDtypeStruct(tuple(int(d) for d in input_shape), dtype)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, dtype), train=False)
+    )
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape, dtype)), variables)
+    labels = jax.ShapeDtypeStruct(logits.shape[:-1], jnp.int32)
+
+    def loss_fn(params, batch):
+        images, targets, model_state = batch
+        mutable = list(model_state)
+        out = model.apply({"params": params, **model_state}, images, train=True, mutable=mutable)
+        logits = out[0] if mutable else out
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+    return update_step_memory(loss_fn, params, (x, labels, state), optimizer)

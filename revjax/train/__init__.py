@@ -7,12 +7,12 @@ Public API:
 * ``make_train_step``, ``make_eval_step``, ``create_state``, ``build_model``;
 * ``make_optimizer`` (``revjax.train.optim``); ``Checkpointer`` (``checkpointing``);
   ``make_mesh``, ``maybe_initialize_distributed`` (``sharding``); ``train_step_memory``
-  (``memory``); ``load_config`` (named configs in ``revjax/configs``).
+  (compiled memory of the trainer's step, ``revjax.memory``). Named configs are loaded with
+  ``revjax.configs.load_config(name, arg)``.
 """
 
 from revjax.train.checkpointing import Checkpointer, IncompatibleCheckpointError
 from revjax.train.inference import load
-from revjax.train.memory import train_step_memory
 from revjax.train.optim import make_optimizer
 from revjax.train.sharding import make_mesh, maybe_initialize_distributed
 from revjax.train.trainer import (
@@ -23,6 +23,7 @@ from revjax.train.trainer import (
     make_eval_step,
     make_train_step,
     train_and_evaluate,
+    train_step_memory,
 )
 
 __all__ = [

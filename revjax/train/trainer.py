@@ -58,7 +58,8 @@ from tqdm.auto import tqdm
 
 from revjax import data as data_lib
 from revjax import models
-from revjax.train import checkpointing, memory, optim, sharding
+from revjax.memory import compiled_memory, jitted_step_memory
+from revjax.train import checkpointing, optim, sharding
 
 __all__ = [
     "EXIT_ERROR",
@@ -743,16 +744,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         modes = tuple(config.get("memory_modes", ("reversible", "store")))
         for mode in modes if has_backprop(model) else ():
             if mode == own_mode:
-                temp_bytes[mode] = memory.compiled_temp_bytes(compiled)
+                temp_bytes[mode] = compiled_memory(compiled)["temp"]
             else:
                 other = build_model(config, info, backprop=mode)
-                temp_bytes[mode] = memory.train_step_temp_bytes(
+                temp_bytes[mode] = jitted_step_memory(
                     make_train_step(other, tx, schedule, config.get("weight_smoothness", 0.0)),
                     state,
                     abstract_batch,
-                )
+                )["temp"]
         if not temp_bytes:
-            temp_bytes["model"] = memory.compiled_temp_bytes(compiled)
+            temp_bytes["model"] = compiled_memory(compiled)["temp"]
     eval_fn = jax.jit(
         make_eval_step(model, info.num_classes if info.task == "segmentation" else None)
     )
@@ -895,3 +896,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 def _label_shape(info: data_lib.DatasetInfo) -> tuple[int, ...]:
     """Per-example label shape: () for classification, (T, H, W) for segmentation."""
     return tuple(info.image_shape[:-1]) if info.task == "segmentation" else ()
+
+
+def train_step_memory(
+    config: ml_collections.ConfigDict, modes: tuple[str, ...] = ("reversible", "store", "remat")
+) -> dict[str, int]:
+    """{mode: compiled temp bytes of the trainer's own step} for ``config``'s model and batch.
+
+    The step is ``make_train_step`` (optimizer update, state donated) built with
+    ``backprop=mode``; nothing is trained and no data is read (``revjax.memory``).
+    """
+    info = data_lib.dataset_info(config.dataset, **dict(config.get("dataset_options", {}) or {}))
+    steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
+    batch = {
+        "image": jax.ShapeDtypeStruct((config.global_batch_size, *info.image_shape), jnp.float32),
+        "label": jax.ShapeDtypeStruct((config.global_batch_size, *_label_shape(info)), jnp.int32),
+    }
+    out = {}
+    for mode in modes:
+        model = build_model(config, info, backprop=mode)
+        state = jax.eval_shape(lambda m=model: create_state(m, tx, config.seed, info.image_shape))
+        step = make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
+        out[mode] = jitted_step_memory(step, state, batch, donate_argnums=0)["temp"]
+    return out
