@@ -29,7 +29,7 @@ def true_norm(kernel, spatial):
 
 def random_branch(key, channels=2, hidden=3, spatial=(5, 5), scale_raw=3.0):
     """Fixup branch with non-zero random W1, W2 (norms > c) normalised by 200 power iterations."""
-    k1, k2, k3, k4 = jax.random.split(key, 4)
+    k1, k2, k3, k4, k5, k6 = jax.random.split(key, 6)
     raw = {
         "w1": jax.random.normal(k1, (3, 3, channels, hidden), jnp.float64),
         "w2": jax.random.normal(k2, (3, 3, hidden, channels), jnp.float64),
@@ -42,6 +42,8 @@ def random_branch(key, channels=2, hidden=3, spatial=(5, 5), scale_raw=3.0):
     stats = {
         "v1": spectral_norm.init_power_vector(k3, (*spatial, channels), jnp.float64),
         "v2": spectral_norm.init_power_vector(k4, (*spatial, hidden), jnp.float64),
+        "u1": spectral_norm.init_power_vector(k5, (*spatial, hidden), jnp.float64),
+        "u2": spectral_norm.init_power_vector(k6, (*spatial, channels), jnp.float64),
     }
     params, _ = revup.normalise_branch(raw, stats, C, 200)
     return params
@@ -223,7 +225,10 @@ def test_fixup_init_is_the_identity_with_zero_logits():
 
 def test_training_decreases_the_loss_and_keeps_blocks_contractive():
     """20 Adam steps on CIFAR-shaped random data lower the loss; afterwards Lip(g) < 1."""
-    model = models.create("revup20", stage_sizes=(1, 1), widths=(4, 8), dtype=jnp.float32, tol=1e-4)
+    model = models.create(
+        "revup20", stage_sizes=(1, 1), widths=(4, 8), dtype=jnp.float32, tol=1e-4,
+        downsample="reversible",
+    )
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3), jnp.float32)
     labels = jnp.arange(8) % 10
     variables = model.init(jax.random.key(1), x)
