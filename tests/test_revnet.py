@@ -316,3 +316,61 @@ def test_unhalvable_input_raises(name):
     model = models.create(name, strides=(2, 2, 2))
     with pytest.raises(ValueError, match="cannot\\s+halve"):
         jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 12, 12, 3))), jax.random.key(0))
+
+
+def test_stage_first_block_with_identity_shortcut_is_an_ordinary_coupling():
+    """A stored-transition RevNet whose first stage keeps width and resolution (RevNet-110's
+    stem 32 -> stage 1 32, stride 1) runs that stage's first block as an invertible coupling
+    (nothing stored), with the same parameters; gradients still equal plain autodiff."""
+    import flax.linen as nn
+
+    from revjax import engine
+    from revjax.families.revnet import RevNet
+
+    class BodyLayers(RevNet):
+        @nn.compact
+        def __call__(self, h, train=False):
+            return self._body(h.shape, train)[0]
+
+    def body_layers(model, width):
+        fields = {f: getattr(model, f) for f in ("units", "filters", "strides", "num_classes")}
+        probe = BodyLayers(**fields)
+        return probe.init_with_output(jax.random.key(0), jnp.zeros((1, 32, 32, width)))[0]
+
+    layers = body_layers(models.create("revnet110"), 32)
+    assert isinstance(layers[0], engine.InvertibleStep)  # stage 1's first block: a coupling
+    assert [type(layer).__name__ for layer in layers] == [
+        "InvertibleStep",
+        "Scan",
+        "Transition",
+        "Scan",
+        "Transition",
+        "Scan",
+    ]
+    assert (
+        models.count_params(
+            jax.eval_shape(
+                lambda k: models.create("revnet110").init(k, jnp.zeros((1, 32, 32, 3))),
+                jax.random.key(0),
+            )
+        )
+        == PARAM_COUNTS["revnet110"]
+    )
+    config = dict(units=(2, 1), filters=(4, 4, 8), strides=(1, 2), num_classes=3, dtype=F64)
+    x = images()
+    grads, stats = {}, {}
+    for backprop in ("store", "reversible"):
+        model = models.create("revnet38", **config, backprop=backprop)
+        variables = model.init(jax.random.key(0), x, train=False)
+
+        def loss(p, model=model, variables=variables):
+            logits, new = model.apply(
+                {**variables, "params": p}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(jnp.sin(logits)), new
+
+        (_, stats[backprop]), grads[backprop] = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+            variables["params"]
+        )
+    assert relative(grads["reversible"], grads["store"]) < 1e-9
+    assert relative(stats["reversible"], stats["store"]) < 1e-12

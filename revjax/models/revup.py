@@ -241,14 +241,24 @@ class RevUp(nn.Module):
         )(feats)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, *, trace: bool = False):
-        """Logits (N, num_classes); with `trace=True` the body's fixed-point trace instead."""
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool = False,
+        *,
+        trace: bool = False,
+        reconstruction: bool = False,
+    ):
+        """Logits (N, num_classes); with `trace=True` the body's fixed-point trace, with
+        `reconstruction=True` its `engine.reconstruction_error` instead."""
         x = x.astype(self.dtype)
         layers, params, fns = self._body(x, train)
         if trace:
             return revup.reconstruction_trace(
                 layers, params, fns, x, max_iter=self.max_iter, tol=self.tol
             )
+        if reconstruction:
+            return engine.reconstruction_error(layers, params, x)
         h = engine.apply(layers, params, x, backprop=self.backprop)
         return self._head(h)
 
@@ -259,6 +269,11 @@ class RevUp(nn.Module):
         FixedPointInfo with (depth,) leaves, other layers None.
         """
         return self(x, train=False, trace=True)
+
+    def reconstruction_error(self, x: jax.Array) -> tuple:
+        """Relative drift ‖x̂ − x‖/‖x‖ of every reconstructed body state (eval mode), one entry
+        per body layer as in `engine.reconstruction_error` (a (depth,) array for a stage)."""
+        return self(x, train=False, reconstruction=True)
 
 
 def _cifar(n: int, **overrides) -> RevUp:
