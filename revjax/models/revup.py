@@ -23,10 +23,17 @@ Layout (NHWC)::
   `widths[0]` (i-RevNet style, invertible, no parameters).
 - Head: global average pool of ReLU(x), + scalar bias, dense; weights and bias 0 (Fixup).
 
-Spectral-norm power-iteration vectors live in the "spectral_stats" collection. They advance
-`n_power_iterations` times per call only when `train=True` *and* the collection is mutable::
+Spectral-norm power-iteration vectors (right v_i and left u_i = K_i v_i/‖K_i v_i‖ per
+convolution per block, one example's shape each) live in the "spectral_stats" collection. They
+advance `n_power_iterations` times per call, one block at a time, only when `train=True` *and*
+the collection is mutable::
 
     y, updates = model.apply(variables, x, train=True, mutable=["spectral_stats"])
+
+Otherwise they are used as stored. Each block normalises its own raw weights inside the engine
+step with σ̂_i = u_iᵀ K_i v_i (`revup.spectral_fixup_branch`), so the reversible training step
+keeps no per-block activation for the norm estimate and no depth-stacked normalised weights:
+its compiled temp memory does not grow with depth (tested; numbers in README).
 
 Nothing depends on the mini-batch (no BN): an example's logits are the same alone or in a batch.
 `model.apply(variables, x, method="fixed_point_trace")` returns the `FixedPointInfo` of every
