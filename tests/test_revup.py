@@ -397,14 +397,16 @@ def _train_step_temp_bytes(model, batch, spatial):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("downsample", ["stored", "reversible"])
-def test_reversible_training_step_memory_is_flat_in_depth(downsample):
+@pytest.mark.parametrize(
+    "downsample, batches", [("stored", (8, 32)), ("reversible", (8,))], ids=["stored", "psi"]
+)
+def test_reversible_training_step_memory_is_flat_in_depth(downsample, batches):
     """XLA's compiled temp bytes of a training step (power iteration, spectral normalisation,
-    gradients): identical for 2 and 8 blocks per stage under backprop="reversible" at batch 8
-    and 32, while "store" grows. No per-block activation of the norm estimate σ̂ = uᵀKv is kept.
-    """
+    gradients) are the same (within 5%) for 2 and 8 blocks per stage under backprop="reversible"
+    at each batch size, while "store" grows. No per-block activation of the norm estimate
+    σ̂ = uᵀKv and no depth-stacked normalised weights are kept."""
     spatial, config = (16, 16), dict(widths=(4, 8, 16), downsample=downsample)
-    for batch in (8, 32):
+    for batch in batches:
         rev = [
             _train_step_temp_bytes(
                 models.create("revup20", stage_sizes=(n,) * 3, **config), batch, spatial
@@ -412,13 +414,18 @@ def test_reversible_training_step_memory_is_flat_in_depth(downsample):
             for n in (2, 8)
         ]
         assert rev[1] <= 1.05 * rev[0], (batch, rev)
-    store = [
-        _train_step_temp_bytes(
-            models.create("revup20", stage_sizes=(n,) * 3, backprop="store", **config), 8, spatial
-        )
-        for n in (2, 8)
-    ]
-    assert store[1] > 2 * store[0] and store[1] > 2 * rev[1], (store, rev)
+        if batch == 8:
+            rev_batch8 = rev[1]
+    if downsample == "stored":
+        store = [
+            _train_step_temp_bytes(
+                models.create("revup20", stage_sizes=(n,) * 3, backprop="store", **config),
+                8,
+                spatial,
+            )
+            for n in (2, 8)
+        ]
+        assert store[1] > 2 * store[0] and store[1] > 2 * rev_batch8, (store, rev_batch8)
 
 
 def test_revup110_defaults_at_init_float32():
