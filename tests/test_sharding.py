@@ -206,3 +206,35 @@ def test_launcher_stops_every_process_when_one_dies():
     status = launch.launch([sys.executable, "-c", code], 3, timeout=100, grace=5)
     assert status == 3
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_two_process_training_run_equals_one_process_on_as_many_devices(tmp_path, capfd):
+    """`python -m revjax.train --config=default:smoke` as 2 processes x 2 CPU devices ends with
+    the same losses as 1 process x 4 CPU devices (same global batch and mesh size; each process
+    feeds its share of every batch), and both processes write the same summary."""
+    from revjax.train import launch
+
+    command = [sys.executable, "-m", "revjax.train", "--config=default:smoke"]
+    status = launch.launch(
+        [*command, f"--workdir={tmp_path / 'mp'}"],
+        2,
+        cpu_devices=2,
+        timeout=900,
+        env=_subprocess_env(),
+    )
+    assert status == 0, capfd.readouterr().out[-4000:]
+    env = _subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    single = subprocess.run(
+        [*command, f"--workdir={tmp_path / 'sp'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert single.returncode == 0, single.stderr[-4000:]
+    mp = json.loads((tmp_path / "mp" / "summary.json").read_text())
+    sp = json.loads((tmp_path / "sp" / "summary.json").read_text())
+    assert mp["steps"] == sp["steps"] > 0
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert abs(mp[key] - sp[key]) <= 1e-5 * max(1.0, abs(sp[key])), (key, mp[key], sp[key])
