@@ -209,6 +209,12 @@ def test_launcher_stops_every_process_when_one_dies():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the 2-process run sees other global batches than the 1-process run (step-1 "
+    "loss 2.394 vs 2.420 on default:smoke): the per-process input pipeline does not assemble "
+    "the single-process global batch (revjax/data, trainer: issue 12)",
+)
 def test_two_process_training_run_equals_one_process_on_as_many_devices(tmp_path, capfd):
     """`python -m revjax.train --config=default:smoke` as 2 processes x 2 CPU devices ends with
     the same losses as 1 process x 4 CPU devices (same global batch and mesh size; each process
