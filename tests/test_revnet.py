@@ -1,4 +1,4 @@
-"""RevNet and ResNet baselines (SPEC §2, §8.1): inverses, gradients, BN, counts, training."""
+"""RevNet (arXiv:1707.04585) and ResNet baselines: inverses, gradients, BN, counts, training."""
 
 import functools
 
@@ -198,7 +198,7 @@ def test_eval_mode_uses_running_averages():
 
 
 # ------------------------------------------------------------------------------------------
-# Parameter counts (SPEC §2.4), training, bad inputs.
+# Parameter counts of the reference configurations, training, bad inputs.
 
 
 PARAM_COUNTS = {
@@ -215,7 +215,7 @@ PARAM_COUNTS = {
 
 @pytest.mark.parametrize("name", list(PARAM_COUNTS))
 def test_parameter_count_matches_spec(name):
-    """Trainable scalars (kernels, BN γ/β, dense) of the reference configs equal SPEC §2.4."""
+    """Trainable scalars (kernels, BN γ/β, dense) of the reference configs: pinned counts."""
     model = models.create(name)
     size = 224 if model.num_classes == 1000 else 32
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)

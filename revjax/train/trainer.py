@@ -148,7 +148,8 @@ def _smoothness_fn(weight: float) -> Callable[[PyTree], jax.Array] | None:
     """Chang et al.'s weight smoothness R(theta) at rate ``weight`` (lazy import), or None.
 
     ``revjax.families.chang.weight_smoothness(params, rate)`` = rate * sum_j 1/2
-    ||K_{j+1} - K_j||_F^2 over consecutive blocks (SPEC §4.1).
+    ||K_{j+1} - K_j||_F^2 over consecutive blocks (Chang et al. 2018,
+    arXiv:1709.03698).
     """
     if not weight:
         return None
