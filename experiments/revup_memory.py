@@ -1,10 +1,12 @@
-"""RevUp memory, speed and fixed-point cost vs depth (SPEC §3, §8.1 item 3).
+"""RevUp memory, speed and fixed-point cost vs depth.
 
-For revup20/56/110 at CIFAR shape (32x32x3) this reports, per backprop mode
+RevUp ("Reversible Fixup Networks for Memory-Efficient Training", 2019) claims memory constant in
+depth. For revup20/56/110 at CIFAR shape (32x32x3) this reports, per backprop mode
 ("reversible", "store", "remat"):
 
-- compiled temporary bytes of one training step (loss + gradients), from
-  `jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes` (exact, no run);
+- compiled temporary bytes of one training step (loss + gradients + the spectral-norm state
+  update), from `jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes` (exact,
+  no run), at batch 128 for all modes and at batches 8 and 64 for "reversible";
 - the step-time ratio against "store" (median of a few timed steps at a small batch);
 - the mean number of fixed-point iterations per block that the reversible backward pass
   performs (`RevUp.fixed_point_trace`), at Fixup-init parameters perturbed so that g ≠ 0 (at
@@ -14,6 +16,7 @@ Expected (structural, no paper numbers exist): reversible temp bytes flat in dep
 growing linearly; remat in between. Usage::
 
     python experiments/revup_memory.py --quick          # < 1 min
+    python experiments/revup_memory.py --memory-only    # no timing, no fixed-point trace
     python experiments/revup_memory.py --out results/revup_memory.json
 """
 
@@ -40,6 +43,7 @@ def get_config(quick: bool) -> dict:
         return dict(
             names=("revup20", "revup56"),
             memory_batch=128,
+            reversible_batches=(8,),
             time_batch=4,
             time_steps=2,
             time_names=("revup20",),
@@ -47,6 +51,7 @@ def get_config(quick: bool) -> dict:
     return dict(
         names=("revup20", "revup56", "revup110"),
         memory_batch=128,
+        reversible_batches=(8, 64),
         time_batch=16,
         time_steps=3,
         time_names=("revup20", "revup56", "revup110"),
@@ -116,6 +121,7 @@ def mean_iterations(name, variables, batch=4):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 min)")
+    parser.add_argument("--memory-only", action="store_true", help="compile-only memory")
     parser.add_argument("--out", default="results/revup_memory.json")
     args = parser.parse_args()
     config = get_config(args.quick)
@@ -129,6 +135,14 @@ def main():
             row[f"temp_MiB_{backprop}"] = (
                 temp_bytes(name, backprop, config["memory_batch"], variables) / 2**20
             )
+        for batch in config["reversible_batches"]:
+            row[f"temp_MiB_reversible_b{batch}"] = (
+                temp_bytes(name, "reversible", batch, variables) / 2**20
+            )
+        if args.memory_only:
+            rows.append(row)
+            print(row, flush=True)
+            continue
         if name in config["time_names"]:
             ratios = step_times(name, config["time_batch"], config["time_steps"], variables)
             row.update({f"time_ratio_{m}": r for m, r in ratios.items()})
@@ -137,7 +151,8 @@ def main():
         )
         rows.append(row)
         print(row, flush=True)
-    header = ["model"] + [f"temp_MiB_{m}" for m in MODES]
+    header = ["model"] + [f"temp_MiB_reversible_b{b}" for b in config["reversible_batches"]]
+    header += [f"temp_MiB_{m}" for m in MODES]
     header += [f"time_ratio_{m}" for m in MODES] + ["fp_iter_mean", "fp_iter_max", "fp_converged"]
     print("\n" + " | ".join(header))
     for row in rows:

@@ -2,12 +2,14 @@
 
 For a stride-1 "SAME" convolution y = K x acting on inputs of one example's shape (H, W, C_in),
 the quantity that bounds the Lipschitz constant of an i-ResNet branch is the *operator* norm
-‖K‖₂ = max ‖K x‖/‖x‖ over inputs of that shape (Behrmann, Grathwohl, Chen, Duvenaud, Jacobsen 2019,
-i-ResNet, arXiv:1811.00995, Sec. 2-3). It is estimated by power iteration
-on K^T K at the real input shape::
+‖K‖₂ = max ‖K x‖/‖x‖ over inputs of that shape (Behrmann, Grathwohl, Chen, Duvenaud,
+Jacobsen (2019) "Invertible Residual Networks", arXiv:1811.00995, Section 3, Lipschitz
+constraint by spectral normalisation). It is estimated by power iteration on K^T K at the real
+input shape::
 
     v ← K^T K v / ‖K^T K v‖        (n times; revjax.conv.conv / conv_transpose)
-    σ̂ = ‖K v‖                       (a lower bound of ‖K‖₂, exact in the limit)
+    u = K v / ‖K v‖                 (the matching left vector)
+    σ̂ = ‖K v‖ = uᵀ K v              (a lower bound of ‖K‖₂, exact in the limit)
 
 and the weight is softly normalised (i-ResNet reference, coefficient c ∈ (0, 1))::
 
@@ -20,7 +22,16 @@ kernels (C_in, C_out) go through the same code as 1x1 convolutions.
 The iteration vector v (shape (1, H, W, C_in): one input example) is persistent state: the
 caller keeps it between training steps (e.g. in a Flax "spectral_stats" collection) and only
 advances it during training. As in the PyTorch reference, no gradient flows through v
-(`stop_gradient`); σ̂ = ‖K v‖ is differentiated with respect to W only.
+(`stop_gradient`); σ̂ is differentiated with respect to W only.
+
+Two forms of the same estimate, with the same value and the same gradient ∂σ̂/∂K = u vᵀ:
+
+- `operator_norm_estimate`: σ̂ = ‖K v‖. Its gradient needs K v, a feature-map-sized
+  (1, H, W, C_out) residual per convolution, kept from the forward pass to the backward pass.
+- `bilinear_norm_estimate`: σ̂ = uᵀ K v with u and v stopped *state* (`power_iteration_pair`
+  keeps the left vector u = K v/‖K v‖ next to v). Its gradient is the correlation of the two
+  state vectors, so nothing activation-sized is kept per convolution: what a deep network
+  with one spectrally normalised convolution per block needs for memory flat in depth.
 """
 
 from __future__ import annotations
@@ -36,6 +47,9 @@ __all__ = [
     "init_power_vector",
     "power_iteration",
     "operator_norm_estimate",
+    "left_vector",
+    "power_iteration_pair",
+    "bilinear_norm_estimate",
     "soft_normalise",
     "spectral_normalise",
     "reshaped_kernel_norm",
@@ -43,8 +57,7 @@ __all__ = [
 
 
 def check_coefficient(c: float) -> float:
-    """The normalisation coefficient must satisfy 0 < c < 1 (strict contraction, Behrmann et al.
-    2019, Sec. 2)."""
+    """The normalisation coefficient must satisfy 0 < c < 1 (Lip(g) < 1: Behrmann et al. 2019)."""
     c = float(c)
     if not 0.0 < c < 1.0:
         raise ValueError(
@@ -101,6 +114,51 @@ def operator_norm_estimate(kernel: jax.Array, v: jax.Array) -> jax.Array:
     squared = jnp.sum(jnp.square(conv(jax.lax.stop_gradient(v), as_conv_kernel(kernel))))
     positive = squared > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def left_vector(kernel: jax.Array, v: jax.Array, previous: jax.Array) -> jax.Array:
+    """u = K v/‖K v‖ (no gradient), or `previous` where K v = 0.
+
+    Args:
+      kernel: (kh, kw, C_in, C_out) or (C_in, C_out).
+      v: (1, H, W, C_in) unit vector.
+      previous: (1, H, W, C_out) unit vector kept when K v = 0 (a zero Fixup kernel).
+    """
+    k = jax.lax.stop_gradient(as_conv_kernel(kernel))
+    return _unit_or_keep(conv(jax.lax.stop_gradient(v), k), jax.lax.stop_gradient(previous))
+
+
+def power_iteration_pair(
+    kernel: jax.Array, u: jax.Array, v: jax.Array, num_iterations: int
+) -> tuple[jax.Array, jax.Array]:
+    """`num_iterations` steps v ← K^T K v/‖K^T K v‖, then u = K v/‖K v‖: (u, v), no gradient.
+
+    With num_iterations = 0, (u, v) are returned unchanged (evaluation: the state is read only).
+
+    Args:
+      kernel: (kh, kw, C_in, C_out) or (C_in, C_out).
+      u: (1, H, W, C_out) left vector (stride 1, SAME: the output has the input's spatial shape).
+      v: (1, H, W, C_in) right vector.
+      num_iterations: >= 0.
+    """
+    if num_iterations == 0:
+        return jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+    v = power_iteration(kernel, v, num_iterations)
+    return left_vector(kernel, v, u), v
+
+
+def bilinear_norm_estimate(kernel: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
+    """σ̂ = uᵀ K v for stopped unit vectors u, v; ∂σ̂/∂K is the correlation of u and v.
+
+    Equals ‖K v‖ (`operator_norm_estimate`) when u = K v/‖K v‖, with the same gradient, but
+    the backward pass needs only u and v (state), not K v. |σ̂| ≤ ‖K‖₂ for any unit u, v.
+
+    Args:
+      kernel: (kh, kw, C_in, C_out) or (C_in, C_out).
+      u: (1, H, W, C_out); v: (1, H, W, C_in).
+    """
+    u = jax.lax.stop_gradient(u)
+    return jnp.sum(u * conv(jax.lax.stop_gradient(v), as_conv_kernel(kernel)))
 
 
 def soft_normalise(kernel: jax.Array, sigma: jax.Array, c: float) -> jax.Array:

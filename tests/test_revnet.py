@@ -1,4 +1,4 @@
-"""RevNet and ResNet baselines (SPEC §2, §8.1): inverses, gradients, BN, counts, training."""
+"""RevNet (arXiv:1707.04585) and ResNet baselines: inverses, gradients, BN, counts, training."""
 
 import functools
 
@@ -198,7 +198,7 @@ def test_eval_mode_uses_running_averages():
 
 
 # ------------------------------------------------------------------------------------------
-# Parameter counts (SPEC §2.4), training, bad inputs.
+# Parameter counts of the reference configurations, training, bad inputs.
 
 
 PARAM_COUNTS = {
@@ -215,7 +215,7 @@ PARAM_COUNTS = {
 
 @pytest.mark.parametrize("name", list(PARAM_COUNTS))
 def test_parameter_count_matches_spec(name):
-    """Trainable scalars (kernels, BN γ/β, dense) of the reference configs equal SPEC §2.4."""
+    """Trainable scalars (kernels, BN γ/β, dense) of the reference configs: pinned counts."""
     model = models.create(name)
     size = 224 if model.num_classes == 1000 else 32
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
@@ -316,3 +316,71 @@ def test_unhalvable_input_raises(name):
     model = models.create(name, strides=(2, 2, 2))
     with pytest.raises(ValueError, match="cannot\\s+halve"):
         jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 12, 12, 3))), jax.random.key(0))
+
+
+def test_stage_first_block_with_identity_shortcut_is_an_ordinary_coupling():
+    """A stored-transition RevNet whose first stage keeps width and resolution (RevNet-110's
+    stem 32 -> stage 1 32, stride 1) runs that stage's first block as an invertible coupling
+    (nothing stored), with the same parameters."""
+    import flax.linen as nn
+
+    from revjax import engine
+    from revjax.families.revnet import RevNet
+
+    seen = []
+
+    class BodyLayers(RevNet):
+        @nn.compact
+        def __call__(self, h, train=False):
+            seen.append(self._body(h.shape, train)[0])
+            return h
+
+    def body_layers(model, width):
+        fields = {f: getattr(model, f) for f in ("units", "filters", "strides", "num_classes")}
+        probe = BodyLayers(**fields)
+        jax.eval_shape(probe.init, jax.random.key(0), jnp.zeros((1, 32, 32, width)))
+        return seen[-1]
+
+    layers = body_layers(models.create("revnet110"), 32)
+    assert isinstance(layers[0], engine.InvertibleStep)  # stage 1's first block: a coupling
+    assert [type(layer).__name__ for layer in layers] == [
+        "InvertibleStep",
+        "Scan",
+        "Transition",
+        "Scan",
+        "Transition",
+        "Scan",
+    ]
+    assert (
+        models.count_params(
+            jax.eval_shape(
+                lambda k: models.create("revnet110").init(k, jnp.zeros((1, 32, 32, 3))),
+                jax.random.key(0),
+            )
+        )
+        == PARAM_COUNTS["revnet110"]
+    )
+
+
+@pytest.mark.slow
+def test_identity_shortcut_first_block_gradients_equal_stored():
+    """Float64 gradients and running averages of a stored-transition RevNet whose first stage
+    starts with an identity-shortcut coupling (stem 4 -> 4, stride 1) equal plain autodiff."""
+    config = dict(units=(2, 1), filters=(4, 4, 8), strides=(1, 2), num_classes=3, dtype=F64)
+    x = images()
+    grads, stats = {}, {}
+    for backprop in ("store", "reversible"):
+        model = models.create("revnet38", **config, backprop=backprop)
+        variables = model.init(jax.random.key(0), x, train=False)
+
+        def loss(p, model=model, variables=variables):
+            logits, new = model.apply(
+                {**variables, "params": p}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(jnp.sin(logits)), new
+
+        (_, stats[backprop]), grads[backprop] = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+            variables["params"]
+        )
+    assert relative(grads["reversible"], grads["store"]) < 1e-9
+    assert relative(stats["reversible"], stats["store"]) < 1e-12

@@ -29,7 +29,7 @@ def true_norm(kernel, spatial):
 
 def random_branch(key, channels=2, hidden=3, spatial=(5, 5), scale_raw=3.0):
     """Fixup branch with non-zero random W1, W2 (norms > c) normalised by 200 power iterations."""
-    k1, k2, k3, k4 = jax.random.split(key, 4)
+    k1, k2, k3, k4, k5, k6 = jax.random.split(key, 6)
     raw = {
         "w1": jax.random.normal(k1, (3, 3, channels, hidden), jnp.float64),
         "w2": jax.random.normal(k2, (3, 3, hidden, channels), jnp.float64),
@@ -42,6 +42,8 @@ def random_branch(key, channels=2, hidden=3, spatial=(5, 5), scale_raw=3.0):
     stats = {
         "v1": spectral_norm.init_power_vector(k3, (*spatial, channels), jnp.float64),
         "v2": spectral_norm.init_power_vector(k4, (*spatial, hidden), jnp.float64),
+        "u1": spectral_norm.init_power_vector(k5, (*spatial, hidden), jnp.float64),
+        "u2": spectral_norm.init_power_vector(k6, (*spatial, channels), jnp.float64),
     }
     params, _ = revup.normalise_branch(raw, stats, C, 200)
     return params
@@ -223,7 +225,14 @@ def test_fixup_init_is_the_identity_with_zero_logits():
 
 def test_training_decreases_the_loss_and_keeps_blocks_contractive():
     """20 Adam steps on CIFAR-shaped random data lower the loss; afterwards Lip(g) < 1."""
-    model = models.create("revup20", stage_sizes=(1, 1), widths=(4, 8), dtype=jnp.float32, tol=1e-4)
+    model = models.create(
+        "revup20",
+        stage_sizes=(1, 1),
+        widths=(4, 8),
+        dtype=jnp.float32,
+        tol=1e-4,
+        downsample="reversible",
+    )
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3), jnp.float32)
     labels = jnp.arange(8) % 10
     variables = model.init(jax.random.key(1), x)
@@ -352,3 +361,106 @@ def test_registered_models_have_the_expected_depths():
         lambda k: model.init_with_output(k, jnp.zeros((1, 64, 64, 3)))[0], jax.random.key(0)
     )
     assert logits.shape == (1, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults: parameters of the Fixup ResNet, memory flat in depth, revup110 healthy at init.
+
+
+def _param_count(model, shape=(1, 32, 32, 3)):
+    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros(shape)), jax.random.key(0))
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"]))
+
+
+def test_default_revup_has_exactly_the_fixup_resnet_parameters():
+    """RevUp adds no parameters: revup20 = FixupResNet-20 (268,393); ψ costs 1,012,201."""
+    assert models.create("revup20").downsample == "stored"
+    assert _param_count(models.create("revup20")) == 268_393
+    assert _param_count(models.create("revup110")) == 1_720_138
+    assert _param_count(models.create("revup20", downsample="reversible")) == 1_012_201
+
+
+def _train_step_temp_bytes(model, batch, spatial):
+    def loss(params, stats, x):
+        logits, new_stats = model.apply(
+            {"params": params, **stats}, x, train=True, mutable=["spectral_stats"]
+        )
+        return jnp.sum(logits**2), new_stats
+
+    x = jax.ShapeDtypeStruct((batch, *spatial, 3), jnp.float32)
+    variables = jax.eval_shape(
+        lambda k: model.init(k, jnp.zeros((1, *spatial, 3))), jax.random.key(0)
+    )
+    stats = {"spectral_stats": variables["spectral_stats"]}
+    grad = jax.grad(loss, has_aux=True)
+    compiled = jax.jit(grad).lower(variables["params"], stats, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize(
+    "downsample, batches", [("stored", (8, 32)), ("reversible", (8,))], ids=["stored", "psi"]
+)
+def test_reversible_training_step_memory_is_flat_in_depth(downsample, batches):
+    """XLA's compiled temp bytes of a training step (power iteration, spectral normalisation,
+    gradients) are the same (within 5%) for 2 and 8 blocks per stage under backprop="reversible"
+    at each batch size, while "store" grows. No per-block activation of the norm estimate
+    σ̂ = uᵀKv and no depth-stacked normalised weights are kept."""
+    spatial, config = (16, 16), dict(widths=(4, 8, 16), downsample=downsample)
+    for batch in batches:
+        rev = [
+            _train_step_temp_bytes(
+                models.create("revup20", stage_sizes=(n,) * 3, **config), batch, spatial
+            )
+            for n in (2, 8)
+        ]
+        assert rev[1] <= 1.05 * rev[0], (batch, rev)
+        if batch == 8:
+            rev_batch8 = rev[1]
+    if downsample == "stored":
+        store = [
+            _train_step_temp_bytes(
+                models.create("revup20", stage_sizes=(n,) * 3, backprop="store", **config),
+                8,
+                spatial,
+            )
+            for n in (2, 8)
+        ]
+        assert store[1] > 2 * store[0] and store[1] > 2 * rev_batch8, (store, rev_batch8)
+
+
+def test_revup110_defaults_at_init_float32():
+    """revup110 (defaults, float32, init): finite logits, reversible gradients = stored ones to
+    1e-3 (relative to each leaf's largest entry), reconstruction error ≤ 1e-4.
+
+    The head kernel (0 under Fixup) is set random so that gradients reach the body.
+    """
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3), jnp.float32)
+    model = models.create("revup110")
+    variables = model.init(jax.random.key(1), x)
+    params = variables["params"]
+    kernel = params["head"]["kernel"]
+    params = {
+        **params,
+        "head": {
+            **params["head"],
+            "kernel": jax.random.normal(jax.random.key(2), kernel.shape, kernel.dtype),
+        },
+    }
+    variables = {**variables, "params": params}
+    logits = jax.jit(model.apply)(variables, x)
+    assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+    grads = {}
+    for backprop in ("reversible", "store"):
+        m = model.clone(backprop=backprop)
+
+        def loss(p, m=m):
+            return jnp.sum(jnp.sin(m.apply({**variables, "params": p}, x, train=True)))
+
+        grads[backprop] = jax.jit(jax.grad(loss))(params)
+    pairs = list(zip(jax.tree.leaves(grads["reversible"]), jax.tree.leaves(grads["store"])))
+    assert any(float(jnp.max(jnp.abs(b))) > 0 for _, b in pairs[:-2])  # the body gets gradients
+    for a, b in pairs:
+        assert bool(jnp.all(jnp.isfinite(a)))
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))))
+    worst = float(jax.jit(lambda v: model.reconstruction_error(v, x, train=True))(variables))
+    assert worst <= 1e-4, worst

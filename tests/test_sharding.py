@@ -100,3 +100,147 @@ def test_multiprocess_detection():
     assert sharding.is_multiprocess_env({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
     assert sharding.is_multiprocess_env({"TPU_WORKER_HOSTNAMES": "a,b"})
     assert not sharding.is_multiprocess_env({"TPU_WORKER_HOSTNAMES": "a"})
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-process jobs on this machine (revjax.train.launch; gloo CPU collectives).
+
+MULTIPROCESS_SCRIPT = Path(__file__).with_name("multiprocess_check.py")
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _subprocess_env(**extra):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **extra)
+    env.pop("JAX_ENABLE_X64", None)
+    return env
+
+
+def test_distributed_settings_pass_the_explicit_environment():
+    """All three JAX_* variables reach jax.distributed.initialize (JAX reads only the address);
+    incomplete or inconsistent ones are ValueErrors naming the variable, before any waiting."""
+    env = {
+        "JAX_COORDINATOR_ADDRESS": "127.0.0.1:23456",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": "1",
+        "REVJAX_DISTRIBUTED_TIMEOUT": "7",
+    }
+    assert sharding.distributed_settings(env) == dict(
+        coordinator_address="127.0.0.1:23456",
+        num_processes=2,
+        process_id=1,
+        initialization_timeout=7,
+    )
+    assert sharding.distributed_settings({}) is None
+    assert sharding.distributed_settings({"SLURM_NTASKS": "4"}) == {
+        "initialization_timeout": sharding.DEFAULT_TIMEOUT_S
+    }
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID missing"):
+        sharding.distributed_settings({k: env[k] for k in list(env)[:2]})
+    with pytest.raises(ValueError, match=r"\[0, JAX_NUM_PROCESSES=2\)"):
+        sharding.distributed_settings(env | {"JAX_PROCESS_ID": "2"})
+    with pytest.raises(ValueError, match="host:port"):
+        sharding.distributed_settings(env | {"JAX_COORDINATOR_ADDRESS": "127.0.0.1"})
+    with pytest.raises(ValueError, match="not an integer"):
+        sharding.distributed_settings(env | {"JAX_NUM_PROCESSES": "two"})
+
+
+def test_two_processes_data_parallel_gradient_equals_single_process(capfd):
+    """2 processes x 2 CPU devices: one mesh of 4 devices spanning both processes, each process
+    feeding its half of the batch; the jitted float64 gradient (a cross-process all-reduce)
+    equals the single-process numpy gradient on every process."""
+    import numpy as np
+
+    from revjax.train import launch
+
+    status = launch.launch(
+        [sys.executable, str(MULTIPROCESS_SCRIPT)],
+        2,
+        cpu_devices=2,
+        timeout=240,
+        env=_subprocess_env(),
+    )
+    out = capfd.readouterr().out
+    assert status == 0, out[-4000:]
+    results = [json.loads(line.split("] ", 1)[1]) for line in out.splitlines() if '"grad"' in line]
+    assert sorted(r["process_index"] for r in results) == [0, 1]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)), rng.normal(size=(16,))
+    expected = x.T @ (x @ np.array([0.5, -1.0, 2.0]) - y) / 16
+    for r in results:
+        assert (r["process_count"], r["device_count"], r["local_device_count"]) == (2, 4, 2)
+        np.testing.assert_allclose(r["grad"], expected, rtol=1e-12)
+
+
+def test_unreachable_coordinator_is_a_clear_error_in_bounded_time():
+    """A process whose coordinator never comes up exits non-zero with a message naming the
+    address within REVJAX_DISTRIBUTED_TIMEOUT (not an XLA abort, not a hang)."""
+    from revjax.train.launch import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    env = _subprocess_env(
+        JAX_COORDINATOR_ADDRESS=address,
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID="1",
+        REVJAX_DISTRIBUTED_TIMEOUT="2",
+    )
+    code = "from revjax.train import sharding; sharding.maybe_initialize_distributed()"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode != 0
+    assert f"coordinator {address} not reachable within 2 s" in out.stderr
+
+
+def test_launcher_stops_every_process_when_one_dies():
+    """One process exiting with status 3 stops the others (which would sleep 120 s) and the
+    launcher returns 3 well before they would have finished."""
+    import time
+
+    from revjax.train import launch
+
+    code = (
+        "import os, sys, time\n"
+        "sys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(120)"
+    )
+    start = time.monotonic()
+    status = launch.launch([sys.executable, "-c", code], 3, timeout=100, grace=5)
+    assert status == 3
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the 2-process run sees other global batches than the 1-process run (step-1 "
+    "loss 2.394 vs 2.420 on default:smoke): the per-process input pipeline does not assemble "
+    "the single-process global batch (revjax/data, trainer: issue 12)",
+)
+def test_two_process_training_run_equals_one_process_on_as_many_devices(tmp_path, capfd):
+    """`python -m revjax.train --config=default:smoke` as 2 processes x 2 CPU devices ends with
+    the same losses as 1 process x 4 CPU devices (same global batch and mesh size; each process
+    feeds its share of every batch), and both processes write the same summary."""
+    from revjax.train import launch
+
+    command = [sys.executable, "-m", "revjax.train", "--config=default:smoke"]
+    status = launch.launch(
+        [*command, f"--workdir={tmp_path / 'mp'}"],
+        2,
+        cpu_devices=2,
+        timeout=900,
+        env=_subprocess_env(),
+    )
+    assert status == 0, capfd.readouterr().out[-4000:]
+    env = _subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    single = subprocess.run(
+        [*command, f"--workdir={tmp_path / 'sp'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert single.returncode == 0, single.stderr[-4000:]
+    mp = json.loads((tmp_path / "mp" / "summary.json").read_text())
+    sp = json.loads((tmp_path / "sp" / "summary.json").read_text())
+    assert mp["steps"] == sp["steps"] > 0
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert abs(mp[key] - sp[key]) <= 1e-5 * max(1.0, abs(sp[key])), (key, mp[key], sp[key])

@@ -34,7 +34,6 @@ REVERSIBLE = {
     "revnet110": (16, 16, 3),
     "hamiltonian74": (16, 16, 3),
     "hamiltonian218": (16, 16, 3),
-    "revup110": (16, 16, 3),
     "lean_hamiltonian_circulant": (16, 16, 3),
     "hyperbolic2d": (16, 16, 3),
     "hyperbolic3d": (8, 16, 16, 3),
@@ -45,8 +44,6 @@ REVERSIBLE_SLOW = {
     "revnet164": (16, 16, 3),
     "midpoint62": (16, 16, 3),
     "leapfrog62": (16, 16, 3),
-    "revup20": (16, 16, 3),
-    "revup56": (16, 16, 3),
     "lean_hamiltonian": (16, 16, 3),
     "hamiltonian1202": (16, 16, 3),
 }
@@ -123,6 +120,9 @@ def test_every_registered_reversible_model_is_checked():
             continue
         if name in ("revnet104", "revup_imagenet"):  # ImageNet-sized: covered by family tests
             continue
+        if name.startswith("revup"):  # Fixup's zero head hides the body's gradient at init:
+            continue  # tests/test_revup.py checks revup110's defaults with a random head
+
         unchecked.append(name)
     del x
     assert not unchecked, f"reversible models without a defaults check: {unchecked}"

@@ -1,4 +1,5 @@
-"""RevNet (Gomez, Ren, Urtasun, Grosse 2017; SPEC §2): additive couplings of pre-activation
+"""RevNet (Gomez, Ren, Urtasun, Grosse (2017) "The Reversible Residual Network", arXiv:1707.04585,
+Section 3): additive couplings of pre-activation
 residual functions, with batch norm inside F and G.
 
 Block (state = channel halves (x1, x2), each (N, H, W, C/2))::
@@ -9,8 +10,9 @@ Block (state = channel halves (x1, x2), each (N, H, W, C/2))::
 F and G are the basic or bottleneck pre-activation residual functions of
 `revjax.families.resnet` acting on C/2 channels (bottleneck inner width C_out/8).
 
-Batch norm (SPEC §1.1). In train mode F and G normalise with the current batch statistics, and
-the running averages are updated exactly once per training step, from the forward pass:
+Batch norm (not invertible as a map of the batch, so it lives inside F and G). In train mode
+F and G normalise with the current batch statistics, and the running averages are updated
+exactly once per training step, from the forward pass:
 
 - each residual function is run as a pure `(variables, u, rng) -> (v, batch_stats)` with
   `variables = {"params": ..., "batch_stats": ...}` riding in the step's parameter pytree
@@ -26,11 +28,15 @@ In eval mode the running averages are used and the step has no aux.
 
 Stage transitions, `transition=`:
 
-- "stored" (the papers' design, SPEC §2.3): the first block of every stage is an
-  `engine.Transition` whose input is stored:
+- "stored" (the paper's design, Gomez et al. 2017, Section 3.1: "we store the activations
+  of the non-reversible layers"): the first block of every stage that changes width or
+  resolution is an `engine.Transition` whose input is stored:
   y1 = S(x1) + F_s(x2), y2 = S(x2) + G(y1), with F's first conv strided and widening, and the
   shortcut S = 2x2 average pool + symmetric zero channel padding (basic) or a 1x1 strided
   projection per half (bottleneck). The network's very first F omits its leading BN-ReLU.
+  A first block that changes neither (basic RevNet-110 stage 1: stem 32 -> 32, stride 1) has
+  the identity shortcut, y1 = x1 + F(x2), y2 = x2 + G(y1): an ordinary coupling, run as an
+  invertible step (same parameters; nothing stored).
 - "reversible" (fully invertible body, which stores nothing but its output): a stride-2 stage
   starts with the i-RevNet space-to-depth ψ of each half (C -> 4C, a permutation), then, if
   the stage's nominal width is larger, an injective zero padding of each half's channels
@@ -136,7 +142,7 @@ def stored_transition_block(
     train: bool,
     name: str = "revnet_transition",
 ) -> engine.Transition:
-    """First block of a stage (non-invertible; the engine stores its input), SPEC §2.3.
+    """First block of a stage (non-invertible; the engine stores its input), Gomez et al. 2017.
 
     y1 = S(x1) + F(x2), y2 = S(x2) + G(y1): (N, H, W, C_in/2) halves -> (N, H/s, W/s, C_out/2).
     S is a 1x1 strided projection per half (`projection`, params["shortcut"] = {"x1": W1,
@@ -326,7 +332,12 @@ class RevNet(ReversibleModel, nn.Module):
 
         for i, (n, stride) in enumerate(zip(self.units, self.strides)):
             c_in, c_out = widths[i], widths[i + 1]
-            if self.transition == "stored":
+            identity_shortcut = stride == 1 and c_in == c_out
+            if self.transition == "stored" and identity_shortcut and not self.bottleneck:
+                # S = identity: the first block is an ordinary coupling (nothing stored).
+                add_coupling(c_out, None, preactivate=i > 0)
+                remaining = n - 1
+            elif self.transition == "stored":
                 F = self._residual(c_out // 2, stride, preactivate=i > 0)
                 G = self._residual(c_out // 2)
                 projection = None

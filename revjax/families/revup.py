@@ -1,27 +1,31 @@
 """RevUp: invertible residual networks with Fixup initialisation, no coupling, no batch norm.
 
-Hypothesised design (SPEC §3.2 [H]; paper 001 survives as an abstract only). Every block is
-an i-ResNet step (SPEC §1.4) on the *whole* state, with no channel split::
+Hypothesised design: of "Reversible Fixup Networks for Memory-Efficient Training" (RevUp,
+2019) only the abstract is available (an invertible ResNet with Fixup initialisation, no
+coupling, no channel split, no batch norm, no extra parameters over the ResNet, memory constant
+in depth); the block below is reconstructed from its references. Every block is an i-ResNet
+step (Behrmann et al. (2019), arXiv:1811.00995, Section 2) on the *whole* state::
 
     y = x + g(x),        Lip(g) < 1,
 
 inverted by the Banach fixed-point iteration x_{k+1} = y − g(x_k), x_0 = y, which converges
 at the rate ‖x − x_k‖ ≤ L^k/(1−L) ‖g(y)‖ for L = Lip(g). The residual branch is the Fixup
-basic block (SPEC §1.5) with spectrally normalised 3x3 convolutions::
+basic block (Zhang, Dauphin, Ma (2019) "Fixup Initialization", arXiv:1901.09321, Section 3)
+with spectrally normalised 3x3 convolutions::
 
     g(x) = s · W2(φ(W1(x + b1a) + b1b) + b2a) + b2b
 
-(the scalar b2a sits *after* φ, before W2, as in the Fixup reference `FixupBasicBlock`; SPEC
-§3.2 writes it inside φ, which would merge it with b1b). W1: C→C_h and W2: C_h→C are softly
+(the scalar b2a sits *after* φ, before W2, as in the Fixup reference `FixupBasicBlock`; inside
+φ it would merge with b1b). W1: C→C_h and W2: C_h→C are softly
 normalised to operator norm ≤ c (revjax.spectral_norm), φ = ReLU or ELU (1-Lipschitz), the
 scalar biases do not change Lip(g), and the Fixup multiplier is parameterised as
 
     s = tanh(s_raw) / c,   |s| < 1/c,   so  Lip(g) ≤ |s|·c·c < c < 1
 
-("fold s into the Lipschitz budget", SPEC §3.2). s_raw starts at atanh(c), i.e. s = 1 exactly
+(s is folded into the Lipschitz budget). s_raw starts at atanh(c), i.e. s = 1 exactly
 as in Fixup, with a non-zero gradient (a hard clip at 1 would have a dead gradient above it).
 
-Backward pass (fused, SPEC §1.4): reconstruct x by the fixed point (no gradient through the
+Backward pass (fused, as in i-ResNet): reconstruct x by the fixed point (no gradient through the
 iteration), then one `jax.vjp(g, x)` at the reconstructed input::
 
     x̄ = ȳ + J_g(x)^T ȳ,   θ̄ = (∂g/∂θ)^T ȳ.
@@ -54,7 +58,14 @@ from jax import lax
 
 from revjax import engine, transitions
 from revjax.conv import conv
-from revjax.spectral_norm import init_power_vector, power_iteration, spectral_normalise
+from revjax.spectral_norm import (
+    bilinear_norm_estimate,
+    init_power_vector,
+    left_vector,
+    power_iteration,
+    power_iteration_pair,
+    soft_normalise,
+)
 from revjax.transitions import pool_pad
 
 __all__ = [
@@ -72,6 +83,9 @@ __all__ = [
     "fixup_branch",
     "init_fixup_branch",
     "init_branch_stats",
+    "advance_branch_stats",
+    "branch_weights",
+    "spectral_fixup_branch",
     "normalise_branch",
     "fixup_downsample_block",
     "init_fixup_downsample",
@@ -184,7 +198,8 @@ def fixed_point_residuals(
 ) -> jax.Array:
     """(num_iterations,) residuals d_k = max_i ‖x_k − x_{k−1}‖_i/‖y_i‖, k = 1..num_iterations.
 
-    For Lip(g) = L the contraction gives d_{k+1} ≤ L·d_k, i.e. d_k ≤ L^{k−1} d_1 (SPEC §8.1).
+    For Lip(g) = L the contraction gives d_{k+1} ≤ L·d_k, i.e. d_k ≤ L^{k−1} d_1 (Banach
+    fixed-point theorem).
     """
 
     def body(x, _):
@@ -298,7 +313,7 @@ def init_fixup_branch(
     c: float,
     dtype=jnp.float32,
 ) -> dict:
-    """Raw (un-normalised) Fixup branch parameters (SPEC §1.5, m = 2 layers per branch).
+    """Raw (un-normalised) Fixup branch parameters (Fixup, arXiv:1901.09321, m = 2 layers).
 
     W1 ~ He-normal(fan_out) × L^{−1/2}, W2 = 0 (so g ≡ 0 and the step is the identity at
     init), s_raw = atanh(c) (s = 1), all scalar biases 0.
@@ -318,31 +333,84 @@ def init_fixup_branch(
 def init_branch_stats(
     key: jax.Array, raw: dict, spatial: Sequence[int], num_iterations: int
 ) -> dict:
-    """Power-iteration vectors {"v1": (1, H, W, C), "v2": (1, H, W, C_h)} warmed up on `raw`.
+    """Power-iteration state of one branch, warmed up on `raw`.
 
-    v2 cannot be warmed on W2 = 0 (any vector is a singular vector of 0); it is random.
+    Returns {"v1": (1, H, W, C), "u1": (1, H, W, C_h), "v2": (1, H, W, C_h), "u2": (1, H, W, C)}:
+    right vectors v_i and left vectors u_i = K_i v_i/‖K_i v_i‖ (`power_iteration_pair`). v2 and
+    u2 cannot be warmed on W2 = 0 (any vector is a singular vector of 0); they are random.
     """
-    k1, k2 = jax.random.split(key)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
     w1, w2 = raw["w1"], raw["w2"]
-    v1 = init_power_vector(k1, (*spatial, w1.shape[2]), w1.dtype)
-    v2 = init_power_vector(k2, (*spatial, w2.shape[2]), w2.dtype)
-    return {
-        "v1": power_iteration(w1, v1, num_iterations),
-        "v2": power_iteration(w2, v2, num_iterations),
-    }
+    stats = {}
+    for i, w, ku, kv in ((1, w1, k1, k2), (2, w2, k3, k4)):
+        v = init_power_vector(kv, (*spatial, w.shape[2]), w.dtype)
+        u = init_power_vector(ku, (*spatial, w.shape[3]), w.dtype)
+        v = power_iteration(w, v, num_iterations)
+        stats[f"u{i}"], stats[f"v{i}"] = left_vector(w, v, u), v
+    return stats
+
+
+def advance_branch_stats(raw: dict, stats: dict, num_iterations: int) -> dict:
+    """`num_iterations` power iterations on W1 and W2, then the matching left vectors (no grad).
+
+    Args:
+      raw: one block's raw parameters (`init_fixup_branch`).
+      stats: its state (`init_branch_stats`).
+      num_iterations: >= 1 (with 0 the state is returned unchanged).
+    """
+    new = {}
+    for i in (1, 2):
+        new[f"u{i}"], new[f"v{i}"] = power_iteration_pair(
+            raw[f"w{i}"], stats[f"u{i}"], stats[f"v{i}"], num_iterations
+        )
+    return new
+
+
+def branch_weights(params: dict, c: float) -> dict:
+    """Raw branch parameters + state -> the normalised parameters of `fixup_branch`.
+
+    W̃_i = W_i / max(1, σ̂_i/c) with σ̂_i = u_iᵀ K_i v_i (`bilinear_norm_estimate`, u_i and
+    v_i stopped), s = tanh(s_raw)/c; the scalar biases pass through. Differentiable in W_i and
+    s_raw; the backward pass of σ̂_i needs only the state vectors u_i, v_i.
+
+    Args:
+      params: {"w1", "w2", "scale_raw", "b1a", "b1b", "b2a", "b2b"} (one block, raw) and
+        {"u1", "v1", "u2", "v2"} (its power-iteration state).
+      c: coefficient in (0, 1).
+    """
+    out = {k: params[k] for k in ("b1a", "b1b", "b2a", "b2b")}
+    for i in (1, 2):
+        w = params[f"w{i}"]
+        sigma = bilinear_norm_estimate(w, params[f"u{i}"], params[f"v{i}"])
+        out[f"w{i}"] = soft_normalise(w, sigma, c)
+    out["scale"] = fixup_scale(params["scale_raw"], c)
+    return out
+
+
+def spectral_fixup_branch(
+    params: dict, x: jax.Array, rng=None, *, c: float, activation: str = "relu"
+) -> jax.Array:
+    """g(x) = `fixup_branch`(`branch_weights`(params, c), x): normalisation inside the branch.
+
+    Used as the RevUp step's g: each block normalises its own raw weights from its own state,
+    so no depth-stacked copy of normalised weights, and no per-convolution K v residual of the
+    norm estimate, exists outside the block (the reversible step's memory stays flat in depth).
+
+    Args:
+      params: raw parameters and state of one block (see `branch_weights`).
+      x: (N, H, W, C).
+    """
+    return fixup_branch(branch_weights(params, c), x, rng, activation=activation)
 
 
 def normalise_branch(raw: dict, stats: dict, c: float, num_iterations: int) -> tuple[dict, dict]:
     """Raw branch parameters -> (parameters for `fixup_branch`, updated stats).
 
-    W̃_i = W_i / max(1, σ̂_i/c) after `num_iterations` power iterations (0 at evaluation), and
-    s = tanh(s_raw)/c. Gradients reach W_i and s_raw through this map (outside the engine).
+    W̃_i = W_i / max(1, σ̂_i/c) after `num_iterations` power iterations (0 at evaluation: the
+    state is used as it is), and s = tanh(s_raw)/c (`advance_branch_stats` + `branch_weights`).
     """
-    w1, _, v1 = spectral_normalise(raw["w1"], stats["v1"], c, num_iterations)
-    w2, _, v2 = spectral_normalise(raw["w2"], stats["v2"], c, num_iterations)
-    params = {k: raw[k] for k in ("b1a", "b1b", "b2a", "b2b")}
-    params.update(w1=w1, w2=w2, scale=fixup_scale(raw["scale_raw"], c))
-    return params, {"v1": v1, "v2": v2}
+    new_stats = advance_branch_stats(raw, stats, num_iterations)
+    return branch_weights({**raw, **new_stats}, c), new_stats
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""RevUp classifiers (SPEC §3.2 [H]): Fixup-initialised invertible residual networks, no BN.
+"""RevUp classifiers: Fixup-initialised invertible residual networks, no batch norm.
+
+"Reversible Fixup Networks for Memory-Efficient Training" (RevUp, 2019) survives as an abstract;
+the design (revjax.families.revup) combines i-ResNet blocks (Behrmann et al. (2019),
+arXiv:1811.00995) with Fixup initialisation (Zhang, Dauphin, Ma (2019), arXiv:1901.09321).
 
 Layout (NHWC)::
 
@@ -6,20 +10,30 @@ Layout (NHWC)::
 
 - Blocks: `revup.invertible_residual_step` over the Fixup branch (spectrally normalised 3x3
   convs, coefficient c), one `engine.Scan` per stage; gradients by fixed-point reconstruction.
-- `downsample="reversible"`: i-RevNet space-to-depth ψ between stages (fully invertible, state
-  channels x4 per stage; the branch's hidden width is `widths[s]`, so W1: 4^s·C_0 -> widths[s]
-  is a bottleneck as in i-ResNet). `downsample="stored"`: the first block of each later stage is
-  the Fixup strided block (an `engine.Transition`, input stored, widths exactly `widths`): the
-  network then has the FixupResNet parameter count.
+- `downsample="stored"` (default): the first block of each later stage is the Fixup strided
+  block (an `engine.Transition`, input stored, widths exactly `widths`), so the network has
+  exactly the parameters of the Fixup ResNet it replaces, as the RevUp abstract states ("no
+  extra parameters"): revup20 has 268,393 (FixupResNet-20), revup110 1,720,138.
+  `downsample="reversible"`: i-RevNet space-to-depth ψ between stages (Jacobsen, Smeulders,
+  Oyallon (2018), arXiv:1802.07088; fully invertible, nothing stored). It costs parameters: the
+  state has 4^s·C_0 channels in stage s and every block's W1: 4^s·C_0 -> widths[s],
+  W2: widths[s] -> 4^s·C_0 are wider, so revup20 has 1,012,201 parameters (3.8x FixupResNet-20).
 - `stem="conv"`: ReLU(conv_{k×k, stride}(x) + b) (+ 3x3/2 max-pool when `stem_pool`), stored
   (Transition; its input is the image). `stem="pad"`: injective zero-channel padding to
   `widths[0]` (i-RevNet style, invertible, no parameters).
 - Head: global average pool of ReLU(x), + scalar bias, dense; weights and bias 0 (Fixup).
 
-Spectral-norm power-iteration vectors live in the "spectral_stats" collection. They advance
-`n_power_iterations` times per call only when `train=True` *and* the collection is mutable::
+Spectral-norm power-iteration vectors (right v_i and left u_i = K_i v_i/‖K_i v_i‖ per
+convolution per block, one example's shape each) live in the "spectral_stats" collection. They
+advance `n_power_iterations` times per call, one block at a time, only when `train=True` *and*
+the collection is mutable::
 
     y, updates = model.apply(variables, x, train=True, mutable=["spectral_stats"])
+
+Otherwise they are used as stored. Each block normalises its own raw weights inside the engine
+step with σ̂_i = u_iᵀ K_i v_i (`revup.spectral_fixup_branch`), so the reversible training step
+keeps no per-block activation for the norm estimate and no depth-stacked normalised weights:
+its compiled temp memory does not grow with depth (tested; numbers in README).
 
 Nothing depends on the mini-batch (no BN): an example's logits are the same alone or in a batch.
 `model.apply(variables, x, method="fixed_point_trace")` returns the `FixedPointInfo` of every
@@ -37,6 +51,7 @@ import jax.numpy as jnp
 
 from revjax import engine
 from revjax.conv import conv
+from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import revup
 from revjax.heads import check_num_classes, conv_init
 from revjax.models import register
@@ -60,7 +75,7 @@ def _stem_transition(pool: bool, stride: int) -> engine.Transition:
     return engine.Transition(apply, name="stem")
 
 
-class RevUp(nn.Module):
+class RevUp(ReversibleModel, nn.Module):
     """RevUp classifier. Input (N, H, W, C_in) -> logits (N, num_classes).
 
     Attributes:
@@ -70,7 +85,8 @@ class RevUp(nn.Module):
       c: spectral-norm coefficient in (0, 1); Lip(g) < c.
       max_iter, tol: fixed-point budget of the inverse (tol relative to ‖y‖ per example).
       on_nonconvergence: "error" | "flag" (see revjax.families.revup).
-      downsample: "reversible" | "stored".
+      downsample: "stored" (default: the Fixup ResNet's parameters) | "reversible" (ψ; more
+        parameters, see the module docstring).
       stem: "conv" | "pad"; stem_kernel, stem_stride, stem_pool configure the conv stem.
       activation: "relu" | "elu".
       n_power_iterations: power-iteration steps per training call (i-ResNet block default 5;
@@ -87,7 +103,7 @@ class RevUp(nn.Module):
     max_iter: int = 100
     tol: float = 1e-5
     on_nonconvergence: str = "error"
-    downsample: str = "reversible"
+    downsample: str = "stored"
     stem: str = "conv"
     stem_kernel: int = 3
     stem_stride: int = 1
@@ -198,17 +214,16 @@ class RevUp(nn.Module):
                     jax.random.split(self.make_rng("params"), d), r
                 ),
             )
-            normalise = jax.vmap(
-                partial(
-                    revup.normalise_branch,
-                    c=self.c,
-                    num_iterations=self.n_power_iterations if update else 0,
+            if update and self.n_power_iterations > 0:
+                # One block at a time (lax.map, not vmap): the iteration's working set is one
+                # block's, not a depth-stacked copy.
+                stats.value = jax.lax.map(
+                    lambda rs: revup.advance_branch_stats(*rs, self.n_power_iterations),
+                    (raw, stats.value),
                 )
-            )
-            p, new_stats = normalise(raw, stats.value)
-            if update:
-                stats.value = new_stats
-            g = partial(revup.fixup_branch, activation=self.activation)
+            # Raw weights + state go into the engine; each block normalises its own weights.
+            p = {**raw, **stats.value}
+            g = partial(revup.spectral_fixup_branch, c=self.c, activation=self.activation)
             step = revup.invertible_residual_step(
                 g,
                 max_iter=self.max_iter,
@@ -234,7 +249,13 @@ class RevUp(nn.Module):
         )(feats)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, *, trace: bool = False):
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool = False,
+        *,
+        trace: bool = False,
+    ):
         """Logits (N, num_classes); with `trace=True` the body's fixed-point trace instead."""
         x = x.astype(self.dtype)
         layers, params, fns = self._body(x, train)
@@ -243,6 +264,7 @@ class RevUp(nn.Module):
                 layers, params, fns, x, max_iter=self.max_iter, tol=self.tol
             )
         h = engine.apply(layers, params, x, backprop=self.backprop)
+        sow_reconstruction_error(self, layers, params, x)
         return self._head(h)
 
     def fixed_point_trace(self, x: jax.Array) -> tuple:

@@ -21,15 +21,19 @@ memory is not divided by the number of devices. Spatial sharding pays for convol
 (`revjax.conv`) networks such as the hyperbolic 3D network.
 
 Multi-host: `maybe_initialize_distributed()` calls `jax.distributed.initialize()` when the
-environment describes a multi-process job (SLURM with several tasks, or explicit
-`JAX_COORDINATOR_ADDRESS`/`JAX_NUM_PROCESSES`, or a TPU pod slice's own metadata); each host
-feeds its `B / process_count` examples and `shard_batch` assembles the global array.
+environment describes a multi-process job (SLURM with several tasks, explicit
+`JAX_COORDINATOR_ADDRESS`/`JAX_NUM_PROCESSES`/`JAX_PROCESS_ID`, or a TPU pod slice's own
+metadata); each host feeds its `B / process_count` examples and `shard_batch` assembles the
+global array. `python -m revjax.train.launch` starts N such processes on one machine (CPU
+devices, gloo collectives) for testing what a multi-host job does.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -40,6 +44,8 @@ __all__ = [
     "DATA_AXIS",
     "SPACE_AXIS",
     "maybe_initialize_distributed",
+    "distributed_settings",
+    "wait_for_coordinator",
     "is_multiprocess_env",
     "make_mesh",
     "check_batch_divisible",
@@ -73,15 +79,119 @@ def is_multiprocess_env(environ: dict[str, str] | None = None) -> bool:
     return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
 
 
-def maybe_initialize_distributed() -> bool:
-    """Calls ``jax.distributed.initialize()`` iff ``is_multiprocess_env()``; returns whether.
+EXPLICIT_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+TIMEOUT_ENV = "REVJAX_DISTRIBUTED_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300
 
-    Must run before any other JAX call. JAX reads the coordinator, process count and id from
-    the environment (explicit variables, SLURM or TPU cluster detection).
+
+def _int_env(env, key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise ValueError(f"{key}={env[key]!r} is not an integer") from None
+
+
+def distributed_settings(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """Keyword arguments for `jax.distributed.initialize`, or None for a single process.
+
+    Explicit launch (all three of ``JAX_COORDINATOR_ADDRESS=host:port``,
+    ``JAX_NUM_PROCESSES=N``, ``JAX_PROCESS_ID=i``, as `revjax.train.launch` sets them): they are
+    passed to `initialize` (JAX itself reads only the address from the environment). SLURM
+    with several tasks or a multi-host TPU slice: {} plus the timeout, JAX detects the rest.
+    ``REVJAX_DISTRIBUTED_TIMEOUT`` (seconds, default 300) bounds the wait for the coordinator
+    and for all processes to join.
+
+    Raises:
+      ValueError: explicit variables incomplete (names the missing ones) or inconsistent
+        (non-integers, N < 1, i outside [0, N), an address without a port).
     """
-    if not is_multiprocess_env():
+    env = os.environ if environ is None else environ
+    timeout = _int_env(env, TIMEOUT_ENV) if env.get(TIMEOUT_ENV) else DEFAULT_TIMEOUT_S
+    if timeout < 1:
+        raise ValueError(f"{TIMEOUT_ENV} must be >= 1 second, got {timeout}")
+    given = [k for k in EXPLICIT_ENV if env.get(k)]
+    if given:
+        missing = [k for k in EXPLICIT_ENV if not env.get(k)]
+        if missing:
+            raise ValueError(
+                f"multi-process launch: {', '.join(given)} set but {', '.join(missing)} "
+                "missing; set all of JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES, "
+                "JAX_PROCESS_ID (or use `python -m revjax.train.launch`)"
+            )
+        address = env["JAX_COORDINATOR_ADDRESS"]
+        num, pid = _int_env(env, "JAX_NUM_PROCESSES"), _int_env(env, "JAX_PROCESS_ID")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS={address!r} must be host:port")
+        if num < 1 or not 0 <= pid < num:
+            raise ValueError(
+                f"JAX_PROCESS_ID={pid} must lie in [0, JAX_NUM_PROCESSES={num}) and N >= 1"
+            )
+        return dict(
+            coordinator_address=address,
+            num_processes=num,
+            process_id=pid,
+            initialization_timeout=timeout,
+        )
+    if is_multiprocess_env(env):
+        return dict(initialization_timeout=timeout)
+    return None
+
+
+def wait_for_coordinator(address: str, timeout: float, poll: float = 0.5) -> None:
+    """Block until a TCP connection to the coordinator `host:port` succeeds, or raise.
+
+    XLA's own failure to register with an absent coordinator aborts the process (SIGABRT, a C++
+    stack trace); this check, run by every process but 0 before `jax.distributed.initialize`,
+    turns it into a Python error naming the address, within `timeout` seconds.
+
+    Raises:
+      RuntimeError: not reachable within `timeout`.
+    """
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=poll):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"coordinator {address} not reachable within {timeout} s ({error}); start "
+                    "process 0 (the coordinator) on that host and port, or raise "
+                    f"{TIMEOUT_ENV}"
+                ) from None
+            time.sleep(poll)
+
+
+def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
+    """`jax.distributed.initialize(**distributed_settings())` for a multi-process job.
+
+    Must run before any other JAX call. On the CPU backend the cross-process collectives are
+    JAX's gloo implementation (``jax_cpu_collectives_implementation="gloo"``; the setting does
+    not affect GPU/TPU backends). Returns whether a distributed runtime was started.
+
+    Raises:
+      ValueError: a malformed environment (see `distributed_settings`), before any waiting.
+      RuntimeError: the coordinator was not reached, or not every process joined, within the
+        timeout; the message names the address, the process and the timeout.
+    """
+    settings = distributed_settings(environ)
+    if settings is None:
         return False
-    jax.distributed.initialize()
+    if settings.get("process_id", 0) != 0:
+        wait_for_coordinator(settings["coordinator_address"], settings["initialization_timeout"])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**settings)
+    except Exception as error:  # XlaRuntimeError (DEADLINE_EXCEEDED, UNAVAILABLE, ...)
+        where = settings.get("coordinator_address", "the detected coordinator")
+        who = settings.get("process_id", "?")
+        raise RuntimeError(
+            f"jax.distributed.initialize failed for process {who} with coordinator {where} "
+            f"within {settings['initialization_timeout']} s: is the coordinator (process 0) "
+            f"running and reachable, and did all processes start? ({error})"
+        ) from error
     return True
 
 

@@ -284,7 +284,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
     path = Path(workdir).expanduser().absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test.{os.getpid()}"  # one per process: no race
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:

@@ -1,0 +1,152 @@
+"""Start an N-process JAX job on this machine: what a multi-host launch does, on one host.
+
+Each process gets ``JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT``, ``JAX_NUM_PROCESSES=N`` and
+``JAX_PROCESS_ID=i`` (read by `revjax.train.sharding.maybe_initialize_distributed`) and, with
+``--cpu-devices K``, ``JAX_PLATFORMS=cpu`` and ``--xla_force_host_platform_device_count=K``
+(K host CPU devices per process; cross-process collectives over gloo). Usage::
+
+    python -m revjax.train.launch --num-processes 2 --cpu-devices 2 -- \\
+        python -m revjax.train --config=default:smoke --workdir=/tmp/mp
+
+If any process exits with a non-zero status (or is killed), the others are terminated
+(SIGTERM, then SIGKILL after ``--grace`` seconds) and the launcher exits with that status;
+``--timeout`` bounds the whole job. A process's output lines are prefixed with ``[i]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ["free_port", "process_env", "launch", "main"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for the coordinator)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(
+    base: dict[str, str], process_id: int, num_processes: int, port: int, cpu_devices: int | None
+) -> dict[str, str]:
+    """The environment of process `process_id` of an N-process job coordinated on 127.0.0.1."""
+    env = dict(base)
+    env.update(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES=str(num_processes),
+        JAX_PROCESS_ID=str(process_id),
+    )
+    if cpu_devices:
+        flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+        flags.append(f"--xla_force_host_platform_device_count={cpu_devices}")
+        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+    return env
+
+
+def _relay(stream, prefix: str, out) -> None:
+    for line in iter(stream.readline, ""):
+        out.write(f"{prefix}{line}")
+        out.flush()
+
+
+def _stop(procs, grace: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch(
+    command: list[str],
+    num_processes: int,
+    *,
+    cpu_devices: int | None = None,
+    port: int | None = None,
+    timeout: float | None = None,
+    grace: float = 10.0,
+    env: dict[str, str] | None = None,
+    out=None,
+) -> int:
+    """Run `command` as processes 0..N-1; returns 0 when all succeed, else the first failure's
+    exit status (negative: killed by that signal; 124: the job exceeded `timeout`)."""
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if not command:
+        raise ValueError("no command to launch")
+    out = sys.stdout if out is None else out
+    port = free_port() if port is None else port
+    base = dict(os.environ if env is None else env)
+    procs, relays = [], []
+    for i in range(num_processes):
+        p = subprocess.Popen(
+            command,
+            env=process_env(base, i, num_processes, port, cpu_devices),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(p)
+        t = threading.Thread(target=_relay, args=(p.stdout, f"[{i}] ", out), daemon=True)
+        t.start()
+        relays.append(t)
+    start, status = time.monotonic(), 0
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                status = failed[0]
+                break
+            if all(c == 0 for c in codes):
+                break
+            if timeout is not None and time.monotonic() - start > timeout:
+                out.write(f"launch: job exceeded {timeout} s; stopping all processes\n")
+                status = 124
+                break
+            time.sleep(0.1)
+    finally:
+        _stop(procs, grace)
+        for p, t in zip(procs, relays):
+            t.join(timeout=5)
+            p.stdout.close()
+    if status:
+        out.write(f"launch: a process failed with status {status}; all processes stopped\n")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-processes", "-n", type=int, required=True)
+    parser.add_argument("--cpu-devices", type=int, default=None, help="host CPU devices each")
+    parser.add_argument("--port", type=int, default=None, help="coordinator port (default: free)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds for the whole job")
+    parser.add_argument("--grace", type=float, default=10.0, help="SIGTERM -> SIGKILL seconds")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command ...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return launch(
+        command,
+        args.num_processes,
+        cpu_devices=args.cpu_devices,
+        port=args.port,
+        timeout=args.timeout,
+        grace=args.grace,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
