@@ -206,11 +206,15 @@ class ChangNet(ReversibleModel, nn.Module):
         for s in range(len(config.units)):
             name = f"stage{s + 1}"
             params[name] = self.param(name, lambda k, s=s: collection(init_stage(k, s), "params"))
-            shapes = jax.eval_shape(lambda k, s=s: init_stage(k, s), jax.random.key(0))
             stats[name] = self.variable(
                 "batch_stats",
                 name,
-                lambda shapes=shapes: initial_batch_stats(collection(shapes, "batch_stats")),
+                lambda s=s: initial_batch_stats(
+                    collection(
+                        jax.eval_shape(lambda k: init_stage(k, s), jax.random.key(0)),
+                        "batch_stats",
+                    )
+                ),
             )
         # Per block {"F": {"params", "batch_stats"}, "G": ...}: the residual functions' variables.
         merged = {
