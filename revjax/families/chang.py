@@ -52,7 +52,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -135,9 +134,9 @@ def verlet_step_with_stats(
 ) -> engine.InvertibleStep:
     """Verlet block whose residual functions carry batch statistics (BN inside F and G).
 
-    F, G: pure `(variables, u, rng) -> (v, batch_stats)` (`revjax.families.revnet.
-    residual_with_stats`), `variables = {"params", "batch_stats"}`. In train mode the forward
-    returns ((Y', Z'), {"F": stats, "G": stats}) (`has_aux=True`): the running averages updated
+    F, G: pure `(variables, u, rng) -> (v, batch_stats)` (`revjax.nn.residual_with_stats`),
+    `variables = {"params", "batch_stats"}`. In train mode the forward returns
+    ((Y', Z'), {"F": stats, "G": stats}) (`has_aux=True`): the running averages updated
     once, by the forward pass; the inverse and the fused backward (`integrators.verlet_step`)
     use the output values only, so the reconstruction normalises with the same batch
     statistics (its input is the forward's input) and never updates them. In eval mode the
@@ -213,7 +212,7 @@ def leapfrog_start(rule: str, h: float) -> engine.InvertibleStep:
 def _kernel(key, channels_in, channels_out, dtype):
     std = (2.0 / (KERNEL_SIZE * KERNEL_SIZE * channels_out)) ** 0.5
     shape = (KERNEL_SIZE, KERNEL_SIZE, channels_in, channels_out)
-    return nn.initializers.truncated_normal(stddev=std, dtype=dtype)(key, shape)
+    return jax.nn.initializers.truncated_normal(stddev=std, dtype=dtype)(key, shape)
 
 
 def init_block(

@@ -77,9 +77,10 @@ from revjax import engine
 from revjax.conv import conv, conv_transpose
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
-from revjax.families.revnet import initial_batch_stats, residual_with_stats
-from revjax.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.families.revnet import initial_batch_stats
 from revjax.models import register
+from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.nn import residual_with_stats
 
 __all__ = ["ChangNet", "HamiltonianResidual", "DEFAULT_STEP_SIZES", "default_step_size"]
 

@@ -36,8 +36,8 @@ import optax
 from revjax import engine, fixed_point
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
-from revjax.heads import check_num_classes
 from revjax.models import register
+from revjax.models.heads import check_num_classes
 
 __all__ = ["COMPARISON_VARIANTS", "HyperbolicSegmenter", "pixelwise_cross_entropy"]
 
