@@ -6,6 +6,10 @@ circular_rd}`` (18 classifiers, CIFAR-10 by default; pass ``num_classes=100`` fo
 and 96x96 inputs for STL-10: the counts do not depend on the image size) and
 ``lean_hamiltonian`` / ``lean_hamiltonian_circulant`` (reversible).
 
+The six step types and the connecting layer are the linen modules ``STEP_MODULES`` and
+``ConnectingLayer`` below; their operators, equations and closed-form parameter counts are the
+pure functions of :mod:`revjax.families.lean`.
+
 Skeleton, for an input ``(N, H, W, 3)`` with ``H, W`` divisible by ``2^num_blocks``::
 
     stem      5x5 conv 3 -> c₀ (no bias) + BN + ReLU                (N, H, W, c₀)
@@ -17,8 +21,9 @@ A and B have 3 blocks (c₀ = 32 and 48), C has 4 (c₀ = 32). A connecting laye
 block, the last one included: only then do the paper's counts for B on CIFAR-10 vs CIFAR-100
 (216K vs 250K) differ by the 384 x 90 + 90 = 34,650 weights of a 384-wide classifier.
 
-Parameter counts (``parameter_table``). Table 2 of the paper is reproduced when BatchNorm
-scales/offsets are *not* counted (the paper evidently counts conv and FC weights only):
+Parameter counts (``parameter_table``; printed by ``experiments/lean_parameter_table.py``).
+Table 2 of the paper is reproduced when BatchNorm scales/offsets are *not* counted (the paper
+evidently counts conv and FC weights only):
 MobileNet and all RD nets A/B/B-100/C-100 give 101,066 / 216,106 / 250,756 / 423,460, printed
 101K, 216K, 250K or 251K, 423K (the paper rounds some figures and truncates others, see
 ``printed_as``); ResNet B and C match too. The remaining differences are documented, not
@@ -75,7 +80,6 @@ __all__ = [
     "count_weights",
     "parameter_table",
     "printed_as",
-    "format_parameter_table",
 ]
 
 NETWORKS = {"a": (32, 3), "b": (48, 3), "c": (32, 4)}  # stem width c₀, number of blocks
@@ -518,15 +522,3 @@ def parameter_table(image_size: int = 32) -> list[dict]:
             )
     return rows
 
-
-def format_parameter_table(rows: list[dict] | None = None) -> str:
-    """The rows of :func:`parameter_table` as a fixed-width text table."""
-    rows = parameter_table() if rows is None else rows
-    header = f"{'model':<24}{'classes':>8}{'params':>12}{'weights':>12}{'paper':>12}  match  note"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['name']:<24}{r['num_classes']:>8}{r['params']:>12,}{r['weights']:>12,}"
-            f"{r['paper']:>12,}  {'yes' if r['matches'] else 'no':<5}  {r['note']}"
-        )
-    return "\n".join(lines)
