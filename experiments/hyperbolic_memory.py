@@ -46,9 +46,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from hyperbolic_variants import COMPARISON_VARIANTS, pixelwise_cross_entropy
 
 from revjax import memory, models
-from revjax.models.hyperbolic import COMPARISON_VARIANTS
 
 GIB = 2**30
 
@@ -88,7 +88,7 @@ def compiled_memory(model, shape: tuple[int, ...]) -> dict[str, int]:
     def loss(v, batch):
         clip, labels = batch
         logits = model.apply(v, clip, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return pixelwise_cross_entropy(logits, labels)
 
     return memory.update_step_memory(loss, variables, batch, OPTIMIZER)
 

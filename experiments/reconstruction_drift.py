@@ -54,8 +54,8 @@ from revjax import couplings, engine, spectral_norm
 from revjax import fixed_point as fp
 from revjax.conv import conv
 from revjax.families import chang
-from revjax.heads import conv_init
 from revjax.models.chang import DEFAULT_STEP_SIZES
+from revjax.models.heads import conv_init
 
 BATCH, SIZE, WIDTH = 2, 8, 8
 DTYPE = jnp.float32

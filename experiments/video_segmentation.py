@@ -32,10 +32,10 @@ import tempfile
 
 import numpy as np
 import optax
+from hyperbolic_variants import COMPARISON_VARIANTS
 
 from revjax import configs, data
 from revjax.memory import model_step_memory
-from revjax.models.hyperbolic import COMPARISON_VARIANTS
 from revjax.train import trainer
 
 LABELS = {"reversible": "(a) reversible", "store": "(b) store", "block": "(c) block-reversible"}

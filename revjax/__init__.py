@@ -5,8 +5,10 @@ Layers of the package (each imports only from those above it):
 - `revjax.engine`: invertible steps as values; the one custom_vjp (Scan + chain forms).
 - `revjax.couplings`, `revjax.integrators`, `revjax.transitions`: generic invertible steps.
 - operators: `revjax.conv`, `revjax.wavelets`, `revjax.space_to_depth`, `revjax.fft`.
-- `revjax.nn`: Flax linen modules over the pure functions.
-- `revjax.families.*`: one module per paper; `revjax.models`: the registry.
+- `revjax.nn`, `revjax.drift`: generic Flax linen glue over the pure functions.
+- `revjax.families.<paper>`: that paper's layers, steps and parameter trees as pure functions
+  (no flax); `revjax.models.<paper>`: its Flax linen modules and registry entries;
+  `revjax.models`: the registry, `revjax.models.heads`: the shared stem and classifier head.
 - `revjax.data`, `revjax.train`: input pipelines and the training system.
 - `revjax.memory` (compiled memory of a training step: the donated optimizer update) and
   `revjax.benchmark` (interleaved round-robin timing): the one way to measure, shared by the

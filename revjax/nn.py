@@ -35,7 +35,13 @@ from revjax import engine
 from revjax.couplings import additive_coupling, affine_coupling, merge_halves, split_halves
 from revjax.drift import sow_reconstruction_error
 
-__all__ = ["residual_fn", "init_stacked", "accepts_deterministic", "CouplingStack"]
+__all__ = [
+    "residual_fn",
+    "residual_with_stats",
+    "init_stacked",
+    "accepts_deterministic",
+    "CouplingStack",
+]
 
 
 def residual_fn(module: nn.Module, **call_kwargs: Any) -> Callable[..., Any]:
@@ -51,6 +57,25 @@ def residual_fn(module: nn.Module, **call_kwargs: Any) -> Callable[..., Any]:
         return module.apply(variables, u, rngs=rngs, **call_kwargs)
 
     return fn
+
+
+def residual_with_stats(module: nn.Module, train: bool):
+    """Pure (variables, u, rng) -> (v, batch_stats) for a linen residual module with BN.
+
+    `variables` is {"params": ..., "batch_stats": ...}. Train mode normalises with the batch
+    statistics of u and returns the running averages updated once,
+    momentum * old + (1 − momentum) * batch; eval mode uses (and returns) the stored ones.
+    """
+    module = module.clone(parent=None)
+
+    def fn(variables, u, rng=None):
+        if train:
+            v, updates = module.apply(variables, u, train=True, mutable=["batch_stats"])
+            return v, updates["batch_stats"]
+        return module.apply(variables, u, train=False), variables["batch_stats"]
+
+    return fn
+
 
 
 def accepts_deterministic(module: nn.Module) -> bool:

@@ -35,3 +35,51 @@ def test_memory_vs_depth_quick(tmp_path):
     assert rev[deepest]["temp_bytes"] - rev[shallow]["temp_bytes"] <= param_growth
     assert store[deepest] > 5 * rev[deepest]["temp_bytes"]
     assert rev[deepest]["time_ratio_this_over_store"] > 0
+
+
+def _load_script(name: str):
+    """An experiments/ script as a module (its main() is not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lean_parameter_table_formats_one_line_per_row():
+    """The Table-2 report: a header, a rule, then name, classes, counts with thousands
+    separators, paper figure, yes/no and the note, one row per line."""
+    script = _load_script("lean_parameter_table")
+    rows = [
+        dict(name="lean_a_mobilenet", num_classes=10, params=102_538, weights=101_066,
+             paper=101_000, matches=True, note=""),
+        dict(name="lean_b_resnet", num_classes=100, params=3_531_000, weights=3_528_772,
+             paper=3_400_000, matches=False, note="differs"),
+    ]
+    lines = script.format_parameter_table(rows).split("\n")
+    assert len(lines) == 4 and set(lines[1]) == {"-"}
+    assert lines[0].split() == ["model", "classes", "params", "weights", "paper", "match", "note"]
+    assert lines[2].split() == ["lean_a_mobilenet", "10", "102,538", "101,066", "101,000", "yes"]
+    assert lines[3].split() == [
+        "lean_b_resnet", "100", "3,531,000", "3,528,772", "3,400,000", "no", "differs"
+    ]
+
+
+def test_hyperbolic_variants_are_valid_model_overrides():
+    """Each comparison variant builds hyperbolic3d; the loss is the mean per-voxel CE."""
+    import jax
+    import jax.numpy as jnp
+
+    from revjax import models
+
+    variants = _load_script("hyperbolic_variants")
+    assert set(variants.COMPARISON_VARIANTS) == {"reversible", "store", "block"}
+    for overrides in variants.COMPARISON_VARIANTS.values():
+        model = models.create("hyperbolic3d", **overrides)
+        assert all(getattr(model, k) == v for k, v in overrides.items())
+    logits = jnp.arange(24.0).reshape(1, 2, 3, 4) / 10
+    labels = jnp.array([[[0, 1, 2], [3, 0, 1]]])
+    log_p = jax.nn.log_softmax(logits)
+    expected = -jnp.take_along_axis(log_p, labels[..., None], axis=-1).mean()
+    assert jnp.allclose(variants.pixelwise_cross_entropy(logits, labels), expected, rtol=1e-12)

@@ -10,9 +10,9 @@ import pytest
 
 from revjax import models
 from revjax.couplings import split_halves
-from revjax.families.resnet import BasicResidual, BottleneckResidual
-from revjax.families.revnet import bn_coupling
-from revjax.heads import BN_MOMENTUM
+from revjax.models.heads import BN_MOMENTUM
+from revjax.models.resnet import BasicResidual, BottleneckResidual
+from revjax.models.revnet import bn_coupling
 
 F64 = jnp.float64
 # One stage of two blocks: basic at stride 2 (pool_pad shortcut / space-to-depth) and
@@ -325,7 +325,7 @@ def test_stage_first_block_with_identity_shortcut_is_an_ordinary_coupling():
     import flax.linen as nn
 
     from revjax import engine
-    from revjax.families.revnet import RevNet
+    from revjax.models.revnet import RevNet
 
     seen = []
 

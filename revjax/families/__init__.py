@@ -1,1 +1,4 @@
-"""One module per paper family (RevNet, Chang et al., hyperbolic, RevUp, LeanResNet)."""
+"""One module per paper family (RevNet and its ResNet baseline, Chang et al., hyperbolic, RevUp,
+LeanResNet): engine layers, steps and parameter trees as pure functions. Nothing here imports
+flax; each paper's Flax linen modules and registry entries are in `revjax.models.<paper>`.
+"""

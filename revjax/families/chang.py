@@ -1,26 +1,32 @@
-"""Hamiltonian, midpoint and leapfrog networks (Chang, Meng, Haber, Ruthotto et al., AAAI 2018).
+"""Hamiltonian, midpoint and leapfrog networks (Chang, Meng, Haber, Ruthotto, Begert, Holtham
+2018, "Reversible Architectures for Arbitrarily Deep Residual Neural Networks", AAAI,
+arXiv:1709.03698).
 
 Pure steps, parameter initialisation, body layouts and the weight-smoothness regulariser
-(SPEC §4). Every step is built on `revjax.integrators`, whose fused backward rules the
-engine runs; nothing here writes a VJP. Convolutions are `revjax.conv.conv` (K) and
+(Chang et al. 2018, Sec. 3). Every step is built on `revjax.integrators`, whose fused backward
+rules the engine runs; nothing here writes a VJP. Convolutions are `revjax.conv.conv` (K) and
 `revjax.conv.conv_transpose` (its exact adjoint K^T, same weights).
 
-Hamiltonian block (official code form, SPEC §4.1), state (Y, Z) = channel halves (C/2 each),
-K: 3x3 kernel (3, 3, C/2, C/2), per-channel biases β₁, β₂ ∈ R^{C/2}::
+Hamiltonian block (Chang et al. 2018, Sec. 3, "Hamiltonian Inspired Neural Networks", in the
+form of the official code, github.com/changebo/revnet-public `hamiltonian_model.py`), state
+(Y, Z) = channel halves (C/2 each), K: 3x3 kernel (3, 3, C/2, C/2), per-channel biases
+β₁, β₂ ∈ R^{C/2}::
 
     F(z) = h · K^T ReLU(K (z + β₁) + β₂)          (β₁ omitted in the network's first block)
     Y' = Y + F(Z),   Z' = Z − G(Y')               (`integrators.verlet_step`; G like F)
 
-h is folded into F and G once (SPEC §4.6); the official default is h = 1.
+h is folded into F and G once (as in the official code); the official default is h = 1.
 
-Midpoint step (SPEC §4.2, operator option (i)), state (Y_{j−1}, Y_j), C channels each,
+Midpoint step (Chang et al. 2018, Sec. 3, "Midpoint Network"; anti-symmetric operator
+K = W − W^T), state (Y_{j−1}, Y_j), C channels each,
 W: (3, 3, C, C), b ∈ R^C::
 
     K Y = W Y − W^T Y   (anti-symmetric:  ⟨K u, v⟩ = −⟨u, K v⟩)
     g(Y) = ReLU(K Y + b),   Y_{j+1} = Y_{j−1} + 2h g(Y_j)
     start: (Y_0, Y_0 + h g_0(Y_0))                (`integrators.euler_start`)
 
-Leapfrog step (SPEC §4.3), state (Y_{j−1}, Y_j), K: (3, 3, C, C), b ∈ R^C::
+Leapfrog step (Chang et al. 2018, Sec. 3, "Leapfrog Network"), state (Y_{j−1}, Y_j),
+K: (3, 3, C, C), b ∈ R^C::
 
     f(Y) = −K^T ReLU(K Y + b),   Y_{j+1} = 2Y_j − Y_{j−1} + h² f(Y_j)
     start "zero_velocity": (Y_0, Y_0)                               (default; Meganet, HyperNet)
@@ -52,7 +58,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -98,7 +103,7 @@ START_RULES = {
     "midpoint": ("euler",),
     "leapfrog": ("zero_velocity", "second_order"),
 }
-WEIGHT_SMOOTH_RATE = 2e-4  # official `weight_smooth_rate` (SPEC §4.1)
+WEIGHT_SMOOTH_RATE = 2e-4  # official code's `weight_smooth_rate` (Chang et al. 2018, Sec. 3)
 KERNEL_SIZE = 3
 _KERNEL_NAMES = ("K", "W")
 
@@ -135,9 +140,9 @@ def verlet_step_with_stats(
 ) -> engine.InvertibleStep:
     """Verlet block whose residual functions carry batch statistics (BN inside F and G).
 
-    F, G: pure `(variables, u, rng) -> (v, batch_stats)` (`revjax.families.revnet.
-    residual_with_stats`), `variables = {"params", "batch_stats"}`. In train mode the forward
-    returns ((Y', Z'), {"F": stats, "G": stats}) (`has_aux=True`): the running averages updated
+    F, G: pure `(variables, u, rng) -> (v, batch_stats)` (`revjax.nn.residual_with_stats`),
+    `variables = {"params", "batch_stats"}`. In train mode the forward returns
+    ((Y', Z'), {"F": stats, "G": stats}) (`has_aux=True`): the running averages updated
     once, by the forward pass; the inverse and the fused backward (`integrators.verlet_step`)
     use the output values only, so the reconstruction normalises with the same batch
     statistics (its input is the forward's input) and never updates them. In eval mode the
@@ -213,7 +218,7 @@ def leapfrog_start(rule: str, h: float) -> engine.InvertibleStep:
 def _kernel(key, channels_in, channels_out, dtype):
     std = (2.0 / (KERNEL_SIZE * KERNEL_SIZE * channels_out)) ** 0.5
     shape = (KERNEL_SIZE, KERNEL_SIZE, channels_in, channels_out)
-    return nn.initializers.truncated_normal(stddev=std, dtype=dtype)(key, shape)
+    return jax.nn.initializers.truncated_normal(stddev=std, dtype=dtype)(key, shape)
 
 
 def init_block(
@@ -485,8 +490,9 @@ def _lookup(tree: PyTree, path) -> jax.Array | None:
 def weight_smoothness(params: PyTree, rate: float = WEIGHT_SMOOTH_RATE) -> jax.Array:
     """R = rate · Σ_stages Σ_j ½‖K_{j+1} − K_j‖²_F, over consecutive blocks of each stage.
 
-    Official form (SPEC §4.1, `tf.nn.l2_loss` includes the ½; rate = 2e-4). Kernels are the
-    leaves named "K" or "W" (each Hamiltonian F- and G-kernel sequence separately); biases are
+    Official form (Chang et al. 2018, Sec. 3, "Regularization", as in the official code:
+    `tf.nn.l2_loss` includes the ½; rate = 2e-4). Kernels are the leaves named "K" or "W"
+    (each Hamiltonian F- and G-kernel sequence separately); biases are
     not smoothed. In a stage the sequence is the "first" block followed by the stacked
     "rest" blocks; pairs of different shapes (a first block at the previous stage's width) are
     skipped.

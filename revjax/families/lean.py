@@ -44,21 +44,22 @@ instead used as the ``K`` inside the reversible Hamiltonian force ``F(z) = h K�
 (:func:`low_cost_force`, :func:`low_cost_hamiltonian_step`), with ``K = M ∘ K_dw`` (FFT
 depthwise then 1x1 mix) or ``K = K_circ``, and ``Kᵀ`` the exact adjoint built from
 ``revjax.fft.*_adjoint``.
+
+This module is pure (operators, initialisers, parameter counts, the reversible force); the six
+steps and the connecting layer as Flax linen modules (``STEP_MODULES``, ``ConnectingLayer``)
+are in :mod:`revjax.models.lean`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from revjax import fft, fixed_point, integrators
-from revjax.conv import conv
 from revjax.engine import InvertibleStep
-from revjax.heads import batch_norm, conv_init
 
 __all__ = [
     "DEFAULT_H",
@@ -71,14 +72,6 @@ __all__ = [
     "channel_mix_adjoint",
     "off_diagonal",
     "step_param_count",
-    "ResNetStep",
-    "MobileNetStep",
-    "LinearMixStep",
-    "ExplicitRDStep",
-    "ImplicitRDStep",
-    "CircularRDStep",
-    "STEP_MODULES",
-    "ConnectingLayer",
     "low_cost_operator",
     "low_cost_force",
     "low_cost_hamiltonian_step",
@@ -133,11 +126,11 @@ def _check_channels(kernel: jax.Array, channels: int, where: str) -> None:
 
 def depthwise_init(kernel_size: int):
     """Truncated normal, std ``1/m``: ``‖K_dw‖² ≈ (Σ|w|)² ≈ 6`` for a 3x3 stencil."""
-    return nn.initializers.truncated_normal(stddev=1.0 / kernel_size)
+    return jax.nn.initializers.truncated_normal(stddev=1.0 / kernel_size)
 
 
 def _mix_init(channels: int):
-    return nn.initializers.truncated_normal(stddev=(2.0 / channels) ** 0.5)
+    return jax.nn.initializers.truncated_normal(stddev=(2.0 / channels) ** 0.5)
 
 
 def depthwise_zero_pad(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -213,146 +206,6 @@ def _check_step_type(step: str) -> str:
     return step
 
 
-# --------------------------------------------------------------------------- step modules
-
-
-class _LeanModule(nn.Module):
-    """Shared fields and helpers (not registered; subclass only)."""
-
-    kernel_size: int = 3
-    dtype: jnp.dtype = jnp.float32
-
-    def _bn(self, x, train: bool, name: str):
-        return batch_norm(self.dtype, name=name)(x, use_running_average=not train)
-
-    def _depthwise_kernel(self, name: str, c: int):
-        m = self.kernel_size
-        return self.param(name, depthwise_init(m), (m, m, c), self.dtype)
-
-    def _mix(self, name: str, c: int):
-        return self.param(name, _mix_init(c), (c, c), self.dtype)
-
-
-class ResNetStep(_LeanModule):
-    """``y + K₂ σ(N(K₁ y))`` with full ``m x m`` convs (zero padding); ``2m²c² + 2c`` params."""
-
-    @nn.compact
-    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(y, self.kernel_size, self.dtype, "ResNetStep")
-        m = self.kernel_size
-        k1 = self.param("kernel1", conv_init(m, c), (m, m, c, c), self.dtype)
-        k2 = self.param("kernel2", conv_init(m, c), (m, m, c, c), self.dtype)
-        return y + conv(nn.relu(self._bn(conv(y, k1), train, "bn")), k2)
-
-
-class MobileNetStep(_LeanModule):
-    """``σ(N(M σ(N(K_dw y))))`` (zero padding); ``m²c + c² + 4c`` params."""
-
-    @nn.compact
-    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(y, self.kernel_size, self.dtype, "MobileNetStep")
-        dw = self._depthwise_kernel("dw_kernel", c)
-        mix = self._mix("mix", c)
-        u = nn.relu(self._bn(depthwise_zero_pad(y, dw), train, "bn_dw"))
-        return nn.relu(self._bn(channel_mix(u, mix), train, "bn_mix"))
-
-
-class LinearMixStep(_LeanModule):
-    """``y + K_lm,2 σ(N(K_lm,1 y))``, ``K_lm u = K_dw u + M_off u``; ``2(m²c + c² − c) + 2c``.
-
-    ``M_off`` has a zero diagonal (stored as ``(c, c − 1)``, see :func:`off_diagonal`) so that
-    the centre tap is parameterised once, by ``K_dw``.
-    """
-
-    @nn.compact
-    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(y, self.kernel_size, self.dtype, "LinearMixStep")
-        if c < 2:
-            raise ValueError(f"LinearMixStep needs at least 2 channels, got {c}")
-
-        def k_lm(u, index):
-            dw = self._depthwise_kernel(f"dw_kernel{index}", c)
-            off = self.param(f"mix_off{index}", _mix_init(c), (c, c - 1), self.dtype)
-            return depthwise_zero_pad(u, dw) + channel_mix(u, off_diagonal(off))
-
-        return y + k_lm(nn.relu(self._bn(k_lm(y, 1), train, "bn")), 2)
-
-
-class _ReactionDiffusion(_LeanModule):
-    """Shared RD pieces: step size ``h`` and the reaction term ``σ(N(M y))``."""
-
-    h: float = DEFAULT_H
-
-    def _reaction(self, y, c, train):
-        return nn.relu(self._bn(channel_mix(y, self._mix("mix", c)), train, "bn"))
-
-
-class ExplicitRDStep(_ReactionDiffusion):
-    """``y + h(−K_dwᵀ K_dw y + σ(N(M y)))``, periodic FFT depthwise; ``m²c + c² + 2c``."""
-
-    @nn.compact
-    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = check_step_size(self.h)
-        c = _check_input(y, self.kernel_size, self.dtype, "ExplicitRDStep")
-        dw = self._depthwise_kernel("dw_kernel", c)
-        diffusion = fft.depthwise_conv_adjoint(fft.depthwise_conv(y, dw), dw)
-        return y + h * (self._reaction(y, c, train) - diffusion)
-
-
-class ImplicitRDStep(_ReactionDiffusion):
-    """``(I + h K_dwᵀ K_dw)⁻¹ (y + h σ(N(M y)))`` by FFT (periodic); ``m²c + c² + 2c``."""
-
-    @nn.compact
-    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = check_step_size(self.h)
-        c = _check_input(y, self.kernel_size, self.dtype, "ImplicitRDStep")
-        dw = self._depthwise_kernel("dw_kernel", c)
-        return fft.implicit_diffusion_solve(y + h * self._reaction(y, c, train), dw, h)
-
-
-class CircularRDStep(_ReactionDiffusion):
-    """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``."""
-
-    @nn.compact
-    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = check_step_size(self.h)
-        c = _check_input(y, self.kernel_size, self.dtype, "CircularRDStep")
-        circ = self._depthwise_kernel("circ_kernel", c)
-        diffusion = fft.circulant_conv_adjoint(fft.circulant_conv(y, circ), circ)
-        return y + h * (self._reaction(y, c, train) - diffusion)
-
-
-STEP_MODULES: dict[str, type[_LeanModule]] = {
-    "resnet": ResNetStep,
-    "mobilenet": MobileNetStep,
-    "linear_mix": LinearMixStep,
-    "explicit_rd": ExplicitRDStep,
-    "implicit_rd": ImplicitRDStep,
-    "circular_rd": CircularRDStep,
-}
-
-
-class ConnectingLayer(_LeanModule):
-    """``x ↦ avg_pool₂ₓ₂(BN([x ; K_dw x]))``: ``(N, H, W, c) -> (N, H/2, W/2, 2c)``.
-
-    ``K_dw`` is a zero-padded depthwise ``m x m`` conv; ``m²c + 4c`` parameters (Ephrath et al.
-    2019, Sec. 4).
-    """
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(x, self.kernel_size, self.dtype, "ConnectingLayer")
-        for label, size in zip(("height", "width"), x.shape[1:3], strict=True):
-            if size % 2:
-                raise ValueError(
-                    f"ConnectingLayer: image {label} {size} is odd; 2x2 average pooling "
-                    "needs even sizes (no silent cropping)"
-                )
-        dw = self._depthwise_kernel("dw_kernel", c)
-        u = self._bn(jnp.concatenate([x, depthwise_zero_pad(x, dw)], axis=-1), train, "bn")
-        return nn.avg_pool(u, (2, 2), strides=(2, 2))
-
-
 # --------------------------------------------------------------------------- reversible use
 
 ForceFn = Callable[..., jax.Array]
@@ -402,7 +255,7 @@ def low_cost_force(kind: str, h: float) -> ForceFn:
     op, adjoint = low_cost_operator(kind)
 
     def force(params, z, rng=None):
-        return h * adjoint(params, nn.relu(op(params, z) + params["bias"]))
+        return h * adjoint(params, jax.nn.relu(op(params, z) + params["bias"]))
 
     return force
 

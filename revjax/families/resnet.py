@@ -1,8 +1,11 @@
-"""Pre-activation ResNet (He et al. 2016) as in the RevNet reference code: the baseline.
+"""Pre-activation ResNet (He, Zhang, Ren, Sun 2016, "Identity Mappings in Deep Residual
+Networks", arXiv:1603.05027) as in the RevNet reference code: the baseline, pure parts.
 
-The residual functions defined here are shared with the RevNet family (Gomez, Ren, Urtasun, Grosse
-2017, arXiv:1707.04585, Sec. 3.1), which runs
-the same functions on channel halves inside additive couplings.
+The residual functions are shared with the RevNet family (Gomez, Ren, Urtasun, Grosse 2017,
+arXiv:1707.04585, Sec. 3.1), which runs the same functions on channel halves inside additive
+couplings. Their linen modules (`BasicResidual`, `BottleneckResidual`, `ResNet`) live in
+`revjax.models.resnet`; this module holds the parameter-free shortcuts, the stage widths and
+the configuration checks.
 
 Basic residual function (pre-activation), u: (N, H, W, C_in) -> (N, H/s, W/s, C_out)::
 
@@ -12,142 +15,38 @@ Bottleneck (inner width C_out / 4)::
 
     r(u) = conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv1x1_s(ReLU(BN(u)))))))))
 
-The very first unit of the network omits the leading BN-ReLU (the stem already ends with one).
-Convolutions have no bias and use `revjax.conv.conv`; kernels are truncated normal with
-std sqrt(2 / (k^2 C_out)); BN has eps 1e-3, momentum 0.9.
-
 A ResNet unit is x -> shortcut(x) + r(x), where the shortcut is the identity, or, when the
 stride or width changes:
 
-- basic: 2x2 average pool (stride 2 only) and symmetric zero padding of the channels;
+- basic: 2x2 average pool (stride 2 only) and symmetric zero padding of the channels
+  (`pool_pad_shortcut`);
 - bottleneck: a 1x1 projection convolution with the stride.
-
-ResNet units are not invertible (x + r(x) with unconstrained r), so `ResNet` supports only
-`backprop="store"` (plain autodiff) and `backprop="remat"` (`jax.checkpoint` per unit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import conv as conv_ops
-from revjax.heads import (
-    ClassifierHead,
-    Stem,
-    batch_norm,
-    check_num_classes,
-    conv_init,
-)
 from revjax.transitions import check_halvable, pool_pad
 
 __all__ = [
-    "Conv",
-    "batch_norm",
-    "BasicResidual",
-    "BottleneckResidual",
-    "residual_module",
+    "check_num_classes",
     "pad_channels",
     "pool_pad_shortcut",
     "stage_widths",
     "check_classifier_config",
     "check_input_shape",
-    "ResNetUnit",
-    "ResNet",
 ]
 
 
-class Conv(nn.Module):
-    """Bias-free k x k convolution y = K_s u via `revjax.conv.conv` ("SAME" zero padding).
-
-    Attributes:
-      features: C_out.
-      kernel_size: k (odd).
-      strides: s.
-      dtype: parameter and compute dtype.
-
-    Input (N, H, W, C_in) -> output (N, ceil(H/s), ceil(W/s), C_out); kernel (k, k, C_in, C_out).
-    """
-
-    features: int
-    kernel_size: int = 3
-    strides: int = 1
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, u: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        kernel = self.param(
-            "kernel",
-            conv_init(k, self.features),
-            (k, k, u.shape[-1], self.features),
-            self.dtype,
-        )
-        return conv_ops.conv(u, kernel, self.strides, "SAME")
-
-
-def _pre_activation(module: nn.Module, u: jax.Array, train: bool) -> jax.Array:
-    return nn.relu(batch_norm(module.dtype)(u, use_running_average=not train))
-
-
-class BasicResidual(nn.Module):
-    """r(u) = conv3x3(ReLU(BN(conv3x3_s(ReLU(BN(u)))))); (N, H, W, C_in) -> (N, H/s, W/s, C_out).
-
-    Attributes:
-      features: C_out.
-      strides: s of the first convolution.
-      preactivate: apply the leading BN-ReLU (False for the network's first unit).
-      dtype: parameter and compute dtype.
-    """
-
-    features: int
-    strides: int = 1
-    preactivate: bool = True
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, u: jax.Array, train: bool = False) -> jax.Array:
-        h = _pre_activation(self, u, train) if self.preactivate else u
-        h = Conv(self.features, 3, self.strides, self.dtype)(h)
-        h = _pre_activation(self, h, train)
-        return Conv(self.features, 3, 1, self.dtype)(h)
-
-
-class BottleneckResidual(nn.Module):
-    """r(u) = conv1x1(σ(BN(conv3x3(σ(BN(conv1x1_s(σ(BN(u))))))))), inner width C_out / 4.
-
-    Attributes:
-      features: C_out (a multiple of 4).
-      strides: s of the first (1x1) convolution.
-      preactivate: apply the leading BN-ReLU (False for the network's first unit).
-      dtype: parameter and compute dtype.
-    """
-
-    features: int
-    strides: int = 1
-    preactivate: bool = True
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, u: jax.Array, train: bool = False) -> jax.Array:
-        inner = self.features // 4
-        h = _pre_activation(self, u, train) if self.preactivate else u
-        h = Conv(inner, 1, self.strides, self.dtype)(h)
-        h = _pre_activation(self, h, train)
-        h = Conv(inner, 3, 1, self.dtype)(h)
-        h = _pre_activation(self, h, train)
-        return Conv(self.features, 1, 1, self.dtype)(h)
-
-
-def residual_module(
-    bottleneck: bool, features: int, strides: int = 1, preactivate: bool = True, dtype=jnp.float32
-) -> nn.Module:
-    """The basic or bottleneck residual function as an (unbound) linen module."""
-    cls = BottleneckResidual if bottleneck else BasicResidual
-    return cls(features=features, strides=strides, preactivate=preactivate, dtype=dtype)
+def check_num_classes(num_classes: int) -> int:
+    """`num_classes` as an int; ValueError unless it is >= 1."""
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return int(num_classes)
 
 
 def pad_channels(u: jax.Array, out_channels: int) -> jax.Array:
@@ -204,129 +103,3 @@ def check_input_shape(shape, stem_strides: int, stem_max_pool: bool, strides) ->
         if stride == 2:
             check_halvable((1, *spatial, 1), f"stage {i + 1} (stride 2) at {tuple(spatial)}")
             spatial = [s // 2 for s in spatial]
-
-
-class ResNetUnit(nn.Module):
-    """x -> shortcut(x) + r(x); (N, H, W, C_in) -> (N, H/s, W/s, features).
-
-    Attributes:
-      features: C_out.
-      strides: s.
-      bottleneck: bottleneck or basic residual function.
-      preactivate: leading BN-ReLU in r (False for the network's first unit).
-      train: batch statistics (True) or running averages (False).
-      dtype: parameter and compute dtype.
-    """
-
-    features: int
-    strides: int = 1
-    bottleneck: bool = False
-    preactivate: bool = True
-    train: bool = False
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        r = residual_module(
-            self.bottleneck, self.features, self.strides, self.preactivate, self.dtype
-        )(x, self.train)
-        changes = self.strides != 1 or self.features != x.shape[-1]
-        if self.bottleneck and changes:
-            shortcut = Conv(self.features, 1, self.strides, self.dtype, name="projection")(x)
-        else:
-            shortcut = pool_pad_shortcut(x, self.features, self.strides)
-        return shortcut + r
-
-
-class _ScannedUnit(nn.Module):
-    """ResNetUnit with the (carry, x) -> (carry, None) signature `nn.scan` expects."""
-
-    features: int
-    bottleneck: bool
-    train: bool
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, h, _):
-        unit = ResNetUnit(self.features, 1, self.bottleneck, True, self.train, self.dtype)
-        return unit(h), None
-
-
-class ResNet(nn.Module):
-    """Pre-activation CIFAR/ImageNet ResNet: Stem -> stages of ResNetUnits -> ClassifierHead.
-
-    Stage s has `units[s]` units at width `stage_widths(filters, bottleneck)[s + 1]`; its first
-    unit applies `strides[s]` and the width change, the remaining `units[s] − 1` identical
-    units run under `nn.scan` (parameters stacked on a leading axis; compile time independent of
-    depth).
-
-    Attributes:
-      units: units per stage.
-      filters: (stem, stage 1, ...) base widths (x4 for bottleneck stages).
-      strides: per-stage stride (1 or 2).
-      bottleneck: bottleneck (3 convs) or basic (2 convs) units.
-      num_classes: logits.
-      backprop: "store" (plain autodiff) or "remat" (`jax.checkpoint` per unit); "reversible"
-        is an error (a ResNet is not invertible).
-      stem_kernel, stem_strides, stem_max_pool: the stem (CIFAR 3/1/False, ImageNet 7/2/True).
-      dtype: parameter and compute dtype.
-
-    Input (N, H, W, C) -> logits (N, num_classes).
-    """
-
-    units: Sequence[int] = (5, 5, 5)
-    filters: Sequence[int] = (16, 16, 32, 64)
-    strides: Sequence[int] = (1, 2, 2)
-    bottleneck: bool = False
-    num_classes: int = 10
-    backprop: str = "store"
-    stem_kernel: int = 3
-    stem_strides: int = 1
-    stem_max_pool: bool = False
-    dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        if self.backprop == "reversible":
-            raise ValueError(
-                "ResNet is not invertible (its units are x + r(x) with unconstrained r), so "
-                "backprop='reversible' is impossible; use 'store' or 'remat', or a RevNet "
-                "(e.g. create('revnet110'))"
-            )
-        if self.backprop not in ("store", "remat"):
-            raise ValueError(f"unknown backprop {self.backprop!r}; use 'store' or 'remat'")
-        check_classifier_config(
-            self.units, self.filters, self.strides, self.num_classes, self.bottleneck
-        )
-        super().__post_init__()
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_input_shape(x.shape, self.stem_strides, self.stem_max_pool, self.strides)
-        widths = stage_widths(self.filters, self.bottleneck)
-        remat = self.backprop == "remat"
-        unit_cls = nn.remat(ResNetUnit) if remat else ResNetUnit
-        scanned_cls = nn.remat(_ScannedUnit, prevent_cse=False) if remat else _ScannedUnit
-        h = Stem(widths[0], self.stem_kernel, self.stem_strides, self.stem_max_pool, self.dtype)(
-            x.astype(self.dtype), train
-        )
-        for s, (n, stride) in enumerate(zip(self.units, self.strides)):
-            h = unit_cls(
-                widths[s + 1],
-                stride,
-                self.bottleneck,
-                s > 0,
-                train,
-                self.dtype,
-                name=f"stage{s + 1}_first",
-            )(h)
-            if n > 1:
-                stack = nn.scan(
-                    scanned_cls,
-                    variable_axes={"params": 0, "batch_stats": 0},
-                    split_rngs={"params": True},
-                    length=n - 1,
-                )
-                h, _ = stack(
-                    widths[s + 1], self.bottleneck, train, self.dtype, name=f"stage{s + 1}_rest"
-                )(h, None)
-        return ClassifierHead(self.num_classes, dtype=self.dtype)(h, train)

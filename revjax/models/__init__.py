@@ -5,8 +5,12 @@ Every model is called as `model.init(rng, x, train=False)` and
 norm), images NHWC (videos NDHWC). Reversible models accept `backprop` in
 {"reversible", "store", "remat"}; classifiers accept `num_classes`.
 
-Each family module registers its configurations with `@register("name")` on a factory
-`(**overrides) -> nn.Module`; the imports at the bottom of this file make them available.
+Each paper's model module `revjax.models.<paper>` owns that paper's linen modules (the pure
+layers, steps and parameter trees are in `revjax.families.<paper>`) and registers its
+configurations with `@register("name")` on a factory `(**overrides) -> nn.Module`; the imports
+at the bottom of this file make them available. `revjax.models.heads` (stem, classifier head)
+and `revjax.models.resnet` (the ResNet baseline's modules, registered by `revjax.models.revnet`)
+do not use the registry.
 """
 
 from __future__ import annotations

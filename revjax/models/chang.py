@@ -37,7 +37,7 @@ error 1.7e-3, reversible vs stored gradients 2.3e-3 relative; at h = 0.5, hamilt
 7.7e-5 and 4.1e-5; at h = 0.1, hamiltonian218: 6.8e-6 and 3.0e-4. The default is therefore
 h = 0.1 for both blocks (the value some official commits hard-code); BN₂'s learnable scale
 lets training grow the increments where the data needs it. Batch norm follows the RevNet
-recipe (`revjax.families.revnet`): the reconstruction normalises with the forward pass's
+recipe (`revjax.models.revnet`): the reconstruction normalises with the forward pass's
 batch statistics, and the running averages are updated once per training step.
 `tests/test_zoo_defaults.py` checks every registered depth at its defaults.
 
@@ -77,9 +77,10 @@ from revjax import engine
 from revjax.conv import conv, conv_transpose
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
-from revjax.families.revnet import initial_batch_stats, residual_with_stats
-from revjax.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.families.revnet import initial_batch_stats
 from revjax.models import register
+from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.nn import residual_with_stats
 
 __all__ = ["ChangNet", "HamiltonianResidual", "DEFAULT_STEP_SIZES", "default_step_size"]
 

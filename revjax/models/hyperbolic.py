@@ -31,24 +31,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from revjax import engine, fixed_point
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
-from revjax.heads import check_num_classes
 from revjax.models import register
+from revjax.models.heads import check_num_classes
 
-__all__ = ["COMPARISON_VARIANTS", "HyperbolicSegmenter", "pixelwise_cross_entropy"]
-
-# The three memory-comparison variants of the same network (Peters, Haber, Lensink (2019),
-# arXiv:1912.12137), as model overrides:
-# fully reversible, plain autodiff, and block-reversible (stores at every Haar coarsening).
-COMPARISON_VARIANTS = {
-    "reversible": dict(backprop="reversible", coarsening="reversible"),
-    "store": dict(backprop="store", coarsening="reversible"),
-    "block": dict(backprop="reversible", coarsening="stored"),
-}
+__all__ = ["HyperbolicSegmenter"]
 
 
 class HyperbolicSegmenter(ReversibleModel, nn.Module):
@@ -207,7 +197,3 @@ def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
     config.update(overrides)
     return HyperbolicSegmenter(**config)
 
-
-def pixelwise_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean over pixels/voxels of −log softmax(logits)[label]; logits (N, *S, K), labels (N, *S)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()

@@ -6,6 +6,10 @@ circular_rd}`` (18 classifiers, CIFAR-10 by default; pass ``num_classes=100`` fo
 and 96x96 inputs for STL-10: the counts do not depend on the image size) and
 ``lean_hamiltonian`` / ``lean_hamiltonian_circulant`` (reversible).
 
+The six step types and the connecting layer are the linen modules ``STEP_MODULES`` and
+``ConnectingLayer`` below; their operators, equations and closed-form parameter counts are the
+pure functions of :mod:`revjax.families.lean`.
+
 Skeleton, for an input ``(N, H, W, 3)`` with ``H, W`` divisible by ``2^num_blocks``::
 
     stem      5x5 conv 3 -> c₀ (no bias) + BN + ReLU                (N, H, W, c₀)
@@ -17,8 +21,9 @@ A and B have 3 blocks (c₀ = 32 and 48), C has 4 (c₀ = 32). A connecting laye
 block, the last one included: only then do the paper's counts for B on CIFAR-10 vs CIFAR-100
 (216K vs 250K) differ by the 384 x 90 + 90 = 34,650 weights of a 384-wide classifier.
 
-Parameter counts (``parameter_table``). Table 2 of the paper is reproduced when BatchNorm
-scales/offsets are *not* counted (the paper evidently counts conv and FC weights only):
+Parameter counts (``parameter_table``; printed by ``experiments/lean_parameter_table.py``).
+Table 2 of the paper is reproduced when BatchNorm scales/offsets are *not* counted (the paper
+evidently counts conv and FC weights only):
 MobileNet and all RD nets A/B/B-100/C-100 give 101,066 / 216,106 / 250,756 / 423,460, printed
 101K, 216K, 250K or 251K, 423K (the paper rounds some figures and truncates others, see
 ``printed_as``); ResNet B and C match too. The remaining differences are documented, not
@@ -42,13 +47,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, fixed_point, transitions
+from revjax import engine, fft, fixed_point, transitions
+from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import lean
-from revjax.heads import ClassifierHead, Stem, check_num_classes
+from revjax.families.lean import (
+    DEFAULT_H,
+    _check_input,
+    _mix_init,
+    channel_mix,
+    check_step_size,
+    depthwise_init,
+    depthwise_zero_pad,
+    off_diagonal,
+)
 from revjax.models import create, register
+from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
 
 __all__ = [
+    "ResNetStep",
+    "MobileNetStep",
+    "LinearMixStep",
+    "ExplicitRDStep",
+    "ImplicitRDStep",
+    "CircularRDStep",
+    "STEP_MODULES",
+    "ConnectingLayer",
     "NETWORKS",
     "PAPER_TABLE2",
     "LeanResNet",
@@ -56,7 +80,6 @@ __all__ = [
     "count_weights",
     "parameter_table",
     "printed_as",
-    "format_parameter_table",
 ]
 
 NETWORKS = {"a": (32, 3), "b": (48, 3), "c": (32, 4)}  # stem width c₀, number of blocks
@@ -71,6 +94,146 @@ PAPER_TABLE2 = {
     "implicit_rd": dict(_RD_COUNTS),
     "circular_rd": dict(_RD_COUNTS),
 }
+
+
+# --------------------------------------------------------------------------- step modules
+
+
+class _LeanModule(nn.Module):
+    """Shared fields and helpers (not registered; subclass only)."""
+
+    kernel_size: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    def _bn(self, x, train: bool, name: str):
+        return batch_norm(self.dtype, name=name)(x, use_running_average=not train)
+
+    def _depthwise_kernel(self, name: str, c: int):
+        m = self.kernel_size
+        return self.param(name, depthwise_init(m), (m, m, c), self.dtype)
+
+    def _mix(self, name: str, c: int):
+        return self.param(name, _mix_init(c), (c, c), self.dtype)
+
+
+class ResNetStep(_LeanModule):
+    """``y + K₂ σ(N(K₁ y))`` with full ``m x m`` convs (zero padding); ``2m²c² + 2c`` params."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(y, self.kernel_size, self.dtype, "ResNetStep")
+        m = self.kernel_size
+        k1 = self.param("kernel1", conv_init(m, c), (m, m, c, c), self.dtype)
+        k2 = self.param("kernel2", conv_init(m, c), (m, m, c, c), self.dtype)
+        return y + conv(nn.relu(self._bn(conv(y, k1), train, "bn")), k2)
+
+
+class MobileNetStep(_LeanModule):
+    """``σ(N(M σ(N(K_dw y))))`` (zero padding); ``m²c + c² + 4c`` params."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(y, self.kernel_size, self.dtype, "MobileNetStep")
+        dw = self._depthwise_kernel("dw_kernel", c)
+        mix = self._mix("mix", c)
+        u = nn.relu(self._bn(depthwise_zero_pad(y, dw), train, "bn_dw"))
+        return nn.relu(self._bn(channel_mix(u, mix), train, "bn_mix"))
+
+
+class LinearMixStep(_LeanModule):
+    """``y + K_lm,2 σ(N(K_lm,1 y))``, ``K_lm u = K_dw u + M_off u``; ``2(m²c + c² − c) + 2c``.
+
+    ``M_off`` has a zero diagonal (stored as ``(c, c − 1)``, see :func:`off_diagonal`) so that
+    the centre tap is parameterised once, by ``K_dw``.
+    """
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(y, self.kernel_size, self.dtype, "LinearMixStep")
+        if c < 2:
+            raise ValueError(f"LinearMixStep needs at least 2 channels, got {c}")
+
+        def k_lm(u, index):
+            dw = self._depthwise_kernel(f"dw_kernel{index}", c)
+            off = self.param(f"mix_off{index}", _mix_init(c), (c, c - 1), self.dtype)
+            return depthwise_zero_pad(u, dw) + channel_mix(u, off_diagonal(off))
+
+        return y + k_lm(nn.relu(self._bn(k_lm(y, 1), train, "bn")), 2)
+
+
+class _ReactionDiffusion(_LeanModule):
+    """Shared RD pieces: step size ``h`` and the reaction term ``σ(N(M y))``."""
+
+    h: float = DEFAULT_H
+
+    def _reaction(self, y, c, train):
+        return nn.relu(self._bn(channel_mix(y, self._mix("mix", c)), train, "bn"))
+
+
+class ExplicitRDStep(_ReactionDiffusion):
+    """``y + h(−K_dwᵀ K_dw y + σ(N(M y)))``, periodic FFT depthwise; ``m²c + c² + 2c``."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        h = check_step_size(self.h)
+        c = _check_input(y, self.kernel_size, self.dtype, "ExplicitRDStep")
+        dw = self._depthwise_kernel("dw_kernel", c)
+        diffusion = fft.depthwise_conv_adjoint(fft.depthwise_conv(y, dw), dw)
+        return y + h * (self._reaction(y, c, train) - diffusion)
+
+
+class ImplicitRDStep(_ReactionDiffusion):
+    """``(I + h K_dwᵀ K_dw)⁻¹ (y + h σ(N(M y)))`` by FFT (periodic); ``m²c + c² + 2c``."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        h = check_step_size(self.h)
+        c = _check_input(y, self.kernel_size, self.dtype, "ImplicitRDStep")
+        dw = self._depthwise_kernel("dw_kernel", c)
+        return fft.implicit_diffusion_solve(y + h * self._reaction(y, c, train), dw, h)
+
+
+class CircularRDStep(_ReactionDiffusion):
+    """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``."""
+
+    @nn.compact
+    def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
+        h = check_step_size(self.h)
+        c = _check_input(y, self.kernel_size, self.dtype, "CircularRDStep")
+        circ = self._depthwise_kernel("circ_kernel", c)
+        diffusion = fft.circulant_conv_adjoint(fft.circulant_conv(y, circ), circ)
+        return y + h * (self._reaction(y, c, train) - diffusion)
+
+
+STEP_MODULES: dict[str, type[_LeanModule]] = {
+    "resnet": ResNetStep,
+    "mobilenet": MobileNetStep,
+    "linear_mix": LinearMixStep,
+    "explicit_rd": ExplicitRDStep,
+    "implicit_rd": ImplicitRDStep,
+    "circular_rd": CircularRDStep,
+}
+
+
+class ConnectingLayer(_LeanModule):
+    """``x ↦ avg_pool₂ₓ₂(BN([x ; K_dw x]))``: ``(N, H, W, c) -> (N, H/2, W/2, 2c)``.
+
+    ``K_dw`` is a zero-padded depthwise ``m x m`` conv; ``m²c + 4c`` parameters (Ephrath et al.
+    2019, Sec. 4).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = _check_input(x, self.kernel_size, self.dtype, "ConnectingLayer")
+        for label, size in zip(("height", "width"), x.shape[1:3], strict=True):
+            if size % 2:
+                raise ValueError(
+                    f"ConnectingLayer: image {label} {size} is odd; 2x2 average pooling "
+                    "needs even sizes (no silent cropping)"
+                )
+        dw = self._depthwise_kernel("dw_kernel", c)
+        u = self._bn(jnp.concatenate([x, depthwise_zero_pad(x, dw)], axis=-1), train, "bn")
+        return nn.avg_pool(u, (2, 2), strides=(2, 2))
 
 
 def _check_config(step: str, features: int, num_blocks: int, steps_per_block: int, h: float):
@@ -116,7 +279,7 @@ class LeanResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_config(self.step, self.features, self.num_blocks, self.steps_per_block, self.h)
         check_num_classes(self.num_classes)
-        step_cls = lean.STEP_MODULES[self.step]
+        step_cls = STEP_MODULES[self.step]
         step_kwargs = {"kernel_size": self.kernel_size, "dtype": self.dtype}
         if self.step.endswith("_rd"):
             step_kwargs["h"] = self.h
@@ -124,7 +287,7 @@ class LeanResNet(nn.Module):
         for block in range(self.num_blocks):
             for j in range(self.steps_per_block):
                 x = step_cls(**step_kwargs, name=f"block{block}_step{j}")(x, train)
-            x = lean.ConnectingLayer(
+            x = ConnectingLayer(
                 kernel_size=self.kernel_size, dtype=self.dtype, name=f"connect{block}"
             )(x, train)
         x = jnp.mean(x, axis=(1, 2))
@@ -359,15 +522,3 @@ def parameter_table(image_size: int = 32) -> list[dict]:
             )
     return rows
 
-
-def format_parameter_table(rows: list[dict] | None = None) -> str:
-    """The rows of :func:`parameter_table` as a fixed-width text table."""
-    rows = parameter_table() if rows is None else rows
-    header = f"{'model':<24}{'classes':>8}{'params':>12}{'weights':>12}{'paper':>12}  match  note"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['name']:<24}{r['num_classes']:>8}{r['params']:>12,}{r['weights']:>12,}"
-            f"{r['paper']:>12,}  {'yes' if r['matches'] else 'no':<5}  {r['note']}"
-        )
-    return "\n".join(lines)

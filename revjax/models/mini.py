@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from revjax import conv as conv_ops
 from revjax.drift import ReversibleModel
-from revjax.heads import ClassifierHead, Stem, check_num_classes, conv_init
 from revjax.models import register
+from revjax.models.heads import ClassifierHead, Stem, check_num_classes, conv_init
 from revjax.nn import CouplingStack
 
 __all__ = ["ConvResidual", "RevNetMini", "revnet_mini"]

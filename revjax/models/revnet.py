@@ -1,5 +1,7 @@
-"""Registry entries for RevNet and its ResNet baselines (Gomez, Ren, Urtasun, Grosse 2017,
-arXiv:1707.04585, Table 1).
+"""RevNet classifier, its batch-norm blocks, and the registry entries for RevNet and its ResNet
+baselines (Gomez, Ren, Urtasun, Grosse 2017, "The Reversible Residual Network",
+arXiv:1707.04585, Sec. 3 and Table 1). The block equations, transitions and body widths are in
+`revjax.families.revnet`.
 
 Filters list (stem, stage 1, ...) base widths; bottleneck nets multiply the stage widths by 4.
 Parameter counts (10 / 1000 classes) equal those of Gomez et al. 2017, Table 1:
@@ -8,15 +10,316 @@ Parameter counts (10 / 1000 classes) equal those of Gomez et al. 2017, Table 1:
     resnet164 1,703,258   revnet164 1,748,778   resnet101 44,541,480   revnet104 45,428,072
 
 Every field is overridable: `create("revnet110", units=(3, 3, 3), transition="reversible")`.
+
+Batch norm (not invertible as a map of the batch, so it lives inside F and G). In train mode
+F and G normalise with the current batch statistics, and the running averages are updated
+exactly once per training step, from the forward pass:
+
+- each residual function is run as a pure `(variables, u, rng) -> (v, batch_stats)` with
+  `variables = {"params": ..., "batch_stats": ...}` riding in the step's parameter pytree
+  (nothing is closed over inside the engine's custom_vjp; running averages get zero
+  cotangents);
+- the step's forward has `has_aux=True` and returns `(y, {"F": stats, "G": stats})`, the
+  updated running averages computed in the forward pass; the engine hands this aux to the
+  caller once;
+- the fused backward (`couplings.additive_coupling`'s rule) recomputes F and G with the same
+  batch statistics (the reconstructed input is the forward input) and discards any update.
+
+In eval mode the running averages are used and the step has no aux.
 """
 
 from __future__ import annotations
 
-from revjax.families.resnet import ResNet
-from revjax.families.revnet import RevNet
-from revjax.models import register
+from collections.abc import Sequence
 
-__all__ = []
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from revjax import conv as conv_ops
+from revjax import engine
+from revjax.couplings import additive_coupling, merge_halves, split_halves
+from revjax.drift import ReversibleModel, sow_reconstruction_error
+from revjax.families.resnet import (
+    check_classifier_config,
+    check_input_shape,
+    pool_pad_shortcut,
+)
+from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
+from revjax.models import register
+from revjax.models.heads import ClassifierHead, Stem, conv_init
+from revjax.models.resnet import ResNet, residual_module
+from revjax.nn import init_stacked, residual_with_stats
+from revjax.transitions import space_to_depth_step, zero_pad_channels_step
+
+__all__ = [
+    "bn_coupling",
+    "stored_transition_block",
+    "RevNet",
+]
+
+
+def _value(fn):
+    return lambda variables, u, rng=None: fn(variables, u, rng)[0]
+
+
+def _split_rng(rng):
+    return (None, None) if rng is None else tuple(jax.random.split(rng))
+
+
+def bn_coupling(F: nn.Module, G: nn.Module, *, train: bool, name: str = "revnet_block"):
+    """RevNet block y1 = x1 + F(x2), y2 = x2 + G(y1) with BN inside F and G.
+
+    Params: {"F": {"params", "batch_stats"}, "G": {...}}. State: (x1, x2), each
+    (N, H, W, C/2). In train mode the forward returns ((y1, y2), {"F": stats, "G": stats})
+    (`has_aux=True`); inverse and fused backward are those of `additive_coupling` on the
+    output values only, so reconstruction never updates the statistics.
+    """
+    f_fn, g_fn = residual_with_stats(F, train), residual_with_stats(G, train)
+    plain = additive_coupling(_value(f_fn), _value(g_fn), name=name)
+    if not train:
+        return plain
+
+    def forward(params, x, rng=None):
+        x1, x2 = x
+        rf, rg = _split_rng(rng)
+        f, f_stats = f_fn(params["F"], x2, rf)
+        y1 = x1 + f
+        g, g_stats = g_fn(params["G"], y1, rg)
+        return (y1, x2 + g), {"F": f_stats, "G": g_stats}
+
+    return engine.InvertibleStep(forward, plain.inverse, plain.backward, has_aux=True, name=name)
+
+
+def stored_transition_block(
+    F: nn.Module,
+    G: nn.Module,
+    *,
+    out_channels: int,
+    strides: int,
+    projection: bool,
+    train: bool,
+    name: str = "revnet_transition",
+) -> engine.Transition:
+    """First block of a stage (non-invertible; the engine stores its input), Gomez et al. 2017.
+
+    y1 = S(x1) + F(x2), y2 = S(x2) + G(y1): (N, H, W, C_in/2) halves -> (N, H/s, W/s, C_out/2).
+    S is a 1x1 strided projection per half (`projection`, params["shortcut"] = {"x1": W1,
+    "x2": W2}, each (1, 1, C_in/2, C_out/2)) or pool_pad_shortcut. Aux as `bn_coupling`.
+    """
+    f_fn, g_fn = residual_with_stats(F, train), residual_with_stats(G, train)
+
+    def shortcut(params, key, u):
+        if projection:
+            return conv_ops.conv(u, params["shortcut"][key], strides, "SAME")
+        return pool_pad_shortcut(u, out_channels, strides)
+
+    def apply(params, x, rng=None):
+        x1, x2 = x
+        rf, rg = _split_rng(rng)
+        f, f_stats = f_fn(params["F"], x2, rf)
+        y1 = shortcut(params, "x1", x1) + f
+        g, g_stats = g_fn(params["G"], y1, rg)
+        y = (y1, shortcut(params, "x2", x2) + g)
+        return (y, {"F": f_stats, "G": g_stats}) if train else y
+
+    return engine.Transition(apply, has_aux=train, name=name)
+
+
+def _init_variables(module, key, depth, shape, dtype):
+    example = jnp.zeros(shape, dtype)
+    if depth is None:
+        return module.clone(parent=None).init(key, example, train=False)
+    return init_stacked(module, key, depth, example, train=False)
+
+
+class RevNet(ReversibleModel, nn.Module):
+    """RevNet classifier: Stem -> reversible body (one `engine.apply`) -> ClassifierHead.
+
+    The body is [Transition, Scan, Transition, Scan, ...] ("stored") or
+    [ψ?, pad?, coupling..., Scan, ψ, pad?, Scan, ...] ("reversible"); stage s has `units[s]`
+    blocks (counting its first). Per body layer i the parameters live in
+    params["body_{i}"] = {"F", "G"[, "shortcut"]} and the running averages in
+    batch_stats["body_{i}"] = {"F", "G"} (stacked on a leading axis for a Scan). Train mode
+    needs `mutable=["batch_stats"]`; the running averages are then updated once per call.
+
+    Attributes:
+      units: blocks per stage.
+      filters: (stem, stage 1, ...) base widths (x4 for bottleneck stages); even.
+      strides: per-stage stride (1 or 2).
+      bottleneck: bottleneck (3 convs per F/G) or basic (2 convs) residual functions.
+      num_classes: logits.
+      backprop: "reversible" | "store" | "remat" (engine strategies).
+      transition: "stored" | "reversible" (see module docstring).
+      stem_kernel, stem_strides, stem_max_pool: CIFAR 3/1/False, ImageNet 7/2/True.
+      dtype: parameter, statistics and compute dtype.
+
+    Input (N, H, W, C) -> logits (N, num_classes).
+    """
+
+    units: Sequence[int] = (9, 9, 9)
+    filters: Sequence[int] = (32, 32, 64, 128)
+    strides: Sequence[int] = (1, 2, 2)
+    bottleneck: bool = False
+    num_classes: int = 10
+    backprop: str = "reversible"
+    transition: str = "stored"
+    stem_kernel: int = 3
+    stem_strides: int = 1
+    stem_max_pool: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing)."""
+        engine._check_backprop(self.backprop)
+        if self.transition not in TRANSITIONS:
+            raise ValueError(f"unknown transition {self.transition!r}; use one of {TRANSITIONS}")
+        check_classifier_config(
+            self.units, self.filters, self.strides, self.num_classes, self.bottleneck
+        )
+        widths = body_widths(self.filters, self.strides, self.bottleneck, self.transition)
+        odd = [w for w in widths if w % 2]
+        if odd:
+            raise ValueError(
+                f"RevNet widths {widths} include odd channel counts {odd}, which cannot be "
+                "split into two equal halves; use even filters"
+            )
+        if self.bottleneck and any(w % 8 for w in widths[1:]):
+            raise ValueError(
+                f"bottleneck RevNet widths {widths[1:]} must be multiples of 8 (each half "
+                "has an inner width of C/8)"
+            )
+        if self.transition == "stored" and not self.bottleneck:
+            for w_in, w_out in zip(widths, widths[1:]):
+                if w_out < w_in or (w_out - w_in) % 4:
+                    raise ValueError(
+                        f"basic RevNet stage {w_in} -> {w_out} channels: the zero-padding "
+                        "shortcut needs w_out >= w_in with (w_out - w_in)/2 even per half"
+                    )
+
+    def _residual(self, features, strides=1, preactivate=True):
+        return residual_module(self.bottleneck, features, strides, preactivate, self.dtype)
+
+    def _layer_variables(self, name, F, G, f_shape, g_shape, depth=None, projection=None):
+        """Create params/batch_stats for one body layer; returns the engine's param pytree."""
+
+        def init_params(key):
+            kf, kg, k1, k2 = jax.random.split(key, 4)
+            out = {
+                "F": _init_variables(F, kf, depth, f_shape, self.dtype)["params"],
+                "G": _init_variables(G, kg, depth, g_shape, self.dtype)["params"],
+            }
+            if projection is not None:
+                init = conv_init(1, projection[-1])
+                out["shortcut"] = {
+                    "x1": init(k1, projection, self.dtype),
+                    "x2": init(k2, projection, self.dtype),
+                }
+            return out
+
+        def stats_of(module, shape):
+            variables = jax.eval_shape(
+                lambda k: _init_variables(module, k, depth, shape, self.dtype),
+                jax.random.key(0),
+            )
+            return initial_batch_stats(variables["batch_stats"])
+
+        def init_stats():
+            return {"F": stats_of(F, f_shape), "G": stats_of(G, g_shape)}
+
+        params = self.param(name, init_params)
+        stats = self.variable("batch_stats", name, init_stats)
+        merged = {
+            "F": {"params": params["F"], "batch_stats": stats.value["F"]},
+            "G": {"params": params["G"], "batch_stats": stats.value["G"]},
+        }
+        if projection is not None:
+            merged["shortcut"] = params["shortcut"]
+        return merged, stats
+
+    def _body(self, shape, train):
+        """(layers, params, stats variables per layer or None) for a stem output `shape`."""
+        widths = body_widths(self.filters, self.strides, self.bottleneck, self.transition)
+        batch, height, width = shape[:3]
+        layers, params, stats = [], [], []
+
+        def add(layer, p=None, s=None):
+            layers.append(layer)
+            params.append(p)
+            stats.append(s)
+
+        def add_coupling(c, depth, preactivate=True):
+            half = (batch, height, width, c // 2)
+            F = self._residual(c // 2, 1, preactivate)
+            G = self._residual(c // 2)
+            name = f"body_{len(layers)}"
+            p, s = self._layer_variables(name, F, G, half, half, depth)
+            step = bn_coupling(F, G, train=train, name=name)
+            add(engine.Scan(step, name=name) if depth else step, p, s)
+
+        for i, (n, stride) in enumerate(zip(self.units, self.strides)):
+            c_in, c_out = widths[i], widths[i + 1]
+            identity_shortcut = stride == 1 and c_in == c_out
+            if self.transition == "stored" and identity_shortcut and not self.bottleneck:
+                # S = identity: the first block is an ordinary coupling (nothing stored).
+                add_coupling(c_out, None, preactivate=i > 0)
+                remaining = n - 1
+            elif self.transition == "stored":
+                F = self._residual(c_out // 2, stride, preactivate=i > 0)
+                G = self._residual(c_out // 2)
+                projection = None
+                if self.bottleneck and (stride != 1 or c_in != c_out):
+                    projection = (1, 1, c_in // 2, c_out // 2)
+                f_shape = (batch, height, width, c_in // 2)
+                height, width = height // stride, width // stride
+                g_shape = (batch, height, width, c_out // 2)
+                name = f"body_{len(layers)}"
+                p, s = self._layer_variables(name, F, G, f_shape, g_shape, None, projection)
+                block = stored_transition_block(
+                    F,
+                    G,
+                    out_channels=c_out // 2,
+                    strides=stride,
+                    projection=projection is not None,
+                    train=train,
+                    name=name,
+                )
+                add(block, p, s)
+                remaining = n - 1
+            else:
+                c = c_in
+                if stride == 2:
+                    add(space_to_depth_step())
+                    height, width, c = height // 2, width // 2, 4 * c
+                if c_out > c:
+                    add(zero_pad_channels_step((c_out - c) // 2))
+                remaining = n
+                if i == 0:
+                    add_coupling(c_out, None, preactivate=False)
+                    remaining = n - 1
+            if remaining:
+                add_coupling(c_out, remaining)
+        return layers, params, stats
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_input_shape(x.shape, self.stem_strides, self.stem_max_pool, self.strides)
+        h = Stem(
+            self.filters[0], self.stem_kernel, self.stem_strides, self.stem_max_pool, self.dtype
+        )(x.astype(self.dtype), train)
+        layers, params, stats = self._body(h.shape, train)
+        y, aux = engine.apply_with_aux(layers, params, split_halves(h), backprop=self.backprop)
+        sow_reconstruction_error(self, layers, params, split_halves(h))
+        if train and self.is_mutable_collection("batch_stats"):
+            for variable, new in zip(stats, aux):
+                if variable is not None:
+                    variable.value = new
+        return ClassifierHead(self.num_classes, dtype=self.dtype)(merge_halves(y), train)
+
 
 CIFAR = dict(strides=(1, 2, 2), num_classes=10)
 IMAGENET = dict(

@@ -53,8 +53,8 @@ from revjax import engine
 from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import revup
-from revjax.heads import check_num_classes, conv_init
 from revjax.models import register
+from revjax.models.heads import check_num_classes, conv_init
 from revjax.spectral_norm import check_coefficient
 from revjax.transitions import check_halvable, space_to_depth_step
 

@@ -2,7 +2,8 @@
 Grosse 2017, arXiv:1707.04585, Sec. 3.1).
 
 These run under ordinary autodiff (their activations are stored); only the reversible body in
-between is rebuilt during the backward pass.
+between is rebuilt during the backward pass. This module does not import the model registry
+(`revjax.models.register`), so every family's model module can import it without a cycle.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from revjax.families.resnet import check_num_classes
 
 __all__ = [
     "BN_EPSILON",
@@ -46,12 +49,6 @@ def conv_init(kernel_size: int, out_channels: int):
     """Truncated normal with std sqrt(2 / (k^2 C_out)) (reference RevNet/Chang init)."""
     std = (2.0 / (kernel_size * kernel_size * out_channels)) ** 0.5
     return nn.initializers.truncated_normal(stddev=std)
-
-
-def check_num_classes(num_classes: int) -> int:
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return int(num_classes)
 
 
 class Stem(nn.Module):
