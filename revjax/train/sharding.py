@@ -26,8 +26,9 @@ environment describes a multi-process job (SLURM with several tasks, explicit
 metadata); process p feeds rows ``[p B / P, (p + 1) B / P)`` of every global batch (the
 input pipeline, `revjax.data.make_dataset`, reads them from the global example stream that a
 single process reads; `check_process_rows` checks the mesh puts them on p's devices) and
-`shard_batch` assembles the global array. `python -m revjax.train.launch` starts N such processes on one machine (CPU
-devices, gloo collectives) for testing what a multi-host job does.
+`shard_batch` assembles the global array. `python -m revjax.train.launch` starts N such
+processes on one machine (CPU devices, gloo collectives) for testing what a multi-host job
+does.
 """
 
 from __future__ import annotations
