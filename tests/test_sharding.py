@@ -147,7 +147,8 @@ def test_distributed_settings_pass_the_explicit_environment():
 def test_two_processes_data_parallel_gradient_equals_single_process(capfd):
     """2 processes x 2 CPU devices: one mesh of 4 devices spanning both processes, each process
     feeding its half of the batch; the jitted float64 gradient (a cross-process all-reduce)
-    equals the single-process numpy gradient on every process."""
+    equals the single-process numpy gradient on every process. Process p's devices hold rows
+    [8p, 8p + 8), and a mesh in reversed process order is refused by check_process_rows."""
     import numpy as np
 
     from revjax.train import launch
@@ -169,6 +170,12 @@ def test_two_processes_data_parallel_gradient_equals_single_process(capfd):
     for r in results:
         assert (r["process_count"], r["device_count"], r["local_device_count"]) == (2, 4, 2)
         np.testing.assert_allclose(r["grad"], expected, rtol=1e-12)
+        p = r["process_index"]
+        assert r["rows"] == [[8 * p, 8 * (p + 1)]]  # the rows make_dataset feeds process p
+        assert (
+            f"process {p}'s devices hold rows [({8 * (1 - p)}, {8 * (2 - p)})]"
+            in (r["swapped_mesh_error"])
+        )
 
 
 def test_unreachable_coordinator_is_a_clear_error_in_bounded_time():
