@@ -67,7 +67,7 @@ def background_baseline(config) -> dict:
     )
     counts = np.zeros((info.num_classes, info.num_classes))
     for batch in ds:
-        labels = np.asarray(batch["label"]).reshape(-1)
+        labels = np.asarray(batch["label"])[np.asarray(batch["weight"]) > 0].reshape(-1)
         counts[:, 0] += np.bincount(labels, minlength=info.num_classes)
     iou = trainer.iou_from_confusion(counts)
     return {"test_voxels": int(counts.sum()), "all_background_mean_iou": float(np.nanmean(iou))}

@@ -3,8 +3,9 @@
 Initialises jax.distributed from the launcher's environment, builds a ("data", "space") mesh over
 every process's CPU devices, feeds this process's slice of a global batch (`shard_batch`) and
 computes, under jit, a data-parallel least-squares gradient in float64 (a cross-process
-all-reduce). Prints one JSON line: process index/count, device counts and the gradient, which
-the test compares with the single-process numpy value.
+all-reduce). Prints one JSON line: process index/count, device counts, the gradient (which
+the test compares with the single-process numpy value), the batch rows this process's
+devices hold, and the error `check_process_rows` raises for a mesh in reversed process order.
 """
 
 import json
@@ -39,6 +40,12 @@ def main():
         return 0.5 * jnp.mean((batch["x"] @ w - batch["y"]) ** 2)
 
     grad = jax.jit(jax.grad(loss))(w, batch)
+    sharding.check_process_rows(mesh, GLOBAL_BATCH)  # the rows this process fed: no error
+    try:  # process 1's devices first: every process would feed rows its devices do not hold
+        sharding.check_process_rows(sharding.make_mesh(devices=jax.devices()[::-1]), 16)
+        swapped_mesh_error = ""
+    except ValueError as error:
+        swapped_mesh_error = str(error)
     print(
         json.dumps(
             {
@@ -47,6 +54,8 @@ def main():
                 "device_count": jax.device_count(),
                 "local_device_count": jax.local_device_count(),
                 "grad": np.asarray(jax.device_get(grad)).tolist(),
+                "rows": sharding.process_rows(mesh, GLOBAL_BATCH),
+                "swapped_mesh_error": swapped_mesh_error,
             }
         ),
         flush=True,

@@ -7,6 +7,7 @@ generates random records from the builders' feature specs, no TensorFlow and no 
 import subprocess
 import sys
 
+import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -135,11 +136,12 @@ def test_cifar10_shapes_and_eval_order(mock_tfds):
         "cifar10", "test", global_batch_size=8, seed=0, train=False, drop_remainder=False, **FAST
     )
     batches = list(ds)  # num_epochs=None means one pass when evaluating
-    assert [len(b["label"]) for b in batches] == [8, 8, 4]
+    assert [len(b["label"]) for b in batches] == [8, 8, 8]  # the last padded...
+    assert [int(b["weight"].sum()) for b in batches] == [8, 8, 4]  # ...with weight 0
     source = tfds.data_source("cifar10", split="test")
     expected = [source[i] for i in range(NUM_MOCK)]
     np.testing.assert_array_equal(
-        np.concatenate([b["label"] for b in batches]), [e["label"] for e in expected]
+        np.concatenate([b["label"] for b in batches])[:NUM_MOCK], [e["label"] for e in expected]
     )
     first = augment.per_image_standardization(expected[0]["image"])
     np.testing.assert_allclose(batches[0]["image"][0], first, rtol=1e-6)
@@ -200,46 +202,69 @@ def test_epochs_reshuffle_and_finite_num_epochs(mock_tfds):
     assert first != second
 
 
-def test_process_shards_are_disjoint(mock_tfds):
-    """Two simulated hosts read disjoint halves that together cover the split."""
-    per_host = []
-    for index in range(2):
+def _process_batches(name, split, processes, n=None, **kwargs):
+    """Batches of each of ``processes`` simulated processes (first ``n``, or all)."""
+    out = []
+    for index in range(processes):
         ds = data.make_dataset(
-            "cifar10",
-            "test",
-            global_batch_size=4,
-            seed=0,
-            train=False,
+            name,
+            split,
             process_index=index,
-            process_count=2,
-            device_count=2,
+            process_count=processes,
+            device_count=processes,
+            **kwargs,
             **FAST,
         )
-        batches = list(ds)
-        assert all(b["image"].shape[0] == 2 for b in batches)  # per-host batch = 4 // 2
-        per_host.append(set(example_keys(batches)))
-    assert not per_host[0] & per_host[1]
-    assert len(per_host[0] | per_host[1]) == NUM_MOCK
+        out.append(take(ds, n) if n is not None else list(ds))
+    return out
 
-    seen = []
-    for index in range(2):  # training mode, no augmentation: digits
-        ds = data.make_dataset(
+
+def test_processes_together_read_the_single_process_global_batches(mock_tfds):
+    """P simulated processes: concatenating their local batches k (in process order) gives
+    exactly global batch k of one process, in training (shuffled, augmented, across epoch
+    boundaries: 20 examples, batches of 8) and in evaluation (source order; the last partial
+    batch padded with weight 0, every process yielding as many batches)."""
+    train = dict(global_batch_size=8, seed=3, train=True)
+    (single,) = _process_batches("cifar10", "train", 1, n=6, **train)
+    for processes in (2, 4):
+        parts = _process_batches("cifar10", "train", processes, n=6, **train)
+        assert all(b["image"].shape[0] == 8 // processes for p in parts for b in p)
+        joined = [
+            {k: np.concatenate([p[step][k] for p in parts]) for k in ("image", "label")}
+            for step in range(6)
+        ]
+        assert_same_batches(joined, single)
+
+    test = dict(global_batch_size=8, seed=0, train=False, drop_remainder=False)
+    (single,) = _process_batches("cifar10", "test", 1, **test)
+    assert [b["weight"].tolist() for b in single][-1] == [1] * 4 + [0] * 4
+    parts = _process_batches("cifar10", "test", 4, **test)
+    assert [len(p) for p in parts] == [3] * 4  # process 3 holds only padding in batch 3
+    assert parts[3][2]["weight"].tolist() == [0, 0]
+    joined = [
+        {k: np.concatenate([p[step][k] for p in parts]) for k in single[0]} for step in range(3)
+    ]
+    assert_same_batches(joined, single)
+
+
+def test_process_rows_index_map():
+    """Local element i of process p is global element (i // b) B + p b + i % b; without
+    padding only whole global batches are kept."""
+    source = grain.MapDataset.range(10)
+    rows = data.ProcessRows(source, 4, 1, 2, pad=False)
+    assert len(rows) == 4 and [rows[i] for i in range(4)] == [2, 3, 6, 7]
+    assert len(data.ProcessRows(source, 4, 0, 2, pad=True)) == 6
+    with pytest.raises(ValueError, match=r"process_index=2 must lie in \[0, 2\)"):
+        data.make_dataset(
             "digits",
             "train",
-            global_batch_size=64,
+            global_batch_size=4,
             seed=0,
             train=True,
-            num_epochs=1,
-            drop_remainder=False,
-            process_index=index,
+            process_index=2,
             process_count=2,
-            device_count=1,
+            device_count=2,
         )
-        seen.append(example_keys(list(ds)))
-    assert len(seen[0]) == len(seen[1]) == digits.NUM_TRAIN // 2
-    assert not set(seen[0]) & set(seen[1])
-    assert data.shard_bounds(10, 2, 3, drop_remainder=False) == (7, 10)
-    assert data.shard_bounds(10, 2, 3, drop_remainder=True) == (6, 9)
 
 
 def test_other_tfds_datasets(mock_tfds):

@@ -147,7 +147,8 @@ def test_distributed_settings_pass_the_explicit_environment():
 def test_two_processes_data_parallel_gradient_equals_single_process(capfd):
     """2 processes x 2 CPU devices: one mesh of 4 devices spanning both processes, each process
     feeding its half of the batch; the jitted float64 gradient (a cross-process all-reduce)
-    equals the single-process numpy gradient on every process."""
+    equals the single-process numpy gradient on every process. Process p's devices hold rows
+    [8p, 8p + 8), and a mesh in reversed process order is refused by check_process_rows."""
     import numpy as np
 
     from revjax.train import launch
@@ -169,6 +170,12 @@ def test_two_processes_data_parallel_gradient_equals_single_process(capfd):
     for r in results:
         assert (r["process_count"], r["device_count"], r["local_device_count"]) == (2, 4, 2)
         np.testing.assert_allclose(r["grad"], expected, rtol=1e-12)
+        p = r["process_index"]
+        assert r["rows"] == [[8 * p, 8 * (p + 1)]]  # the rows make_dataset feeds process p
+        assert (
+            f"process {p}'s devices hold rows [({8 * (1 - p)}, {8 * (2 - p)})]"
+            in (r["swapped_mesh_error"])
+        )
 
 
 def test_unreachable_coordinator_is_a_clear_error_in_bounded_time():
@@ -208,39 +215,75 @@ def test_launcher_stops_every_process_when_one_dies():
     assert time.monotonic() - start < 60
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the 2-process run sees other global batches than the 1-process run (step-1 "
-    "loss 2.394 vs 2.420 on default:smoke): the per-process input pipeline does not assemble "
-    "the single-process global batch (revjax/data, trainer: issue 12)",
-)
-def test_two_process_training_run_equals_one_process_on_as_many_devices(tmp_path, capfd):
-    """`python -m revjax.train --config=default:smoke` as 2 processes x 2 CPU devices ends with
-    the same losses as 1 process x 4 CPU devices (same global batch and mesh size; each process
-    feeds its share of every batch), and both processes write the same summary."""
+TRAIN = [sys.executable, "-m", "revjax.train", "--config=default:smoke"]  # 20 steps
+
+
+def _train_losses(workdir) -> dict[int, float]:
+    """{step: train loss} from a run's metrics.jsonl (steps 1, 5, 10, 15, 20 for smoke)."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["split"] == "train" and "loss" in r}
+
+
+def _launch_two_processes(workdir, capfd, *flags) -> dict:
+    """`TRAIN` as 2 processes x 2 CPU devices; returns the summary process 0 wrote."""
     from revjax.train import launch
 
-    command = [sys.executable, "-m", "revjax.train", "--config=default:smoke"]
     status = launch.launch(
-        [*command, f"--workdir={tmp_path / 'mp'}"],
+        [*TRAIN, f"--workdir={workdir}", *flags],
         2,
         cpu_devices=2,
         timeout=900,
         env=_subprocess_env(),
     )
     assert status == 0, capfd.readouterr().out[-4000:]
-    env = _subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    single = subprocess.run(
-        [*command, f"--workdir={tmp_path / 'sp'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert single.returncode == 0, single.stderr[-4000:]
-    mp = json.loads((tmp_path / "mp" / "summary.json").read_text())
-    sp = json.loads((tmp_path / "sp" / "summary.json").read_text())
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def _assert_same_run(mp: dict, sp: dict, mp_losses: dict, sp_losses: dict) -> None:
     assert mp["steps"] == sp["steps"] > 0
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert abs(mp[key] - sp[key]) <= 1e-5 * max(1.0, abs(sp[key])), (key, mp[key], sp[key])
+    assert sorted(mp_losses) == sorted(sp_losses) and 1 in sp_losses
+    for step, loss in sp_losses.items():  # step 1 was 2.394 vs 2.420 with per-host shuffles
+        assert abs(mp_losses[step] - loss) <= 1e-5 * max(1.0, abs(loss)), (step, mp_losses, loss)
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    """`TRAIN` as 1 process x 4 CPU devices: (summary, {step: train loss})."""
+    workdir = tmp_path_factory.mktemp("sp")
+    env = _subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    single = subprocess.run(
+        [*TRAIN, f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert single.returncode == 0, single.stderr[-4000:]
+    return json.loads((workdir / "summary.json").read_text()), _train_losses(workdir)
+
+
+@pytest.mark.slow
+def test_two_process_training_run_equals_one_process_on_as_many_devices(
+    tmp_path, capfd, single_process_run
+):
+    """`python -m revjax.train --config=default:smoke` as 2 processes x 2 CPU devices logs the
+    same train losses at every logged step and ends with the same test metrics as 1 process x
+    4 CPU devices (same global batches: each process feeds its rows of every batch of the
+    single-process stream, revjax.data.ProcessRows)."""
+    mp = _launch_two_processes(tmp_path / "mp", capfd)
+    sp, sp_losses = single_process_run
+    print("2 processes:", _train_losses(tmp_path / "mp"), "\n1 process:  ", sp_losses)
+    _assert_same_run(mp, sp, _train_losses(tmp_path / "mp"), sp_losses)
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_and_restart_resume_exactly(tmp_path, capfd, single_process_run):
+    """2 processes train 10 steps and save an orbax checkpoint together (state and input
+    pipeline position); both restarted with 20 steps resume at step 10 and end exactly where
+    the uninterrupted 1-process run ends."""
+    workdir = tmp_path / "mp"
+    first = _launch_two_processes(workdir, capfd, "--config.num_steps=10")
+    assert first["steps"] == 10
+    assert (workdir / "checkpoints" / "10").is_dir()
+    resumed = _launch_two_processes(workdir, capfd)
+    assert resumed["resumed_from_step"] == 10
+    sp, sp_losses = single_process_run
+    _assert_same_run(resumed, sp, _train_losses(workdir), sp_losses)

@@ -7,7 +7,8 @@ Public API (used by the trainer):
   task, without reading any data.
 * ``make_dataset(name, split, *, global_batch_size, seed, train, ...) -> grain.IterDataset``:
   iterating yields dicts of numpy arrays ``{"image": float32 (B, H, W, C) or
-  (B, T, H, W, C), "label": int32 (B,) or (B, T, H, W)}`` with ``B`` the per-host batch;
+  (B, T, H, W, C), "label": int32 (B,) or (B, T, H, W)}`` with ``B`` the per-host batch
+  (with ``drop_remainder=False`` also ``"weight": float32 (B,)``, 0 for padding);
   the iterator has ``get_state()`` / ``set_state(state)`` for checkpointing.
 
 Datasets: ``digits`` (scikit-learn, no download), ``synthetic_video`` (generated),
@@ -22,12 +23,19 @@ preprocessing), so smoke runs need no download.
 
 Pipeline (all grain ``MapDataset`` steps, so the stream is a pure function of ``seed``)::
 
-    source -> this host's contiguous shard -> [train: shuffle(seed) -> repeat(num_epochs)
-    -> random_map(augment)] | [eval: map(preprocess)] -> to_iter_dataset -> batch
+    source -> [train: shuffle(seed) -> repeat(num_epochs) -> random_map(augment)]
+    | [eval: map(preprocess)] -> this process's rows of every global batch
+    -> to_iter_dataset -> batch
 
-Shuffling is reseeded every epoch and the augmentation rng of each record is derived from
-``(seed, position in the repeated stream)``, so a run resumed with ``set_state`` sees
-exactly the batches of an uninterrupted run.
+Every process builds the same global stream (the one a single process reads) and keeps,
+of global batch k, the rows ``[k B + p b, k B + (p + 1) b)`` (``B`` global batch, ``b = B / P``
+per process, ``p`` the process index): the global batches of a P-process run are those of a
+1-process run, and the process order of ``jax.make_array_from_process_local_data`` (process p
+holds rows ``[p b, (p + 1) b)`` of a batch sharded over ``jax.devices()``) puts every row on
+the device that holds it in the 1-process run. Shuffling is reseeded every epoch and the
+augmentation rng of each record is derived from ``(seed, position in the global stream)``, so
+a run resumed with ``set_state`` sees exactly the batches of an uninterrupted run, and the
+state (examples this process has read) is the same on every process.
 
 >>> ds = make_dataset("digits", "train", global_batch_size=32, seed=0, train=True)
 >>> it = iter(ds)
@@ -45,6 +53,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import grain
+import numpy as np
 
 from revjax.data import digits, image_folder, synthetic_video, tfds_pipeline
 from revjax.data.arrays import ArraySource, FakeSource, check_arrays
@@ -54,11 +63,11 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "DatasetNotPreparedError",
+    "ProcessRows",
     "dataset_info",
     "host_batch_size",
     "make_dataset",
     "register_arrays",
-    "shard_bounds",
 ]
 
 DATASETS = ("digits", "synthetic_video", *TFDS_DATASETS)
@@ -193,32 +202,59 @@ def host_batch_size(global_batch_size: int, *, process_count: int, device_count:
     return global_batch_size // process_count
 
 
-def shard_bounds(
-    num_examples: int, shard_index: int, shard_count: int, drop_remainder: bool
-) -> tuple[int, int]:
-    """Contiguous ``[start, end)`` interval of shard ``shard_index`` (grain's even split).
+class ProcessRows(grain.MapDataset):
+    """This process's rows of every global batch of a global example stream.
 
-    With ``drop_remainder`` all shards have ``num_examples // shard_count`` examples (hosts
-    then run the same number of steps per epoch); otherwise the first
-    ``num_examples % shard_count`` shards get one extra example.
-
-    Args:
-      num_examples: N.
-      shard_index: this process's shard, in [0, shard_count).
-      shard_count: number of shards.
-      drop_remainder: equal-size shards, dropping the last ``N % shard_count`` examples.
-
-    Returns:
-      (start, end) with ``0 <= start <= end <= N``.
+    Local element ``i`` is global element ``(i // b) B + p b + i % b`` (``B`` global batch,
+    ``b = B / P`` per-process batch, ``p`` process index, ``P`` process count): concatenating
+    the processes' local batches k in process order gives global batch k. Without ``pad``
+    only whole global batches are kept; with ``pad`` the last partial global batch is padded to
+    ``B`` with copies of global element 0 and every element gets ``"weight"`` (float32 1 for
+    a real example, 0 for padding), so every process yields the same number of batches (a
+    collective per batch never waits for a process that has run out).
     """
-    options = grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder)
-    size = num_examples // options.shard_count
-    start, end = size * options.shard_index, size * (options.shard_index + 1)
-    if not options.drop_remainder:
-        extra = num_examples % options.shard_count
-        start += min(options.shard_index, extra)
-        end += min(options.shard_index + 1, extra)
-    return start, end
+
+    def __init__(
+        self,
+        parent: grain.MapDataset,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+        pad: bool,
+    ):
+        super().__init__(parent)
+        self._global_batch = global_batch_size
+        self._local_batch = global_batch_size // process_count
+        self._offset = process_index * self._local_batch
+        self._parent_length = len(parent)
+        self._pad = pad
+        full, rest = divmod(self._parent_length, global_batch_size)
+        self._length = (full + (1 if pad and rest else 0)) * self._local_batch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def global_index(self, index: int) -> int:
+        """The global stream position of local element ``index`` (in [0, len(self)))."""
+        batch, row = divmod(index, self._local_batch)
+        return batch * self._global_batch + self._offset + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, index = divmod(index, self._length)
+        position = self.global_index(index)
+        real = position < self._parent_length
+        element = self._parent[epoch * self._parent_length + (position if real else 0)]
+        if not self._pad or element is None:
+            return element
+        return {**element, "weight": np.float32(real)}
+
+    def __str__(self) -> str:
+        return (
+            f"ProcessRows(global_batch={self._global_batch}, rows=[{self._offset}, "
+            f"{self._offset + self._local_batch}), pad={self._pad})"
+        )
 
 
 def _load(
@@ -289,14 +325,16 @@ def make_dataset(
       split: "train" or "test" (TFDS datasets also take TFDS split strings such as
         "train[:10%]" for subsampling; "test" means "validation" for imagenet2012/davis).
       global_batch_size: examples per step over all hosts; must divide by
-        ``jax.device_count()``. Each host yields ``global_batch_size // process_count``.
+        ``jax.device_count()``. Each host yields ``global_batch_size // process_count``
+        rows of every global batch (its block in process order; see ``ProcessRows``).
       seed: shuffling and augmentation seed, in [0, 2**32).
       train: shuffle (reseeded each epoch), repeat and augment; otherwise a deterministic
         pass in source order with evaluation preprocessing.
       num_epochs: passes over the data; None = forever when training, one pass otherwise.
       data_dir: TFDS data directory (TFDS datasets only).
-      drop_remainder: drop the last partial batch (use False for exact evaluation; hosts
-        may then see different numbers of batches unless the split divides evenly).
+      drop_remainder: drop the last partial global batch. False (exact evaluation): pad it
+        to the full batch with copies of an example and add ``"weight"`` (float32 (B,), 0 for
+        padding) to every batch; every process then yields the same number of batches.
       process_index: this host's index (default ``jax.process_index()``).
       process_count: number of hosts (default ``jax.process_count()``).
       device_count: devices over all hosts (default ``jax.device_count()``).
@@ -318,7 +356,7 @@ def make_dataset(
 
     Raises:
       ValueError: unknown ``name`` (the message lists valid names), a batch size not
-        divisible by the device count, or an empty shard.
+        divisible by the device count, or an empty split.
       DatasetNotPreparedError: a TFDS dataset is missing; the message says how to build it.
     """
     _check_name(name)
@@ -337,13 +375,11 @@ def make_dataset(
         source, preprocess = _load(name, split, data_dir, options)
 
     ds = grain.MapDataset.source(source)
-    start, end = shard_bounds(len(ds), process_index, process_count, drop_remainder=train)
-    if end <= start:
-        raise ValueError(
-            f"{name!r} split {split!r} has {len(ds)} examples: too few for shard "
-            f"{process_index} of {process_count}."
-        )
-    ds = ds[start:end].seed(seed)
+    if len(ds) == 0:
+        raise ValueError(f"{name!r} split {split!r} has no examples.")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, {process_count}).")
+    ds = ds.seed(seed)
     if train:
         ds = ds.shuffle().repeat(num_epochs)
         if preprocess is not None:
@@ -353,6 +389,7 @@ def make_dataset(
             ds = ds.map(functools.partial(_evaluate, preprocess))
         if num_epochs not in (None, 1):
             ds = ds.repeat(num_epochs, reseed_each_epoch=False)
+    ds = ProcessRows(ds, global_batch_size, process_index, process_count, not drop_remainder)
 
     read_options = grain.ReadOptions(
         num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size

@@ -23,9 +23,12 @@ memory is not divided by the number of devices. Spatial sharding pays for convol
 Multi-host: `maybe_initialize_distributed()` calls `jax.distributed.initialize()` when the
 environment describes a multi-process job (SLURM with several tasks, explicit
 `JAX_COORDINATOR_ADDRESS`/`JAX_NUM_PROCESSES`/`JAX_PROCESS_ID`, or a TPU pod slice's own
-metadata); each host feeds its `B / process_count` examples and `shard_batch` assembles the
-global array. `python -m revjax.train.launch` starts N such processes on one machine (CPU
-devices, gloo collectives) for testing what a multi-host job does.
+metadata); process p feeds rows ``[p B / P, (p + 1) B / P)`` of every global batch (the
+input pipeline, `revjax.data.make_dataset`, reads them from the global example stream that a
+single process reads; `check_process_rows` checks the mesh puts them on p's devices) and
+`shard_batch` assembles the global array. `python -m revjax.train.launch` starts N such
+processes on one machine (CPU devices, gloo collectives) for testing what a multi-host job
+does.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ __all__ = [
     "is_multiprocess_env",
     "make_mesh",
     "check_batch_divisible",
+    "check_process_rows",
+    "process_rows",
     "check_spatial_divisible",
     "batch_sharding",
     "replicated_sharding",
@@ -230,6 +235,43 @@ def check_batch_divisible(global_batch_size: int, device_count: int) -> None:
             f"global_batch_size={global_batch_size} must be a positive multiple of the number "
             f"of devices on mesh axis 'data' ({device_count}); e.g. use "
             f"{max(device_count, global_batch_size // device_count * device_count)}."
+        )
+
+
+def process_rows(mesh: Mesh, global_batch_size: int) -> list[tuple[int, int]]:
+    """Sorted, merged ``[start, stop)`` row intervals of a (B, ...) batch sharded over "data"
+    that this process's devices hold (`jax.make_array_from_process_local_data` fills them, in
+    this order, from the process's local batch)."""
+    sharding = batch_sharding(mesh)
+    indices = sharding.addressable_devices_indices_map((global_batch_size,)).values()
+    rows = sorted({s[0].indices(global_batch_size)[:2] for s in indices})
+    merged: list[tuple[int, int]] = []
+    for start, stop in rows:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def check_process_rows(mesh: Mesh, global_batch_size: int) -> None:
+    """The input pipeline (`revjax.data.make_dataset`) feeds process p the rows
+    ``[p b, (p + 1) b)`` of every global batch (``b = B / process_count``); the mesh must put
+    exactly those rows on p's devices, as a mesh over ``jax.devices()`` (ordered by process)
+    does.
+
+    Raises:
+      ValueError: this process's devices hold other rows (a device order that interleaves
+        processes along "data"), which would silently train on other global batches.
+    """
+    local = global_batch_size // jax.process_count()
+    expected = [(jax.process_index() * local, (jax.process_index() + 1) * local)]
+    held = process_rows(mesh, global_batch_size)
+    if held != expected:
+        raise ValueError(
+            f"process {jax.process_index()}'s devices hold rows {held} of each global batch "
+            f"of {global_batch_size}, but the input pipeline feeds it rows {expected}; build "
+            "the mesh over jax.devices() in process order (revjax.train.sharding.make_mesh)"
         )
 
 

@@ -310,9 +310,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _pad_batch(batch: dict, size: int) -> dict:
-    """Pads a (possibly short) eval batch to ``size`` examples; adds "weight" (1 real, 0 pad)."""
+    """Pads a (possibly short) eval batch to ``size`` examples; "weight" is 1 for a real
+    example, 0 for padding (the batch's own "weight", from ``make_dataset`` with
+    ``drop_remainder=False``, is kept)."""
     n = len(batch["label"])
-    out = {"weight": np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])}
+    weight = np.asarray(batch.get("weight", np.ones(n)), np.float32)
+    out = {"weight": np.concatenate([weight, np.zeros(size - n, np.float32)])}
     for key in ("image", "label"):
         value = np.asarray(batch[key])
         pad = np.zeros((size - n, *value.shape[1:]), value.dtype)
@@ -625,6 +628,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     sharding.check_batch_divisible(config.global_batch_size, data_devices)
     eval_batch_size = int(config.get("eval_batch_size", 0) or config.global_batch_size)
     sharding.check_batch_divisible(eval_batch_size, data_devices)
+    sharding.check_process_rows(mesh, config.global_batch_size)
     spatial_axis = mesh_config.get("spatial_axis", 1) if mesh.shape["space"] > 1 else None
     if spatial_axis is not None:
         sharding.check_spatial_divisible(
