@@ -53,7 +53,7 @@ def train_step_temp_bytes(model, batch: int, size: int, channels: int = 3) -> in
     )
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
-    mutable = list(state)
+    mutable = list(state) or False
 
     def loss(params, state, x, labels):
         out = model.apply({"params": params, **state}, x, train=True, mutable=mutable)

@@ -174,7 +174,7 @@ def model_step_memory(
 
     def loss_fn(params, batch):
         images, targets, model_state = batch
-        mutable = list(model_state)
+        mutable = list(model_state) or False
         out = model.apply({"params": params, **model_state}, images, train=True, mutable=mutable)
         logits = out[0] if mutable else out
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
