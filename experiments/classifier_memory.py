@@ -1,4 +1,5 @@
-"""Activation memory of one classifier training step: RevNet vs ResNet (SPEC §2.5, §8.1.3).
+"""Activation memory of one classifier training step: RevNet vs ResNet
+(Gomez et al. 2017, arXiv:1707.04585).
 
 For CIFAR shapes (batch 128, 32x32x3) this compiles one training step,
 

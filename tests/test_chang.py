@@ -1,4 +1,5 @@
-"""Chang et al. Hamiltonian, midpoint and leapfrog networks (SPEC §4, §2.6, §8.1)."""
+"""Chang et al. Hamiltonian, midpoint and leapfrog networks
+(Chang et al. 2018, arXiv:1709.03698)."""
 
 import jax
 import jax.numpy as jnp
@@ -316,7 +317,7 @@ def test_midpoint_stability_threshold(h_omega, expected):
 
 @pytest.mark.parametrize("a,b,grows", [(1.0, -2.0, False), (1.0, -4.5, True), (0.5, 0.5, True)])
 def test_revnet_scalar_stability(a, b, grows):
-    """Additive coupling F = a x, G = b y: neutral (ρ = 1) iff −4 ≤ ab ≤ 0 (SPEC §2.6)."""
+    """Additive coupling F = a x, G = b y: neutral (ρ = 1) iff −4 ≤ ab ≤ 0."""
     step = couplings.additive_coupling(lambda p, u, r: a * u, lambda p, u, r: b * u)
     rho = spectral_radius(step, {"F": None, "G": None}, (jnp.zeros(1), jnp.zeros(1)))
     t = 2 + a * b  # trace of [[1, a], [b, 1 + ab]], det 1

@@ -1,4 +1,4 @@
-"""Periodic FFT convolutions (SPEC §6.1, §6.3, §8.1.7): each operator against a direct one."""
+"""Periodic FFT convolutions (Ephrath et al. 2019, arXiv:1805.07821), each against a direct one."""
 
 import itertools
 
@@ -180,7 +180,7 @@ def test_adjoint_inner_product_and_linear_transpose(name, case):
 
 @pytest.mark.parametrize("case", [CASES_2D[1], CASES_2D[3], CASES_3D[2]], ids=_case_id)
 def test_adjoint_is_flipped_operator(case):
-    """Odd k: K_dw^T = K_dw(flip w); K_circ^T = K_circ(flip C_{(-i) mod C}) (SPEC §6.7)."""
+    """Odd k: K_dw^T = K_dw(flip w); K_circ^T = K_circ(flip C_{(-i) mod C})."""
     y, kernel = _data(*case)
     flipped = _flip_spatial(kernel)
     np.testing.assert_allclose(

@@ -1,4 +1,5 @@
-"""Fully reversible multilevel hyperbolic networks (SPEC §5): layer, body, models, memory."""
+"""Fully reversible multilevel hyperbolic networks
+(Peters, Haber, Lensink 2019, arXiv:1912.12137): layer, body, models, memory."""
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +78,7 @@ def test_tv_norm_formula():
 
 
 def test_unnormalised_force_has_symmetric_nsd_jacobian():
-    """Without N, J_f = −K^T D K: ⟨J v, w⟩ = ⟨v, J w⟩ and ⟨J v, v⟩ ≤ 0 (SPEC §5.2).
+    """Without N, J_f = −K^T D K: ⟨J v, w⟩ = ⟨v, J w⟩ and ⟨J v, v⟩ ≤ 0.
 
     J^T is applied by reverse mode (conv carries a custom VJP); J^T symmetric ⇔ J symmetric.
     """
@@ -227,7 +228,7 @@ def test_parameter_count_table_matches_formula():
         assert row["full_per_layer"] == 27 * c * c
         assert row["low_rank_total"] == units * (level + 1) * 27 * c * 3
         assert row["compression"] == c / 3
-    # the SPEC §5.2 illustration: C = 3·8³ = 1536, r = 64
+    # the paper's illustration: C = 3·8³ = 1536, r = 64
     assert hyperbolic.layer_param_count(3, 1536, 64) == 2_654_208
     assert hyperbolic.layer_param_count(3, 1536, None) == 63_700_992
 

@@ -1,4 +1,5 @@
-"""Tests for the i-RevNet invertible downsampling ψ (``revjax.space_to_depth``, SPEC §1.2)."""
+"""Tests for the i-RevNet invertible downsampling ψ (``revjax.space_to_depth``;
+Jacobsen, Smeulders, Oyallon 2018, arXiv:1802.07088)."""
 
 import itertools
 

@@ -1,4 +1,5 @@
-"""Per-example NumPy augmentations used by the input pipelines (SPEC §4.1 data, §6.5, §2.4).
+"""Per-example NumPy augmentations used by the input pipelines (Chang et al. 2018,
+arXiv:1709.03698; Ephrath et al. 2019, arXiv:1805.07821; Gomez et al. 2017, arXiv:1707.04585).
 
 Every random function takes an explicit ``np.random.Generator``; grain hands one to each
 record (``MapDataset.random_map``), seeded from the pipeline seed and the record index, so
@@ -12,7 +13,8 @@ data (box-resize, so a crop followed by a resize is one interpolation).
 Recipes:
   * CIFAR / STL-10 (Hamiltonian and RevNet papers): pad-4 random crop, horizontal flip,
     per-image standardisation (STL-10: no padding).
-  * LeanResNet (SPEC §6.5, "random resize, crop and flip"): crop a random square-ish box
+  * LeanResNet (Ephrath et al. 2019, Sec. 4: "random resize, crop and flip"): crop a random
+    square-ish box
     whose side is ``1/s`` of the image, ``s ~ U[1, max_scale]``, resize back, flip,
     standardise. The exact PyTorch transform is not recoverable; this is our reading.
   * ImageNet: Inception-style random-resized crop to 224 + flip + mean/std normalisation
@@ -262,7 +264,7 @@ def cifar_train(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np
 
 
 def lean_train(image: np.ndarray, rng: np.random.Generator, max_scale: float = 1.25) -> np.ndarray:
-    """LeanResNet augmentation (SPEC §6.5): random zoom-crop, flip, standardisation.
+    """LeanResNet augmentation (Ephrath et al. 2019, Sec. 4): zoom-crop, flip, standardisation.
 
     Args:
       image: (H, W, C) uint8.

@@ -1,6 +1,7 @@
 """Synthetic video segmentation: moving, deforming shapes on a textured background.
 
-A stand-in for DAVIS (SPEC §5.4) that needs no download: each clip is a pure function of an
+A stand-in for DAVIS (video data of Peters, Haber, Lensink 2019, arXiv:1912.12137) that
+needs no download: each clip is a pure function of an
 integer seed. Shapes (ellipses for odd classes, rectangles for even classes) follow smooth
 Lissajous trajectories while their size, aspect ratio and rotation oscillate; each class has
 a fixed colour (the same in every clip, so classes are learnable) with a striped texture;
