@@ -11,8 +11,8 @@ models in `backprop="reversible"`) and trained with one plain optax loop: SGD wi
 0.9 and a cosine-decayed learning rate (RevUp: Adam 1e-2, see `ADAM`),
 `--batch`, `--steps`, float32, batch norm in train mode. Per model the table gives the test
 accuracy (or mean IoU), steps, wall time of the training loop (compilation excluded), the
-body's float32 reconstruction error after training (`model.reconstruction_error`), and the compiled temporary memory of one training step
-(XLA `memory_analysis()`, value_and_grad + optimizer update) in reversible vs store mode.
+body's float32 reconstruction error after training (`model.reconstruction_error`), and the
+compiled temporary memory of one training step (XLA `memory_analysis()`, value_and_grad + optimizer update) in reversible vs store mode.
 
 Usage::
 
