@@ -12,7 +12,8 @@ models in `backprop="reversible"`) and trained with one plain optax loop: SGD wi
 `--batch`, `--steps`, float32, batch norm in train mode. Per model the table gives the test
 accuracy (or mean IoU), steps, wall time of the training loop (compilation excluded), the
 body's float32 reconstruction error after training (`model.reconstruction_error`), and the
-compiled temporary memory of one training step (XLA `memory_analysis()`, value_and_grad + optimizer update) in reversible vs store mode.
+compiled temporary memory of one training step (XLA `memory_analysis()`, value_and_grad +
+optimizer update) in reversible vs store mode.
 
 Usage::
 
