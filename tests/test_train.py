@@ -23,7 +23,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from revjax import configs
-from revjax.train import checkpointing, optim, sharding, trainer
+from revjax.train import checkpointing, load, optim, sharding, trainer
 from revjax.train.__main__ import resolve_config_argument
 
 TINY = {  # --config.x=y overrides shrinking the default (digits) config
@@ -205,6 +205,12 @@ def test_corrupted_latest_checkpoint_falls_back(trained, tmp_path):
     assert summary["skipped_corrupted_checkpoints"] == [4]
     assert summary["steps"] == 6
     assert any((workdir / "corrupted_checkpoints").iterdir())
+    # The restored state was used: the result equals an uninterrupted 6-step run.
+    fresh = tmp_path / "fresh"
+    trainer.train_and_evaluate(tiny_config(num_steps=6, checkpoint_every_steps=2), fresh)
+    resumed, uninterrupted = load(workdir)[1], load(fresh)[1]
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_incompatible_config_names_differences(trained, tmp_path):
@@ -497,7 +503,6 @@ def test_load_round_trip_predictions_equal_trained_state(trained):
     """load(workdir) rebuilds the model; its test accuracy equals the run's own evaluation
     and its parameters are the saved ones; step= picks an earlier checkpoint."""
     from revjax import data
-    from revjax.train import load
 
     model, variables, config = load(trained)
     assert config.model_kwargs.channels == 4 and set(variables) == {"params", "batch_stats"}
@@ -731,7 +736,6 @@ def test_segmentation_task_reports_iou_through_the_trainer(tmp_path):
     """video_hyperbolic3d:smoke through train_and_evaluate: per-class IoU and mean IoU equal
     those recomputed from the loaded model on the test clips."""
     from revjax import data
-    from revjax.train import load
 
     config = configs.load_config("video_hyperbolic3d", "smoke")
     config.memory_report, config.progress_bar = False, False
