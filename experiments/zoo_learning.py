@@ -19,6 +19,7 @@ Usage::
 
     python experiments/zoo_learning.py                  # all families (~30 min on 2 CPU cores)
     python experiments/zoo_learning.py --models revnet38 hamiltonian74 --steps 100
+    python experiments/zoo_learning.py --merge experiments/results/zoo_learning_part*.log
 
 Writes `--out` (default experiments/results/zoo_learning.json) and prints a markdown table.
 """
@@ -181,7 +182,7 @@ def run(name: str, steps: int, batch: int, seed: int) -> dict:
 
 def format_table(rows) -> str:
     lines = [
-        "| model | metric | score | steps | train s | recon. error | reversible MiB | store MiB |",
+        "| model | metric | score | steps x batch | train s | recon. err. | rev. MiB | store MiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -190,7 +191,7 @@ def format_table(rows) -> str:
         rev = f"{mem['reversible']:.1f}" if mem else "—"
         store = f"{mem['store']:.1f}" if mem else "—"
         lines.append(
-            f"| {r['model']} | {r['metric']} | {r['score']:.3f} | {r['steps']} | "
+            f"| {r['model']} | {r['metric']} | {r['score']:.3f} | {r['steps']} x {r['batch']} | "
             f"{r['wall_s']:.0f} | {drift} | {rev} | {store} |"
         )
     return "\n".join(lines)
@@ -203,9 +204,22 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="experiments/results/zoo_learning.json")
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        help="instead of training, tabulate the JSON rows printed by earlier runs (later wins)",
+    )
     args = parser.parse_args(argv)
     rows = []
-    for name in args.models:
+    if args.merge:
+        by_model = {}
+        for path in args.merge:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith("{"):
+                    row = json.loads(line)
+                    by_model[row["model"]] = row
+        rows = list(by_model.values())
+    for name in [] if args.merge else args.models:
         row = run(name, args.steps, args.batch, args.seed)
         print(json.dumps(row), flush=True)
         rows.append(row)
