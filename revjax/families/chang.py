@@ -61,7 +61,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, integrators, transitions
+from revjax import couplings, engine, integrators, transitions
 from revjax.conv import conv, conv_transpose
 
 __all__ = [
@@ -138,35 +138,18 @@ def hamiltonian_step(h: float = 1.0) -> engine.InvertibleStep:
 def verlet_step_with_stats(
     F: Callable[..., Any], G: Callable[..., Any], *, train: bool, name: str = "hamiltonian"
 ) -> engine.InvertibleStep:
-    """Verlet block whose residual functions carry batch statistics (BN inside F and G).
+    """Verlet block Y' = Y + F(Z), Z' = Z − G(Y') with batch statistics (BN inside F and G).
 
-    F, G: pure `(variables, u, rng) -> (v, batch_stats)` (`revjax.nn.residual_with_stats`),
-    `variables = {"params", "batch_stats"}`. In train mode the forward returns
-    ((Y', Z'), {"F": stats, "G": stats}) (`has_aux=True`): the running averages updated
-    once, by the forward pass; the inverse and the fused backward (`integrators.verlet_step`)
-    use the output values only, so the reconstruction normalises with the same batch
-    statistics (its input is the forward's input) and never updates them. In eval mode the
-    running averages are used and the step has no aux.
+    F, G: pure `(variables, u, rng) -> (v, batch_stats)`; the additive coupling with G negated
+    (`couplings.additive_coupling_with_stats`: running averages updated once, by the forward
+    pass; the reconstruction reuses the forward's batch statistics and updates nothing).
     """
 
-    def value(fn):
-        return lambda variables, u, rng=None: fn(variables, u, rng)[0]
+    def negated_G(variables, u, rng=None):
+        g, stats = G(variables, u, rng)
+        return -g, stats
 
-    plain = integrators.verlet_step(value(F), value(G), name=name)
-    if not train:
-        return plain
-
-    def forward(params, x, rng=None):
-        y, z = x
-        rf, rg = (None, None) if rng is None else tuple(jax.random.split(rng))
-        f, f_stats = F(params["F"], z, rf)
-        y_next = y + f
-        g, g_stats = G(params["G"], y_next, rg)
-        return (y_next, z - g), {"F": f_stats, "G": g_stats}
-
-    return engine.InvertibleStep(
-        forward, plain.inverse, plain.backward, has_aux=True, name=name
-    )
+    return couplings.additive_coupling_with_stats(F, negated_G, train=train, name=name)
 
 
 def antisymmetric_conv(y: jax.Array, kernel: jax.Array) -> jax.Array:

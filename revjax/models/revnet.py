@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from revjax import conv as conv_ops
 from revjax import engine
-from revjax.couplings import additive_coupling, merge_halves, split_halves
+from revjax.couplings import additive_coupling_with_stats, merge_halves, split_halves
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families.resnet import (
     check_classifier_config,
@@ -59,10 +59,6 @@ __all__ = [
 ]
 
 
-def _value(fn):
-    return lambda variables, u, rng=None: fn(variables, u, rng)[0]
-
-
 def _split_rng(rng):
     return (None, None) if rng is None else tuple(jax.random.split(rng))
 
@@ -75,20 +71,9 @@ def bn_coupling(F: nn.Module, G: nn.Module, *, train: bool, name: str = "revnet_
     (`has_aux=True`); inverse and fused backward are those of `additive_coupling` on the
     output values only, so reconstruction never updates the statistics.
     """
-    f_fn, g_fn = residual_with_stats(F, train), residual_with_stats(G, train)
-    plain = additive_coupling(_value(f_fn), _value(g_fn), name=name)
-    if not train:
-        return plain
-
-    def forward(params, x, rng=None):
-        x1, x2 = x
-        rf, rg = _split_rng(rng)
-        f, f_stats = f_fn(params["F"], x2, rf)
-        y1 = x1 + f
-        g, g_stats = g_fn(params["G"], y1, rg)
-        return (y1, x2 + g), {"F": f_stats, "G": g_stats}
-
-    return engine.InvertibleStep(forward, plain.inverse, plain.backward, has_aux=True, name=name)
+    return additive_coupling_with_stats(
+        residual_with_stats(F, train), residual_with_stats(G, train), train=train, name=name
+    )
 
 
 def stored_transition_block(
