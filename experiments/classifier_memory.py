@@ -1,13 +1,11 @@
 """Activation memory of one classifier training step: RevNet vs ResNet
 (Gomez et al. 2017, arXiv:1707.04585).
 
-For CIFAR shapes (batch 128, 32x32x3) this compiles one training step,
-
-    (params, batch_stats, x, labels) -> value_and_grad(mean cross-entropy)(params)
-                                        with the BN running averages mutable,
-
-and reports XLA's exact scratch allocation `compiled.memory_analysis().temp_size_in_bytes`
-(parameters, inputs and outputs excluded; nothing is allocated: inputs are
+For CIFAR shapes (batch 128, 32x32x3) this compiles one training step as `revjax.memory`
+defines it (`model_step_memory`: mean softmax cross-entropy with the batch-norm averages
+mutable, value_and_grad, then an SGD-with-momentum update, parameters and optimizer state
+donated) and reports XLA's exact scratch allocation `temp` of the compiled step (parameters,
+optimizer state, inputs and outputs excluded; nothing is allocated: inputs are
 `jax.ShapeDtypeStruct`s). Three tables:
 
 1. registry models (default revnet110, resnet110, and hamiltonian218 when registered) under
@@ -18,8 +16,8 @@ and reports XLA's exact scratch allocation `compiled.memory_analysis().temp_size
    RevNet-110) under reversible and store: reversible temp memory should stay flat.
 
 Expected: reversible temp bytes well below store for RevNet-110 and nearly independent of depth
-(what remains scales with the stored stage inputs and the widest single block), store growing
-linearly with depth.
+except for one parameter-sized gradient buffer (what remains scales with the stored stage
+inputs and the widest single block), store growing linearly with depth.
 
 Usage::
 
@@ -36,54 +34,35 @@ import json
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import optax
 
-from revjax import models
+from revjax import memory, models
 
 BACKPROPS = ("reversible", "store", "remat")
-
-
-def train_step_temp_bytes(model, batch: int, size: int, channels: int = 3) -> int:
-    """temp_size_in_bytes of the compiled value_and_grad of cross-entropy w.r.t. params."""
-    x = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    variables = jax.eval_shape(
-        lambda k: model.init(k, jnp.zeros(x.shape, x.dtype), train=False), jax.random.key(0)
-    )
-    params = variables["params"]
-    state = {k: v for k, v in variables.items() if k != "params"}
-    mutable = list(state) or False
-
-    def loss(params, state, x, labels):
-        out = model.apply({"params": params, **state}, x, train=True, mutable=mutable)
-        logits, updates = out if mutable else (out, {})
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return ce, updates
-
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    compiled = step.lower(params, state, x, labels).compile()
-    return int(compiled.memory_analysis().temp_size_in_bytes)
-
+OPTIMIZER = optax.sgd(0.1, momentum=0.9)  # as in revjax/configs/cifar10_revnet110.py
 
 _CACHE: dict = {}
 
 
 def measure(label: str, name: str, batch: int, size: int, **overrides) -> dict:
-    """One configuration's temp bytes (identical configurations are compiled once)."""
+    """One configuration's compiled training-step bytes (identical configurations compile once).
+
+    `overrides` are `revjax.models.create` keyword arguments (the model's config names).
+    """
     start = time.perf_counter()
     model = models.create(name, **overrides)
     key = (repr(model), batch, size)
     if key not in _CACHE:
-        _CACHE[key] = train_step_temp_bytes(model, batch, size)
-    temp = _CACHE[key]
+        _CACHE[key] = memory.model_step_memory(model, (batch, size, size, 3), OPTIMIZER)
+    stats = _CACHE[key]
     record = {
         "label": label,
         "model": name,
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
-        "temp_bytes": temp,
-        "temp_mib": temp / 2**20,
+        "temp_bytes": stats["temp"],
+        "argument_bytes": stats["arguments"],
+        "output_bytes": stats["outputs"],
+        "temp_mib": stats["temp"] / 2**20,
         "compile_s": time.perf_counter() - start,
     }
     print(f"  {label:<34} {record['temp_mib']:9.1f} MiB  ({record['compile_s']:.1f} s)", flush=True)

@@ -143,22 +143,11 @@ def measure_memory(mode, depth, batch, size, channels):
 
 
 def time_modes(compiled_steps, depth, batch, size, channels, rounds):
-    """{mode: {"median_seconds", "ratio_to_baseline"}} of the compiled steps, round-robin.
-
-    Each variant threads its own (params, opt_state) through its donated step, as a training
-    loop does.
-    """
+    """{mode: {"median_seconds", "ratio_to_baseline"}} of the compiled steps, round-robin
+    (`revjax.benchmark`), each mode threading its own donated (params, opt_state)."""
     params, x = inputs(depth, batch, size, channels)
-    fns = {}
-    for mode, compiled in compiled_steps.items():
-        state = [jax.tree.map(jnp.copy, params), OPTIMIZER.init(params)]
-
-        def run(compiled=compiled, state=state):
-            state[0], state[1], loss = compiled(state[0], state[1], x)
-            return loss
-
-        fns[mode] = run
-    return benchmark.summarize(benchmark.interleaved_times(fns, rounds), baseline="store")
+    calls = benchmark.update_step_calls(compiled_steps, params, OPTIMIZER.init(params), x)
+    return benchmark.summarize(benchmark.interleaved_times(calls, rounds), baseline="store")
 
 
 def measure_exact_cost(depth, batch, size, channels, rounds):
@@ -183,20 +172,6 @@ def measure_exact_cost(depth, batch, size, channels, rounds):
     return records
 
 
-def format_exact_table(records):
-    lines = [
-        "| depth | backprop | temp MiB | step ms | time / float | memory / float |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in records:
-        lines.append(
-            f"| {r['depth']} | {r['backprop']} | {r['temp_bytes'] / 2**20:.2f} | "
-            f"{1e3 * r['step_seconds']:.1f} | {r['time_ratio_this_over_float']:.2f} | "
-            f"{r['memory_ratio_this_over_float']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def add_ratios(records):
     by_key = {(r["depth"], r["backprop"]): r for r in records}
     for r in records:
@@ -207,19 +182,35 @@ def add_ratios(records):
     return records
 
 
-def format_table(records):
-    lines = [
-        "| depth | backprop | temp MiB | store/this memory | time / store time |",
-        "|---:|---|---:|---:|---:|",
-    ]
+def _ratio_cell(value, suffix=""):
+    return "" if value is None else f"{value:.2f}{suffix}"
+
+
+# (header, cell) columns of the two tables; `cell(record) -> str`.
+DEPTH_COLUMNS = (
+    ("depth", lambda r: str(r["depth"])),
+    ("backprop", lambda r: r["backprop"]),
+    ("temp MiB", lambda r: f"{r['temp_bytes'] / 2**20:.2f}"),
+    ("store/this memory", lambda r: _ratio_cell(r.get("memory_ratio_store_over_this"), "x")),
+    ("time / store time", lambda r: _ratio_cell(r.get("time_ratio_this_over_store"))),
+)
+EXACT_COLUMNS = (
+    ("depth", lambda r: str(r["depth"])),
+    ("backprop", lambda r: r["backprop"]),
+    ("temp MiB", lambda r: f"{r['temp_bytes'] / 2**20:.2f}"),
+    ("step ms", lambda r: f"{1e3 * r['step_seconds']:.1f}"),
+    ("time / float", lambda r: _ratio_cell(r["time_ratio_this_over_float"])),
+    ("memory / float", lambda r: _ratio_cell(r["memory_ratio_this_over_float"])),
+)
+
+
+def format_table(records, columns=DEPTH_COLUMNS) -> str:
+    """A markdown table, one row per record; `columns` = ((header, cell(record) -> str), ...).
+    Numbers are right-aligned, the backprop name left-aligned."""
+    align = ["---:" if header != "backprop" else "---" for header, _ in columns]
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "|".join(align) + "|"]
     for r in records:
-        mem_ratio = r.get("memory_ratio_store_over_this")
-        t_ratio = r.get("time_ratio_this_over_store")
-        lines.append(
-            f"| {r['depth']} | {r['backprop']} | {r['temp_bytes'] / 2**20:.1f} | "
-            f"{'' if mem_ratio is None else f'{mem_ratio:.1f}x'} | "
-            f"{'' if t_ratio is None else f'{t_ratio:.2f}'} |"
-        )
+        lines.append("| " + " | ".join(cell(r) for _, cell in columns) + " |")
     return "\n".join(lines)
 
 
@@ -243,7 +234,7 @@ def main(argv=None):
             f"RevNet-style stack, {args.channels} channels, {args.size}x{args.size}, batch "
             f"{args.batch}, {jax.devices()[0].platform}, float vs exact (interleaved timing)"
         )
-        print(format_exact_table(records))
+        print(format_table(records, EXACT_COLUMNS))
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(records, indent=2))

@@ -4,10 +4,14 @@ RevUp ("Reversible Fixup Networks for Memory-Efficient Training", 2019) claims m
 depth. For revup20/56/110 at CIFAR shape (32x32x3) this reports, per backprop mode
 ("reversible", "store", "remat"):
 
-- compiled temporary bytes of one training step (loss + gradients + the spectral-norm state
-  update), from `jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes` (exact,
-  no run), at batch 128 for all modes and at batches 8 and 64 for "reversible";
-- the step-time ratio against "store" (median of a few timed steps at a small batch);
+- compiled temporary bytes of one training step as `revjax.memory.model_step_memory` defines
+  it (mean softmax cross-entropy, the spectral-norm vectors applied as mutable state,
+  value_and_grad, then an SGD-with-momentum update with parameters and optimizer state
+  donated), from XLA's memory analysis (exact, no run), at batch 128 for all modes and at
+  batches 8 and 64 for "reversible";
+- the step-time ratio against "store": the same compiled steps run round-robin in one process
+  (`revjax.benchmark.interleaved_times`), the ratio being the median over rounds of
+  t(mode) / t(store) within a round, at a small batch;
 - the mean number of fixed-point iterations per block that the reversible backward pass
   performs (`RevUp.fixed_point_trace`), at Fixup-init parameters perturbed so that g ≠ 0 (at
   Fixup init W2 = 0 and every solve takes one iteration), with converged power iterations.
@@ -24,28 +28,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from revjax import models
+from revjax import benchmark, memory, models
 
 MODES = ("reversible", "store", "remat")
+OPTIMIZER = optax.sgd(0.1, momentum=0.9)  # as in revjax/configs/cifar10_revup110.py
 
 
 def get_config(quick: bool) -> dict:
-    """Full: revup20/56/110, batch 128 for memory, batch 16 for timing (3 timed steps)."""
+    """Full: revup20/56/110, batch 128 for memory, batch 16 for timing (5 interleaved rounds)."""
     if quick:
         return dict(
             names=("revup20", "revup56"),
             memory_batch=128,
             reversible_batches=(8,),
             time_batch=4,
-            time_steps=2,
+            time_rounds=3,
             time_names=("revup20",),
         )
     return dict(
@@ -53,7 +57,7 @@ def get_config(quick: bool) -> dict:
         memory_batch=128,
         reversible_batches=(8, 64),
         time_batch=16,
-        time_steps=3,
+        time_rounds=5,
         time_names=("revup20", "revup56", "revup110"),
     )
 
@@ -72,41 +76,27 @@ def perturbed(model, variables, x, scale=0.05, seed=0):
     return {**variables, **stats}
 
 
-def train_step_fn(model):
-    def loss(params, stats, x, labels):
-        logits, new_stats = model.apply(
-            {"params": params, **stats}, x, train=True, mutable=["spectral_stats"]
-        )
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1)), new_stats
-
-    return jax.grad(loss, has_aux=True)
-
-
-def temp_bytes(name, backprop, batch, variables):
+def temp_bytes(name, backprop, batch):
+    """Compiled temp bytes of `name`'s training step (`revjax.memory.model_step_memory`)."""
     model = models.create(name, backprop=backprop)
-    x = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.float32)
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    stats = {"spectral_stats": variables["spectral_stats"]}
-    compiled = jax.jit(train_step_fn(model)).lower(variables["params"], stats, x, labels).compile()
-    return int(compiled.memory_analysis().temp_size_in_bytes)
+    return memory.model_step_memory(model, (batch, 32, 32, 3), OPTIMIZER)["temp"]
 
 
-def step_times(name, batch, steps, variables):
+def step_time_ratios(name, batch, rounds, variables):
+    """{mode: t(mode) / t(store)}: the compiled training steps of every mode, interleaved."""
+    params = variables["params"]
     x = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3), jnp.float32)
     labels = jnp.arange(batch) % 10
-    stats = {"spectral_stats": variables["spectral_stats"]}
-    medians = {}
-    for backprop in MODES:
-        fn = jax.jit(train_step_fn(models.create(name, backprop=backprop)))
-        jax.block_until_ready(fn(variables["params"], stats, x, labels))  # compile + warm-up
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(variables["params"], stats, x, labels))
-            times.append(time.perf_counter() - start)
-        medians[backprop] = statistics.median(times)
-    return {m: medians[m] / medians["store"] for m in MODES}
+    step_batch = (x, labels, {"spectral_stats": variables["spectral_stats"]})
+    compiled = {
+        mode: memory.compile_update_step(
+            memory.model_loss(models.create(name, backprop=mode)), params, step_batch, OPTIMIZER
+        )
+        for mode in MODES
+    }
+    calls = benchmark.update_step_calls(compiled, params, OPTIMIZER.init(params), step_batch)
+    summary = benchmark.summarize(benchmark.interleaved_times(calls, rounds), baseline="store")
+    return {mode: summary[mode]["ratio_to_baseline"] for mode in MODES}
 
 
 def mean_iterations(name, variables, batch=4):
@@ -127,24 +117,20 @@ def main():
     config = get_config(args.quick)
     rows = []
     for name in config["names"]:
-        model = models.create(name)
-        x0 = jnp.zeros((1, 32, 32, 3))
-        variables = perturbed(model, model.init(jax.random.key(0), x0), x0)
         row = {"model": name}
         for backprop in MODES:
-            row[f"temp_MiB_{backprop}"] = (
-                temp_bytes(name, backprop, config["memory_batch"], variables) / 2**20
-            )
+            row[f"temp_MiB_{backprop}"] = temp_bytes(name, backprop, config["memory_batch"]) / 2**20
         for batch in config["reversible_batches"]:
-            row[f"temp_MiB_reversible_b{batch}"] = (
-                temp_bytes(name, "reversible", batch, variables) / 2**20
-            )
+            row[f"temp_MiB_reversible_b{batch}"] = temp_bytes(name, "reversible", batch) / 2**20
         if args.memory_only:
             rows.append(row)
             print(row, flush=True)
             continue
+        model = models.create(name)
+        x0 = jnp.zeros((1, 32, 32, 3))
+        variables = perturbed(model, model.init(jax.random.key(0), x0), x0)
         if name in config["time_names"]:
-            ratios = step_times(name, config["time_batch"], config["time_steps"], variables)
+            ratios = step_time_ratios(name, config["time_batch"], config["time_rounds"], variables)
             row.update({f"time_ratio_{m}": r for m, r in ratios.items()})
         row["fp_iter_mean"], row["fp_iter_max"], row["fp_converged"] = mean_iterations(
             name, variables

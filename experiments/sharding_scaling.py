@@ -2,9 +2,10 @@
 
 Runs on CPU with 8 fake devices (the flag is set before JAX starts) and only *compiles*:
 
-1. Spatial (domain) parallelism: the hyperbolic 3D network's training step with each clip's
-   H axis split over "space" = 1, 2, 4, 8 devices; per-device compiled temp bytes
-   (`memory_analysis()`), expected to fall roughly as 1/devices.
+1. Spatial (domain) parallelism: the trainer's own training step (`trainer.make_train_step`,
+   SGD with momentum, state donated) of the hyperbolic 3D network with each clip's H axis
+   split over "space" = 1, 2, 4, 8 devices; per-device compiled temp bytes
+   (`revjax.memory.jitted_step_memory`), expected to fall roughly as 1/devices.
 2. Data parallelism: per-device FLOPs of a training step, counted from its jaxpr (convolutions
    and matmuls, scan bodies times their length: XLA's `cost_analysis()` counts a while-loop
    body once, so it undercounts scanned networks), and the bytes the gradient all-reduce
@@ -30,10 +31,9 @@ import math  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from revjax import models  # noqa: E402
+from revjax import memory, models  # noqa: E402
 from revjax.train import sharding, trainer  # noqa: E402
 
 # Assumptions for the estimate (documented in the output).
@@ -78,34 +78,24 @@ def jaxpr_flops(jaxpr) -> float:
     return total
 
 
-def lower_step(model, image_shape, num_classes, mesh, spatial_axis=None, segmentation=False):
-    tx = optax.sgd(0.1, momentum=0.9)
-    step = trainer.make_train_step(model, tx, optax.constant_schedule(0.1))
-    state = jax.eval_shape(lambda: trainer.create_state(model, tx, 0, image_shape[1:]))
-    state_sh = sharding.state_shardings(mesh, state)
-    label_shape = image_shape[:-1] if segmentation else image_shape[:1]
-    batch = {
-        "image": jax.ShapeDtypeStruct(
-            image_shape,
-            jnp.float32,
-            sharding=sharding.batch_sharding(mesh, len(image_shape), spatial_axis),
-        ),
-        "label": jax.ShapeDtypeStruct(
-            label_shape,
-            jnp.int32,
-            sharding=sharding.batch_sharding(
-                mesh, len(label_shape), spatial_axis if segmentation else None
-            ),
-        ),
-    }
-    state = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, state_sh
-    )
-    return jax.jit(step, donate_argnums=0).trace(state, batch)
+OPTIMIZER = optax.sgd(0.1, momentum=0.9)
+
+
+def train_step_and_inputs(model, image_shape, mesh, spatial_axis=None, segmentation=False):
+    """The trainer's own step (`trainer.make_train_step`) and its abstract (state, batch),
+    sharded as the trainer shards them on `mesh`; `image_shape` is the global (B, *S, C)."""
+    step = trainer.make_train_step(model, OPTIMIZER, optax.constant_schedule(0.1))
+    example_shape = tuple(image_shape[1:])
+    label_shape = example_shape[:-1] if segmentation else ()
+    state = trainer.abstract_state(model, OPTIMIZER, 0, example_shape, mesh)
+    shardings = trainer.batch_shardings(mesh, example_shape, label_shape, spatial_axis)
+    batch = trainer.abstract_batch(image_shape[0], example_shape, label_shape, shardings)
+    return step, state, batch
 
 
 def spatial_table(clip, width, levels, layers):
-    """Per-device temp bytes of hyperbolic3d with H split over 1/2/4/8 devices."""
+    """Per-device temp bytes of hyperbolic3d's training step (`revjax.memory`) with H split
+    over 1/2/4/8 devices."""
     model = models.create(
         "hyperbolic3d", width=width, levels=levels, layers_per_level=layers, num_classes=4
     )
@@ -114,11 +104,11 @@ def spatial_table(clip, width, levels, layers):
         mesh = sharding.make_mesh(1, space, devices=jax.devices()[:space])
         shape = (1, *clip, 3)
         sharding.check_spatial_divisible(shape, mesh, 2, 2**levels)
-        traced = lower_step(model, shape, 4, mesh, spatial_axis=2, segmentation=True)
-        temp = traced.lower().compile().memory_analysis().temp_size_in_bytes
-        rows.append(
-            {"space_devices": space, "clip": list(clip), "temp_bytes_per_device": int(temp)}
+        step, state, batch = train_step_and_inputs(
+            model, shape, mesh, spatial_axis=2, segmentation=True
         )
+        temp = memory.jitted_step_memory(step, state, batch, donate_argnums=0)["temp"]
+        rows.append({"space_devices": space, "clip": list(clip), "temp_bytes_per_device": temp})
     base = rows[0]["temp_bytes_per_device"]
     for r in rows:
         r["fraction_of_one_device"] = r["temp_bytes_per_device"] / base
@@ -129,9 +119,9 @@ def weak_scaling(model_name, overrides, per_device_batch, image_shape, num_class
     """Per-device FLOPs (jaxpr count) and gradient all-reduce bytes, then the estimate."""
     model = models.create(model_name, **overrides)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    traced = lower_step(model, (per_device_batch, *image_shape), num_classes, mesh)
-    flops = jaxpr_flops(traced.jaxpr.jaxpr)
-    params = traced.out_info[0]["params"]
+    step, state, batch = train_step_and_inputs(model, (per_device_batch, *image_shape), mesh)
+    flops = jaxpr_flops(jax.make_jaxpr(step)(state, batch).jaxpr)
+    params = state["params"]
     allreduce = sum(math.prod(p.shape) * p.dtype.itemsize for p in jax.tree.leaves(params))
     t_compute = flops / (CLUSTER["gpu_tflops_effective"] * 1e12)
     estimates = []

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["interleaved_times", "summarize"]
+__all__ = ["interleaved_times", "summarize", "update_step_calls"]
 
 
 def _run_once(fn: Callable[[], Any], number: int) -> float:
@@ -87,3 +88,25 @@ def summarize(times: dict[str, list[float]], baseline: str) -> dict[str, dict[st
         }
         for name, ts in times.items()
     }
+
+
+def update_step_calls(
+    compiled_steps: dict[str, Callable[..., Any]], params: Any, opt_state: Any, batch: Any
+) -> dict[str, Callable[[], Any]]:
+    """Zero-argument calls of donated update steps, ready for `interleaved_times`.
+
+    Each `compiled_steps[name]` is `(params, opt_state, batch) -> (params, opt_state, loss)`
+    with params and opt_state donated (`revjax.memory.compile_update_step`). Every variant
+    threads its own copy of (params, opt_state) through its step, as a training loop does, so
+    the donated buffers are never reused across variants; a call returns the loss.
+    """
+    calls = {}
+    for name, compiled in compiled_steps.items():
+        state = [jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, opt_state)]
+
+        def call(compiled=compiled, state=state):
+            state[0], state[1], loss = compiled(state[0], state[1], batch)
+            return loss
+
+        calls[name] = call
+    return calls

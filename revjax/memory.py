@@ -34,6 +34,8 @@ __all__ = [
     "compile_update_step",
     "compiled_memory",
     "jitted_step_memory",
+    "model_loss",
+    "model_step_inputs",
     "model_step_memory",
     "update_step",
     "update_step_memory",
@@ -146,22 +148,33 @@ def update_step_temp_bytes(
     return update_step_memory(loss_fn, params, batch, optimizer)["temp"]
 
 
-def model_step_memory(
-    model: Any,
-    input_shape: Sequence[int],
-    optimizer: optax.GradientTransformation,
-    *,
-    dtype: Any = jnp.float32,
-) -> dict[str, int]:
-    """`update_step_memory` of a zoo model's training step, for a batch of `input_shape`.
+def model_loss(model: Any) -> Callable[[PyTree, PyTree], jax.Array]:
+    """loss(params, (images, labels, model_state)) of a zoo model's training step.
 
-    The loss is the mean softmax cross-entropy over the logits' last axis with integer labels
-    of the logits' leading shape (classifiers (N,), segmenters (N, *S)); batch norm runs in
-    training mode (its running averages ride in the batch, not differentiated). Nothing is
-    allocated: shapes only.
+    loss = mean_i CE(softmax(f_params(x_i)), y_i) over the logits' last axis, with integer
+    labels of the logits' leading shape (classifiers (N,), segmenters (N, *S)). The model runs
+    in training mode; its non-parameter collections (batch-norm averages, spectral-norm
+    vectors) ride in the batch as `model_state`, are applied as mutable and not
+    differentiated.
+    """
 
-    Returns:
-      {"temp", "arguments", "outputs", "total"} bytes (per device for a sharded model).
+    def loss_fn(params, batch):
+        images, targets, model_state = batch
+        mutable = list(model_state) or False
+        out = model.apply({"params": params, **model_state}, images, train=True, mutable=mutable)
+        logits = out[0] if mutable else out
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+    return loss_fn
+
+
+def model_step_inputs(
+    model: Any, input_shape: Sequence[int], *, dtype: Any = jnp.float32
+) -> tuple[PyTree, PyTree]:
+    """(params, (images, labels, model_state)) as ShapeDtypeStructs for `model_loss(model)`.
+
+    images: `input_shape` (N, *S, C) of `dtype`; labels: int32 of the logits' leading shape.
+    Nothing is allocated (`jax.eval_shape`).
     """
     x = jax.ShapeDtypeStruct(tuple(int(d) for d in input_shape), dtype)
     variables = jax.eval_shape(
@@ -171,12 +184,21 @@ def model_step_memory(
     state = {k: v for k, v in variables.items() if k != "params"}
     logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape, dtype)), variables)
     labels = jax.ShapeDtypeStruct(logits.shape[:-1], jnp.int32)
+    return params, (x, labels, state)
 
-    def loss_fn(params, batch):
-        images, targets, model_state = batch
-        mutable = list(model_state) or False
-        out = model.apply({"params": params, **model_state}, images, train=True, mutable=mutable)
-        logits = out[0] if mutable else out
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
-    return update_step_memory(loss_fn, params, (x, labels, state), optimizer)
+def model_step_memory(
+    model: Any,
+    input_shape: Sequence[int],
+    optimizer: optax.GradientTransformation,
+    *,
+    dtype: Any = jnp.float32,
+) -> dict[str, int]:
+    """`update_step_memory` of a zoo model's training step (`model_loss`), for a batch of
+    `input_shape` (N, *S, C). Nothing is allocated: shapes only.
+
+    Returns:
+      {"temp", "arguments", "outputs", "total"} bytes (per device for a sharded model).
+    """
+    params, batch = model_step_inputs(model, input_shape, dtype=dtype)
+    return update_step_memory(model_loss(model), params, batch, optimizer)

@@ -287,3 +287,36 @@ def test_two_process_checkpoint_and_restart_resume_exactly(tmp_path, capfd, sing
     assert resumed["resumed_from_step"] == 10
     sp, sp_losses = single_process_run
     _assert_same_run(resumed, sp, _train_losses(workdir), sp_losses)
+
+
+def test_trainer_abstract_inputs_carry_the_trainers_shardings():
+    """The trainer's abstract step inputs (used by its memory report and by
+    experiments/sharding_scaling.py): images split over "data" and, with a spatial axis, over
+    "space"; a per-voxel label map split like its image, a class label only over "data";
+    the state replicated (or FSDP) on the mesh; nothing allocated."""
+    from revjax import models
+    from revjax.train import trainer
+
+    mesh = jax.sharding.AbstractMesh((1, 2), ("data", "space"))
+    P = jax.sharding.PartitionSpec
+    seg = trainer.batch_shardings(mesh, (4, 8, 8, 3), (4, 8, 8), spatial_axis=2)
+    assert seg["image"].spec == P("data", None, "space", None, None)
+    assert seg["label"].spec == P("data", None, "space", None)
+    cls = trainer.batch_shardings(mesh, (8, 8, 3), (), spatial_axis=2)
+    assert cls["label"].spec == P("data")
+    batch = trainer.abstract_batch(2, (4, 8, 8, 3), (4, 8, 8), seg)
+    assert batch["image"].shape == (2, 4, 8, 8, 3) and batch["image"].dtype == jnp.float32
+    assert batch["label"].shape == (2, 4, 8, 8) and batch["label"].dtype == jnp.int32
+    assert batch["label"].sharding == seg["label"]
+    assert trainer.abstract_batch(2, (8, 8, 3), ())["label"].sharding is None
+
+    import optax
+
+    model = models.create("revnet38")
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = trainer.abstract_state(model, tx, 0, (8, 8, 3), sharding.make_mesh())
+    leaves = jax.tree.leaves(state)
+    assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
+    assert all(leaf.sharding.spec == P() for leaf in leaves)
+    plain = trainer.abstract_state(model, tx, 0, (8, 8, 3))
+    assert jax.tree.structure(plain) == jax.tree.structure(state)

@@ -130,6 +130,48 @@ def create_state(model, tx: optax.GradientTransformation, seed: int, image_shape
     return state
 
 
+def abstract_state(
+    model, tx: optax.GradientTransformation, seed: int, image_shape, mesh=None, fsdp=False
+) -> dict:
+    """``create_state``'s ShapeDtypeStructs (nothing allocated), with the trainer's state
+    shardings on ``mesh`` (replicated, or split over "data" with ``fsdp``) when one is given."""
+    state = jax.eval_shape(lambda: create_state(model, tx, seed, image_shape))
+    if mesh is None:
+        return state
+    shardings = sharding.state_shardings(mesh, state, fsdp=fsdp)
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings
+    )
+
+
+def batch_shardings(mesh, image_shape, label_shape, spatial_axis=None) -> dict:
+    """{"image", "label"} shardings of a global batch: rows over "data"; with ``spatial_axis``
+    the image (and a per-voxel label) also split over "space" along that axis.
+
+    Shapes are per example: image (*S, C), label () for classification or (*S,) per voxel.
+    """
+    return {
+        "image": sharding.batch_sharding(mesh, 1 + len(image_shape), spatial_axis),
+        "label": sharding.batch_sharding(
+            mesh, 1 + len(label_shape), spatial_axis if label_shape else None
+        ),
+    }
+
+
+def abstract_batch(global_batch_size: int, image_shape, label_shape, shardings=None) -> dict:
+    """{"image": (B, *image_shape) float32, "label": (B, *label_shape) int32} as
+    ShapeDtypeStructs, placed by ``shardings`` (``batch_shardings``) when given."""
+    shardings = shardings or {"image": None, "label": None}
+    return {
+        "image": jax.ShapeDtypeStruct(
+            (global_batch_size, *image_shape), jnp.float32, sharding=shardings["image"]
+        ),
+        "label": jax.ShapeDtypeStruct(
+            (global_batch_size, *label_shape), jnp.int32, sharding=shardings["label"]
+        ),
+    }
+
+
 # ----------------------------------------------------------------------------- steps
 
 
@@ -659,12 +701,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_step = make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
     replicated = sharding.replicated_sharding(mesh)
     label_shape = _label_shape(info)
-    batch_shardings = {
-        "image": sharding.batch_sharding(mesh, 1 + len(info.image_shape), spatial_axis),
-        "label": sharding.batch_sharding(
-            mesh, 1 + len(label_shape), spatial_axis if label_shape else None
-        ),
-    }
+    step_batch_shardings = batch_shardings(mesh, info.image_shape, label_shape, spatial_axis)
 
     def make_state():
         return create_state(model, tx, config.seed, info.image_shape)
@@ -725,23 +762,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             )
 
     # Compile the step once; its memory analysis is the configured mode's figure.
-    abstract_batch = {
-        "image": jax.ShapeDtypeStruct(
-            (config.global_batch_size, *info.image_shape),
-            jnp.float32,
-            sharding=batch_shardings["image"],
-        ),
-        "label": jax.ShapeDtypeStruct(
-            (config.global_batch_size, *label_shape), jnp.int32, sharding=batch_shardings["label"]
-        ),
-    }
+    step_batch = abstract_batch(
+        config.global_batch_size, info.image_shape, label_shape, step_batch_shardings
+    )
     jitted = jax.jit(
         train_step,
-        in_shardings=(state_shardings, batch_shardings),
+        in_shardings=(state_shardings, step_batch_shardings),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
-    compiled = jitted.lower(state, abstract_batch).compile()
+    compiled = jitted.lower(state, step_batch).compile()
     temp_bytes = {}
     if config.get("memory_report", True):
         own_mode = getattr(model, "backprop", None)
@@ -754,7 +784,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 temp_bytes[mode] = jitted_step_memory(
                     make_train_step(other, tx, schedule, config.get("weight_smoothness", 0.0)),
                     state,
-                    abstract_batch,
+                    step_batch,
                 )["temp"]
         if not temp_bytes:
             temp_bytes["model"] = compiled_memory(compiled)["temp"]
@@ -913,14 +943,11 @@ def train_step_memory(
     info = data_lib.dataset_info(config.dataset, **dict(config.get("dataset_options", {}) or {}))
     steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
-    batch = {
-        "image": jax.ShapeDtypeStruct((config.global_batch_size, *info.image_shape), jnp.float32),
-        "label": jax.ShapeDtypeStruct((config.global_batch_size, *_label_shape(info)), jnp.int32),
-    }
+    batch = abstract_batch(config.global_batch_size, info.image_shape, _label_shape(info))
     out = {}
     for mode in modes:
         model = build_model(config, info, backprop=mode)
-        state = jax.eval_shape(lambda m=model: create_state(m, tx, config.seed, info.image_shape))
+        state = abstract_state(model, tx, config.seed, info.image_shape)
         step = make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
         out[mode] = jitted_step_memory(step, state, batch, donate_argnums=0)["temp"]
     return out
