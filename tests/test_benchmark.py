@@ -27,3 +27,25 @@ def test_ratios_are_medians_of_within_round_ratios():
         benchmark.summarize(times, baseline="x")
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         benchmark.interleaved_times({"a": lambda: None}, rounds=0)
+
+
+def test_update_step_calls_thread_each_variants_own_donated_state():
+    """Each variant runs its donated update on its own copy of (params, opt_state): repeated
+    calls keep training (the loss falls), a second variant starts from the same point (it was
+    never handed the first one's donated buffers) and the caller's arrays stay usable."""
+    import jax.numpy as jnp
+    import optax
+
+    from revjax import memory
+
+    loss = lambda p, b: jnp.sum((b @ p - 1.0) ** 2)
+    params, batch, opt = jnp.zeros((4, 1)), jnp.ones((8, 4)), optax.sgd(0.01)
+    compiled = memory.compile_update_step(loss, params, batch, opt)
+    calls = benchmark.update_step_calls({"a": compiled, "b": compiled}, params, opt.init(params),
+                                        batch)  # fmt: skip
+    losses = [float(calls["a"]()) for _ in range(3)]
+    assert losses[0] == pytest.approx(8.0) and losses[0] > losses[1] > losses[2]
+    assert float(calls["b"]()) == pytest.approx(8.0)
+    assert float(jnp.sum(params)) == 0.0
+    times = benchmark.interleaved_times(calls, rounds=2)
+    assert set(times) == {"a", "b"}

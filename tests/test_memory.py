@@ -82,3 +82,36 @@ def test_update_step_memory_reports_the_donated_optimizer_update():
     assert adam["arguments"] >= 3 * param_bytes + batch_bytes  # Adam's mu and nu are arguments
     for stats in (sgd, adam):
         assert stats["total"] == stats["temp"] + stats["arguments"] + stats["outputs"]
+
+
+def test_model_step_is_the_mean_cross_entropy_with_mutable_state():
+    """`model_step_inputs` gives labels of the logits' leading shape and the model's
+    non-parameter collections; `model_loss` is the mean softmax cross-entropy of the model in
+    training mode (batch statistics, not running averages); `model_step_memory` is
+    `update_step_memory` of that pair."""
+    import flax.linen as nn
+
+    class Segmenter(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            return nn.Dense(3)(x)
+
+    model = Segmenter()
+    params, (x, labels, state) = memory.model_step_inputs(model, (2, 4, 4, 5))
+    assert x.shape == (2, 4, 4, 5) and labels.shape == (2, 4, 4) and labels.dtype == jnp.int32
+    assert set(state) == {"batch_stats"}
+
+    variables = model.init(jax.random.key(0), jnp.zeros(x.shape), train=False)
+    images = 3.0 + jax.random.normal(jax.random.key(1), x.shape)
+    targets = jnp.arange(32).reshape(2, 4, 4) % 3
+    loss = memory.model_loss(model)(
+        variables["params"], (images, targets, {"batch_stats": variables["batch_stats"]})
+    )
+    logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    expected = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
+    assert loss == pytest.approx(float(expected), rel=1e-6)
+    opt = optax.sgd(0.1, momentum=0.9)
+    assert memory.model_step_memory(model, (2, 4, 4, 5), opt) == memory.update_step_memory(
+        memory.model_loss(model), params, (x, labels, state), opt
+    )
