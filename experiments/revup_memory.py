@@ -115,6 +115,8 @@ def main():
     parser.add_argument("--out", default="results/revup_memory.json")
     args = parser.parse_args()
     config = get_config(args.quick)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in config["names"]:
         row = {"model": name}
@@ -125,6 +127,7 @@ def main():
         if args.memory_only:
             rows.append(row)
             print(row, flush=True)
+            out.write_text(json.dumps({"config": config, "rows": rows}, indent=2))  # so far
             continue
         model = models.create(name)
         x0 = jnp.zeros((1, 32, 32, 3))
@@ -137,6 +140,7 @@ def main():
         )
         rows.append(row)
         print(row, flush=True)
+        out.write_text(json.dumps({"config": config, "rows": rows}, indent=2))  # so far
     header = ["model"] + [f"temp_MiB_reversible_b{b}" for b in config["reversible_batches"]]
     header += [f"temp_MiB_{m}" for m in MODES]
     header += [f"time_ratio_{m}" for m in MODES] + ["fp_iter_mean", "fp_iter_max", "fp_converged"]
@@ -147,9 +151,6 @@ def main():
             value = row.get(key, "-")
             cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
         print(" | ".join(cells))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 
