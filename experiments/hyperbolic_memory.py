@@ -10,11 +10,11 @@ that is reversible through its Haar-wavelet resolution changes too):
   (c) "block":       backprop="reversible", coarsening="stored" — RevNet/Chang-style block
                      reversibility, both states stored at every resolution change.
 
-Memory of one training step as `revjax.memory.update_step_memory` defines it (loss = pixelwise
-softmax cross-entropy, then an Adam update, parameters and optimizer state donated), read from
-XLA's `compiled.memory_analysis()` on `jax.ShapeDtypeStruct` inputs: compile only, nothing is
-executed or allocated. "temp" is the scratch XLA needs (activations, gradients, workspaces);
-"total" = arguments (params, Adam moments, clip, labels) + outputs + temp.
+Memory of one training step as `revjax.memory.model_step_memory` defines it (loss = mean
+per-voxel softmax cross-entropy, then an Adam update, parameters and optimizer state donated),
+read from XLA's `compiled.memory_analysis()` on `jax.ShapeDtypeStruct` inputs: compile only,
+nothing is executed or allocated. "temp" is the scratch XLA needs (activations, gradients,
+workspaces); "total" = arguments (params, Adam moments, clip, labels) + outputs + temp.
 
 Two results:
 
@@ -43,10 +43,9 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
-from hyperbolic_variants import COMPARISON_VARIANTS, pixelwise_cross_entropy
+from hyperbolic_variants import COMPARISON_VARIANTS
 
 from revjax import memory, models
 
@@ -75,22 +74,10 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 OPTIMIZER = optax.adam(1e-3)
 
 
-def compiled_memory(model, shape: tuple[int, ...]) -> dict[str, int]:
-    """Bytes of one compiled training step (`revjax.memory.update_step_memory`) for a float32
-    clip of `shape` (N, *S, 3) and int32 labels (N, *S)."""
-    shape = tuple(int(s) for s in shape)
-    batch = (
-        jax.ShapeDtypeStruct(shape, jnp.float32),
-        jax.ShapeDtypeStruct(shape[:-1], jnp.int32),
-    )
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-
-    def loss(v, batch):
-        clip, labels = batch
-        logits = model.apply(v, clip, train=True)
-        return pixelwise_cross_entropy(logits, labels)
-
-    return memory.update_step_memory(loss, variables, batch, OPTIMIZER)
+def step_memory(model, shape: tuple[int, ...]) -> dict[str, int]:
+    """Bytes of one compiled training step (`revjax.memory.model_step_memory`: mean per-voxel
+    cross-entropy, Adam update, donated) for a float32 clip of `shape` (N, *S, 3)."""
+    return memory.model_step_memory(model, shape, OPTIMIZER)
 
 
 def make_model(config, variant: str, depth: int):
@@ -107,7 +94,7 @@ def depth_sweep(config) -> list[dict]:
     for depth in config.depths:
         row = {"layers_per_unit": depth, "clip": list(shape[1:4])}
         for variant in COMPARISON_VARIANTS:
-            mem = compiled_memory(make_model(config, variant, depth), shape)
+            mem = step_memory(make_model(config, variant, depth), shape)
             row[variant] = mem["temp"]
         rows.append(row)
     return rows
@@ -126,7 +113,7 @@ def largest_clips(config) -> list[dict]:
         points = []
         for s in config.fit_sizes:
             shape = (1, config.frames, s, s, 3)
-            points.append((config.frames * s * s, compiled_memory(model, shape)["total"]))
+            points.append((config.frames * s * s, step_memory(model, shape)["total"]))
         (v0, m0), (v1, m1) = points
         beta = (m1 - m0) / (v1 - v0)
         alpha = m0 - beta * v0
@@ -144,7 +131,7 @@ def largest_clips(config) -> list[dict]:
         if config.verify:
             side = row[f"side_{config.budgets_gib[0]}gib"]
             shape = (1, config.frames, side, side, 3)
-            row["verified_total_at_first_budget"] = compiled_memory(model, shape)["total"]
+            row["verified_total_at_first_budget"] = step_memory(model, shape)["total"]
         rows.append(row)
     return rows
 

@@ -1,4 +1,4 @@
-"""The three memory-comparison variants of the hyperbolic segmentation network, and its loss.
+"""The three memory-comparison variants of the hyperbolic segmentation network.
 
 Shared by `hyperbolic_memory.py` and `video_segmentation.py` (run as scripts from this folder,
 so `from hyperbolic_variants import ...` resolves here). The variants are model overrides of
@@ -12,18 +12,10 @@ block-low-rank layers for fully reversible multilevel neural networks", arXiv:19
 
 from __future__ import annotations
 
-import jax
-import optax
-
-__all__ = ["COMPARISON_VARIANTS", "pixelwise_cross_entropy"]
+__all__ = ["COMPARISON_VARIANTS"]
 
 COMPARISON_VARIANTS = {
     "reversible": dict(backprop="reversible", coarsening="reversible"),
     "store": dict(backprop="store", coarsening="reversible"),
     "block": dict(backprop="reversible", coarsening="stored"),
 }
-
-
-def pixelwise_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean over pixels/voxels of −log softmax(logits)[label]; logits (N, *S, K), labels (N, *S)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()

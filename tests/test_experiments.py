@@ -67,10 +67,7 @@ def test_lean_parameter_table_formats_one_line_per_row():
 
 
 def test_hyperbolic_variants_are_valid_model_overrides():
-    """Each comparison variant builds hyperbolic3d; the loss is the mean per-voxel CE."""
-    import jax
-    import jax.numpy as jnp
-
+    """Each comparison variant builds hyperbolic3d with exactly its overrides."""
     from revjax import models
 
     variants = _load_script("hyperbolic_variants")
@@ -78,8 +75,3 @@ def test_hyperbolic_variants_are_valid_model_overrides():
     for overrides in variants.COMPARISON_VARIANTS.values():
         model = models.create("hyperbolic3d", **overrides)
         assert all(getattr(model, k) == v for k, v in overrides.items())
-    logits = jnp.arange(24.0).reshape(1, 2, 3, 4) / 10
-    labels = jnp.array([[[0, 1, 2], [3, 0, 1]]])
-    log_p = jax.nn.log_softmax(logits)
-    expected = -jnp.take_along_axis(log_p, labels[..., None], axis=-1).mean()
-    assert jnp.allclose(variants.pixelwise_cross_entropy(logits, labels), expected, rtol=1e-12)
