@@ -785,3 +785,23 @@ def test_config_differences_rules():
     assert checkpointing.config_differences(saved, current, ("num_steps",)) == [
         "optimizer.accumulate_steps: checkpoint 1, now 2"
     ]
+
+
+def test_train_step_memory_compiles_the_trainers_step_per_mode():
+    """`train_step_memory`: the trainer's own donated step compiled for each backprop mode of
+    the config's model (nothing trained); the reversible step's temp bytes are below store's,
+    and a mode's figure equals `revjax.memory.jitted_step_memory` of that step."""
+    from revjax import memory
+
+    config = tiny_config(global_batch_size=16)
+    temps = trainer.train_step_memory(config, modes=("reversible", "store"))
+    assert 0 < temps["reversible"] < temps["store"]
+
+    info = trainer.data_lib.dataset_info(config.dataset)
+    steps_per_epoch = max(info.num_train // 16, 1)
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
+    model = trainer.build_model(config, info, backprop="store")
+    step = trainer.make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
+    state = trainer.abstract_state(model, tx, config.seed, info.image_shape)
+    batch = trainer.abstract_batch(16, info.image_shape, ())
+    assert memory.jitted_step_memory(step, state, batch)["temp"] == temps["store"]
