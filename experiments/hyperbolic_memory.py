@@ -182,6 +182,9 @@ def main(argv=None) -> dict:
     config = get_config(args.quick)
     start = time.perf_counter()
     depth_rows = depth_sweep(config)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:  # the depth sweep so far, in case the fit is cut short
+        json.dump({"config": config.to_dict(), "depth_sweep_temp_bytes": depth_rows}, f, indent=2)
     clip_rows = largest_clips(config)
     table = markdown(depth_rows, clip_rows, config)
     print(table)
@@ -192,7 +195,6 @@ def main(argv=None) -> dict:
         "largest_clip": clip_rows,
         "seconds": time.perf_counter() - start,
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
