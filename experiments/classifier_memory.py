@@ -74,8 +74,20 @@ def supported_backprops(name: str) -> tuple[str, ...]:
     return ("store", "remat") if name.startswith("resnet") else BACKPROPS
 
 
+def save(results: dict, out: str) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
 def run(args) -> dict:
+    """All three tables; the JSON at `args.out` is rewritten after every record."""
     results = {"batch": args.batch, "size": args.size, "models": [], "transitions": [], "depth": []}
+
+    def add(section, record):
+        results[section].append(record)
+        save(results, args.out)
+
     print("1. registry models")
     for name in args.models:
         if name not in models.names():
@@ -84,22 +96,18 @@ def run(args) -> dict:
         for backprop in args.backprops:
             if backprop not in supported_backprops(name):
                 continue
-            results["models"].append(
-                measure(f"{name} {backprop}", name, args.batch, args.size, backprop=backprop)
-            )
+            add("models", measure(f"{name} {backprop}", name, args.batch, args.size,
+                                  backprop=backprop))  # fmt: skip
     print("2. revnet110 stage transitions (backprop=reversible)")
     for transition in ("stored", "reversible"):
-        results["transitions"].append(
-            measure(f"revnet110 transition={transition}", "revnet110", args.batch, args.size,
-                    backprop="reversible", transition=transition)
-        )  # fmt: skip
+        label = f"revnet110 transition={transition}"
+        add("transitions", measure(label, "revnet110", args.batch, args.size,
+                                   backprop="reversible", transition=transition))  # fmt: skip
     print("3. revnet depth sweep")
     for units in args.units:
         for backprop in args.depth_backprops:
-            results["depth"].append(
-                measure(f"revnet units={units} {backprop}", "revnet110", args.batch, args.size,
-                        backprop=backprop, units=(units,) * 3)
-            )  # fmt: skip
+            add("depth", measure(f"revnet units={units} {backprop}", "revnet110", args.batch,
+                                 args.size, backprop=backprop, units=(units,) * 3))  # fmt: skip
     return results
 
 
@@ -157,10 +165,8 @@ def main(argv=None):
     for key, value in results["ratios"].items():
         if value is not None:
             print(f"{key}: {value:.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    save(results, args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
