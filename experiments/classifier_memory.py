@@ -21,8 +21,9 @@ inputs and the widest single block), store growing linearly with depth.
 
 Usage::
 
-    python experiments/classifier_memory.py --quick     # < 1 min on 2 CPU cores
+    python experiments/classifier_memory.py --quick     # a few minutes on 2 CPU cores
     python experiments/classifier_memory.py             # all models, depths 3/9/18
+    python experiments/classifier_memory.py --sections depth --units 3 18  # one table
 
 Writes `<out>` JSON (default results/classifier_memory.json).
 """
@@ -89,7 +90,7 @@ def run(args) -> dict:
         save(results, args.out)
 
     print("1. registry models")
-    for name in args.models:
+    for name in args.models if "models" in args.sections else ():
         if name not in models.names():
             print(f"  (skipping {name}: not registered)")
             continue
@@ -99,12 +100,12 @@ def run(args) -> dict:
             add("models", measure(f"{name} {backprop}", name, args.batch, args.size,
                                   backprop=backprop))  # fmt: skip
     print("2. revnet110 stage transitions (backprop=reversible)")
-    for transition in ("stored", "reversible"):
+    for transition in ("stored", "reversible") if "transitions" in args.sections else ():
         label = f"revnet110 transition={transition}"
         add("transitions", measure(label, "revnet110", args.batch, args.size,
                                    backprop="reversible", transition=transition))  # fmt: skip
     print("3. revnet depth sweep")
-    for units in args.units:
+    for units in args.units if "depth" in args.sections else ():
         for backprop in args.depth_backprops:
             add("depth", measure(f"revnet units={units} {backprop}", "revnet110", args.batch,
                                  args.size, backprop=backprop, units=(units,) * 3))  # fmt: skip
@@ -136,6 +137,8 @@ def main(argv=None):
     parser.add_argument("--backprops", nargs="*", default=list(BACKPROPS))
     parser.add_argument("--units", type=int, nargs="*", default=[3, 9, 18])
     parser.add_argument("--depth-backprops", nargs="*", default=["reversible", "store"])
+    parser.add_argument("--sections", nargs="*", default=["models", "transitions", "depth"],
+                        help="which of the three tables to compile")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.models = ["revnet110", "resnet110"]
