@@ -21,7 +21,7 @@ inputs and the widest single block), store growing linearly with depth.
 
 Usage::
 
-    python experiments/classifier_memory.py --quick     # a few minutes on 2 CPU cores
+    python experiments/classifier_memory.py --quick     # RevNet-110 and ResNet-110 only, depths 3/9
     python experiments/classifier_memory.py             # all models, depths 3/9/18
     python experiments/classifier_memory.py --sections depth --units 3 18  # one table
 
