@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,7 @@ def test_multiprocess_detection():
 # Multi-process jobs on this machine (revjax.train.launch; gloo CPU collectives).
 
 MULTIPROCESS_SCRIPT = Path(__file__).with_name("multiprocess_check.py")
+PEER_DEATH_SCRIPT = Path(__file__).with_name("peer_death_check.py")
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -124,16 +126,22 @@ def test_distributed_settings_pass_the_explicit_environment():
         "JAX_PROCESS_ID": "1",
         "REVJAX_DISTRIBUTED_TIMEOUT": "7",
     }
-    assert sharding.distributed_settings(env) == dict(
+    assert sharding.distributed_settings(env | {"REVJAX_HEARTBEAT_TIMEOUT": "9"}) == dict(
         coordinator_address="127.0.0.1:23456",
         num_processes=2,
         process_id=1,
         initialization_timeout=7,
+        heartbeat_timeout_seconds=9,
+        shutdown_timeout_seconds=sharding.DEFAULT_SHUTDOWN_S,
     )
     assert sharding.distributed_settings({}) is None
     assert sharding.distributed_settings({"SLURM_NTASKS": "4"}) == {
-        "initialization_timeout": sharding.DEFAULT_TIMEOUT_S
+        "initialization_timeout": sharding.DEFAULT_TIMEOUT_S,
+        "heartbeat_timeout_seconds": sharding.DEFAULT_HEARTBEAT_S,
+        "shutdown_timeout_seconds": sharding.DEFAULT_SHUTDOWN_S,
     }
+    with pytest.raises(ValueError, match="REVJAX_SHUTDOWN_TIMEOUT must be >= 1"):
+        sharding.distributed_settings(env | {"REVJAX_SHUTDOWN_TIMEOUT": "0"})
     with pytest.raises(ValueError, match="JAX_PROCESS_ID missing"):
         sharding.distributed_settings({k: env[k] for k in list(env)[:2]})
     with pytest.raises(ValueError, match=r"\[0, JAX_NUM_PROCESSES=2\)"):
@@ -213,6 +221,82 @@ def test_launcher_stops_every_process_when_one_dies():
     status = launch.launch([sys.executable, "-c", code], 3, timeout=100, grace=5)
     assert status == 3
     assert time.monotonic() - start < 60
+
+
+def test_survivor_of_a_killed_process_exits_in_bounded_time():
+    """Process 1 of 2 is SIGKILLed between all-reduces. Process 0 (started without the
+    launcher, which would stop it anyway) leaves by itself within seconds with EXIT_PEER_LOST
+    and one line saying another process stopped, instead of waiting in JAX's shutdown barrier
+    until the heartbeat timeout and aborting with a C++ trace (about 110 s measured before)."""
+    import time
+
+    from revjax.train.launch import free_port
+
+    port = free_port()
+    procs = []
+    start = time.monotonic()
+    for pid in (0, 1):
+        env = _subprocess_env(
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+            REVJAX_HEARTBEAT_TIMEOUT="100",  # JAX's default: not what ends the survivor
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(PEER_DEATH_SCRIPT)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        out0, err0 = procs[0].communicate(timeout=90)
+        procs[1].communicate(timeout=30)
+    finally:
+        for p in procs:
+            p.kill()
+    elapsed = time.monotonic() - start
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode == sharding.EXIT_PEER_LOST, err0[-3000:]
+    assert "error: process 0 of 2: another process of this job stopped" in err0
+    assert "Rerun the job." in err0
+    assert "Check failure stack trace" not in err0
+    assert elapsed < 60, elapsed
+
+
+def test_processes_with_different_configs_stop_before_training(tmp_path, capfd):
+    """Process 1 started with other num_steps and learning rate: both processes stop before
+    compiling anything, with status 1 and an error naming each differing field and both
+    values; nothing is trained (no checkpoint)."""
+    import time
+
+    from revjax.train import launch
+
+    script = (
+        'extra=""; [ "$JAX_PROCESS_ID" = 1 ] && '
+        'extra="--config.num_steps=10 --config.optimizer.learning_rate=0.2"; '
+        f"exec {sys.executable} -m revjax.train --config=default:smoke "
+        f"--workdir={tmp_path / 'run'} $extra"
+    )
+    start = time.monotonic()
+    status = launch.launch(
+        ["bash", "-c", script], 2, cpu_devices=1, timeout=240, grace=5, env=_subprocess_env()
+    )
+    elapsed = time.monotonic() - start
+    out = capfd.readouterr().out
+    assert status == 1, out[-4000:]
+    for pid in (0, 1):
+        assert (
+            f"[{pid}] error: the processes of this job were started with different run "
+            "configs" in out
+        ), out[-4000:]
+    assert "num_steps: process 0 20, process 1 10" in out
+    assert "optimizer.learning_rate: process 0 0.1, process 1 0.2" in out
+    assert "seed" not in out.split("different run configs", 1)[1].split("launch:")[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert elapsed < 120, elapsed
 
 
 TRAIN = [sys.executable, "-m", "revjax.train", "--config=default:smoke"]  # 20 steps

@@ -586,6 +586,30 @@ def drift_message(step: int, error: float, rtol: float, where: str) -> str:
     )
 
 
+# Config fields that may differ between the processes of one job (each host's own data copy,
+# its terminal); every other field, and the workdir, must be equal on all processes.
+PROCESS_LOCAL_FIELDS = ("data_dir", "progress_bar")
+
+
+def check_processes_agree(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """Stops a multi-process job whose processes were started with different configs.
+
+    Compares the flattened config (all fields but ``PROCESS_LOCAL_FIELDS``) and the absolute
+    workdir across processes through the distributed key-value store, before anything is
+    compiled (`sharding.check_same_across_processes`); a no-op for one process.
+
+    Raises:
+      ValueError: naming each differing field and every process's value.
+    """
+    fields = {
+        k: v
+        for k, v in checkpointing.flat_config(json.loads(config.to_json())).items()
+        if k.split(".")[0] not in PROCESS_LOCAL_FIELDS
+    }
+    fields["workdir"] = str(Path(workdir).absolute())
+    sharding.check_same_across_processes(fields, "run config")
+
+
 def _allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """Fields a resumed run may change: the run length, unless the schedule depends on it."""
     if config.optimizer.get("schedule", "constant") == "cosine":
@@ -607,7 +631,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       stopped the run after saving a checkpoint.
 
     Raises:
-      ValueError: unknown dataset/model, batch not divisible by devices, bad config.
+      ValueError: unknown dataset/model, batch not divisible by devices, bad config, or (in
+        a multi-process job) processes started with different configs or workdirs.
       PermissionError: unwritable workdir.
       revjax.data.DatasetNotPreparedError: a TFDS dataset is missing (checked before the
         workdir is created).
@@ -618,6 +643,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         different run-defining config (and ``config.force_resume`` is not set).
     """
     start_time = time.time()
+    check_processes_agree(config, workdir)
     _validate(config)
     dataset_options = dict(config.get("dataset_options", {}) or {})
     fake = int(config.get("fake_examples", 0) or 0)
