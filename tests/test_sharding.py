@@ -308,12 +308,12 @@ def _train_losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["split"] == "train" and "loss" in r}
 
 
-def _launch_two_processes(workdir, capfd, *flags) -> dict:
-    """`TRAIN` as 2 processes x 2 CPU devices; returns the summary process 0 wrote."""
+def _launch_two_processes(workdir, capfd, *flags, command=TRAIN) -> dict:
+    """`command` as 2 processes x 2 CPU devices; returns the summary process 0 wrote."""
     from revjax.train import launch
 
     status = launch.launch(
-        [*TRAIN, f"--workdir={workdir}", *flags],
+        [*command, f"--workdir={workdir}", *flags],
         2,
         cpu_devices=2,
         timeout=900,
@@ -371,3 +371,44 @@ def test_two_process_checkpoint_and_restart_resume_exactly(tmp_path, capfd, sing
     assert resumed["resumed_from_step"] == 10
     sp, sp_losses = single_process_run
     _assert_same_run(resumed, sp, _train_losses(workdir), sp_losses)
+
+
+KILL_SCRIPT = Path(__file__).with_name("kill_after_checkpoint.py")
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_then_restart_of_all_resumes_exactly(tmp_path, capfd):
+    """2 processes x 2 CPU devices train the 20-step smoke run; process 1 is SIGKILLed right
+    after the checkpoint at step 10. The launcher reports it, stops process 0 and fails within
+    a bounded time (no hang); rerunning the same launch resumes at step 10 and logs exactly
+    (bitwise) the train losses and test metrics of an uninterrupted 2-process run."""
+    import time
+
+    from revjax.train import launch
+
+    uninterrupted = _launch_two_processes(tmp_path / "whole", capfd)
+    workdir = tmp_path / "killed"
+    start = time.monotonic()
+    status = launch.launch(
+        [sys.executable, str(KILL_SCRIPT), "--config=default:smoke", f"--workdir={workdir}"],
+        2,
+        cpu_devices=2,
+        timeout=600,
+        grace=10,
+        env=_subprocess_env(REVJAX_TEST_KILL_AFTER_STEP="10"),
+    )
+    elapsed = time.monotonic() - start
+    out = capfd.readouterr().out
+    assert status == -signal.SIGKILL, out[-4000:]
+    assert "launch: process 1 was killed by SIGKILL; stopping the other processes" in out
+    assert "[1] process 1: SIGKILL after the checkpoint at step 10" in out
+    assert not (workdir / "summary.json").exists()
+    print(f"killed run ended after {elapsed:.1f} s")
+    resumed = _launch_two_processes(workdir, capfd)
+    assert resumed["resumed_from_step"] == 10
+    assert resumed["steps"] == uninterrupted["steps"] == 20
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
+    losses, whole = _train_losses(workdir), _train_losses(tmp_path / "whole")
+    assert sorted(losses) == sorted(whole)  # no step logged twice or lost
+    assert all(losses[s] == whole[s] for s in whole), (losses, whole)

@@ -55,7 +55,7 @@ def process_env(
 
 
 def describe_status(status: int) -> str:
-    """"exited with status 3" or "was killed by SIGKILL" (a negative Popen return code)."""
+    """Says "exited with status 3" or "was killed by SIGKILL" (negative: a Popen signal)."""
     if status < 0:
         try:
             return f"was killed by {signal.Signals(-status).name}"

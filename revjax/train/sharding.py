@@ -263,9 +263,7 @@ def _differences(fields: Mapping[str, Any], others: Mapping[int, Mapping[str, An
     for key in keys:
         values = {p: everyone[p].get(key, "<unset>") for p in sorted(everyone)}
         if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
-            lines.append(
-                f"{key}: " + ", ".join(f"process {p} {v!r}" for p, v in values.items())
-            )
+            lines.append(f"{key}: " + ", ".join(f"process {p} {v!r}" for p, v in values.items()))
     return lines
 
 

@@ -529,9 +529,7 @@ def evaluate(eval_fn, state, config, mesh, spatial_axis=None) -> dict[str, float
         seed=config.seed,
         train=False,
         drop_remainder=False,
-        data_dir=config.get("data_dir"),
-        fake_examples=int(config.get("fake_examples", 0) or 0),
-        **dict(config.get("dataset_options", {}) or {}),
+        **data_lib.dataset_kwargs(config),
     )
     local = batch_size // jax.process_count()
     totals = np.zeros(3)
@@ -645,9 +643,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     start_time = time.time()
     check_processes_agree(config, workdir)
     _validate(config)
-    dataset_options = dict(config.get("dataset_options", {}) or {})
-    fake = int(config.get("fake_examples", 0) or 0)
-    info = data_lib.dataset_info(config.dataset, fake_examples=fake, **dataset_options)
+    info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
     mesh_config = dict(config.get("mesh", {}) or {})
     mesh = sharding.make_mesh(mesh_config.get("data", -1), mesh_config.get("space", 1))
     data_devices = mesh.shape[sharding.DATA_AXIS]
@@ -670,9 +666,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         global_batch_size=config.global_batch_size,
         seed=config.seed,
         train=True,
-        data_dir=config.get("data_dir"),
-        fake_examples=fake,
-        **dataset_options,
+        **data_lib.dataset_kwargs(config),
     )
     model = build_model(config, info)
     workdir = prepare_workdir(workdir)
@@ -936,7 +930,7 @@ def train_step_memory(
     The step is ``make_train_step`` (optimizer update, state donated) built with
     ``backprop=mode``; nothing is trained and no data is read (``revjax.memory``).
     """
-    info = data_lib.dataset_info(config.dataset, **dict(config.get("dataset_options", {}) or {}))
+    info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
     steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
     batch = {
