@@ -70,17 +70,21 @@ def _relay(stream, prefix: str, out) -> None:
         out.flush()
 
 
-def _stop(procs, grace: float) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+def _stop(procs, grace: float, out) -> None:
+    """SIGTERM to every running process, SIGKILL to those still running `grace` s later; says
+    how each of them ended."""
+    running = [i for i, p in enumerate(procs) if p.poll() is None]
+    for i in running:
+        procs[i].send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
-    for p in procs:
+    for i in running:
         try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            procs[i].wait(timeout=max(0.0, deadline - time.monotonic()))
+            out.write(f"launch: process {i} {describe_status(procs[i].returncode)}\n")
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            procs[i].kill()
+            procs[i].wait()
+            out.write(f"launch: process {i} still running {grace} s after SIGTERM; killed\n")
 
 
 def launch(
@@ -142,7 +146,7 @@ def launch(
                 break
             time.sleep(0.1)
     finally:
-        _stop(procs, grace)
+        _stop(procs, grace, out)
         for p, t in zip(procs, relays):
             t.join(timeout=5)
             p.stdout.close()
