@@ -267,6 +267,46 @@ def test_survivor_of_a_killed_process_exits_in_bounded_time():
     assert elapsed < 60, elapsed
 
 
+def test_idle_survivor_is_ended_after_the_heartbeat_timeout():
+    """Process 0 idles outside any collective when process 1 is SIGKILLed: JAX's coordination
+    service ends it (non-zero, naming the missed heartbeats) about REVJAX_HEARTBEAT_TIMEOUT
+    (here 10 s) after the kill, long before its 300 s sleep would end (JAX's default: 100 s)."""
+    import time
+
+    from revjax.train.launch import free_port
+
+    port = free_port()
+    procs = []
+    for pid in (0, 1):
+        env = _subprocess_env(
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+            REVJAX_HEARTBEAT_TIMEOUT="10",
+            PEER_DEATH_IDLE="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(PEER_DEATH_SCRIPT)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        procs[1].communicate(timeout=120)
+        killed = time.monotonic()
+        _, err0 = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode != 0
+    assert "heartbeat" in err0, err0[-3000:]
+    assert time.monotonic() - killed < 60
+
+
 def test_processes_with_different_configs_stop_before_training(tmp_path, capfd):
     """Process 1 started with other num_steps and learning rate: both processes stop before
     compiling anything, with status 1 and an error naming each differing field and both
