@@ -261,7 +261,7 @@ def test_survivor_of_a_killed_process_exits_in_bounded_time():
     elapsed = time.monotonic() - start
     assert procs[1].returncode == -signal.SIGKILL
     assert procs[0].returncode == sharding.EXIT_PEER_LOST, err0[-3000:]
-    assert "error: process 0 of 2: another process of this job stopped" in err0
+    assert "error: process 0 of 2: another process of this job stopped or fell behind" in err0
     assert "Rerun the job." in err0
     assert "Check failure stack trace" not in err0
     assert elapsed < 60, elapsed
@@ -446,11 +446,18 @@ def test_sigkill_of_one_process_then_restart_of_all_resumes_exactly(tmp_path, ca
 
     from revjax.train import launch
 
-    uninterrupted = _launch_two_processes(tmp_path / "whole", capfd)
+    quick = ("--config.memory_report=False", "--config.drift_check_every=0")  # fewer compiles
+    uninterrupted = _launch_two_processes(tmp_path / "whole", capfd, *quick)
     workdir = tmp_path / "killed"
     lines = _TimedLines()
     status = launch.launch(
-        [sys.executable, str(KILL_SCRIPT), "--config=default:smoke", f"--workdir={workdir}"],
+        [
+            sys.executable,
+            str(KILL_SCRIPT),
+            "--config=default:smoke",
+            f"--workdir={workdir}",
+            *quick,
+        ],
         2,
         cpu_devices=2,
         timeout=600,
@@ -465,11 +472,11 @@ def test_sigkill_of_one_process_then_restart_of_all_resumes_exactly(tmp_path, ca
     assert "launch: process 1 was killed by SIGKILL; stopping the other processes" in out
     # The survivor left by itself (broken all-reduce), not by the launcher's SIGKILL.
     assert "launch: process 0 exited with status 76" in out, out[-4000:]
-    assert "[0] error: process 0 of 2: another process of this job stopped" in out
+    assert "[0] error: process 0 of 2: another process of this job stopped or fell behind" in out
     print(f"survivor and launcher done {ended - killed:.1f} s after the kill")
     assert ended - killed < 30
     assert not (workdir / "summary.json").exists()
-    resumed = _launch_two_processes(workdir, capfd)
+    resumed = _launch_two_processes(workdir, capfd, *quick)
     assert resumed["resumed_from_step"] == 10
     assert resumed["steps"] == uninterrupted["steps"] == 20
     for key in ("train_loss", "test_loss", "test_accuracy"):

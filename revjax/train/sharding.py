@@ -68,6 +68,7 @@ __all__ = [
     "distributed_settings",
     "wait_for_coordinator",
     "check_same_across_processes",
+    "wait_for_all_processes",
     "is_peer_failure",
     "exit_on_peer_failure",
     "EXIT_PEER_LOST",
@@ -315,6 +316,30 @@ def check_same_across_processes(
         )
 
 
+def wait_for_all_processes(name: str, timeout_s: float | None = None) -> None:
+    """Blocks until every process of the job has called this with the same ``name`` (a
+    coordination-service barrier; a no-op for one process).
+
+    JAX's CPU (gloo) collectives give a process only 30 s to meet the others at a collective;
+    processes that compile at different speeds meet here first, under ``timeout_s`` (default
+    ``REVJAX_DISTRIBUTED_TIMEOUT``).
+
+    Raises:
+      RuntimeError: not every process arrived within ``timeout_s``.
+    """
+    if jax.process_count() == 1:
+        return
+    if timeout_s is None:
+        timeout_s = _seconds_env(os.environ, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    try:
+        _distributed_client().wait_at_barrier(f"revjax/{name}", int(timeout_s * 1000))
+    except Exception as error:  # XlaRuntimeError DEADLINE_EXCEEDED / barrier failed
+        raise RuntimeError(
+            f"not every process reached {name!r} within {timeout_s} s (one stopped, or is far "
+            f"behind; raise {TIMEOUT_ENV}): {str(error).splitlines()[0]}"
+        ) from None
+
+
 # Substrings of the errors a process gets when another process of the job has died: gloo's
 # broken connection inside a collective (CPU), NCCL's, and the coordination service's.
 PEER_FAILURE_MARKERS = (
@@ -351,7 +376,8 @@ def exit_on_peer_failure(resume_hint: str = "") -> Iterator[None]:
         first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
         print(
             f"error: process {jax.process_index()} of {jax.process_count()}: another process "
-            f"of this job stopped ({type(error).__name__}: {first[:300]}); stopping too. "
+            f"of this job stopped or fell behind ({type(error).__name__}: {first[:300]}); "
+            "stopping too. "
             f"{resume_hint}".rstrip(),
             file=sys.stderr,
             flush=True,

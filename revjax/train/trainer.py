@@ -835,6 +835,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         progress.update(at_step, values)
 
     stopped_by = None
+    sharding.wait_for_all_processes("train_loop")  # every process compiled: meet first here
     try:
         with _StopSignals() as stop:
             loop_start = time.time()
