@@ -113,7 +113,12 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(trainer.EXIT_ERROR)
-    except (ValueError, PermissionError, FloatingPointError) as error:
+    except (
+        ValueError,
+        PermissionError,
+        FloatingPointError,
+        sharding.ProcessesNotReadyError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(trainer.EXIT_ERROR)
     if summary.get("stopped_by"):

@@ -69,6 +69,7 @@ __all__ = [
     "wait_for_coordinator",
     "check_same_across_processes",
     "wait_for_all_processes",
+    "ProcessesNotReadyError",
     "is_peer_failure",
     "exit_on_peer_failure",
     "EXIT_PEER_LOST",
@@ -246,6 +247,10 @@ def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
     return True
 
 
+class ProcessesNotReadyError(RuntimeError):
+    """Another process of the job did not reach a rendezvous within the timeout."""
+
+
 def _distributed_client():
     """JAX's distributed-runtime client (its key-value store); the one orbax also uses."""
     from jax._src import distributed  # no public accessor in jax 0.10
@@ -286,7 +291,7 @@ def check_same_across_processes(
     Raises:
       ValueError: some field differs; the message names each such field with every
         process's value (the same message on every process).
-      RuntimeError: a process did not publish its values within ``timeout_s``.
+      ProcessesNotReadyError: a process did not publish its values within ``timeout_s``.
     """
     if jax.process_count() == 1:
         return
@@ -303,7 +308,7 @@ def check_same_across_processes(
         try:
             text = client.blocking_key_value_get(key.format(p), int(timeout_s * 1000))
         except Exception as error:  # XlaRuntimeError DEADLINE_EXCEEDED
-            raise RuntimeError(
+            raise ProcessesNotReadyError(
                 f"process {p} did not publish its {what} within {timeout_s} s (did it start, "
                 f"or did it fail before?): {str(error).splitlines()[0]}"
             ) from None
@@ -325,7 +330,7 @@ def wait_for_all_processes(name: str, timeout_s: float | None = None) -> None:
     ``REVJAX_DISTRIBUTED_TIMEOUT``).
 
     Raises:
-      RuntimeError: not every process arrived within ``timeout_s``.
+      ProcessesNotReadyError: not every process arrived within ``timeout_s``.
     """
     if jax.process_count() == 1:
         return
@@ -334,7 +339,7 @@ def wait_for_all_processes(name: str, timeout_s: float | None = None) -> None:
     try:
         _distributed_client().wait_at_barrier(f"revjax/{name}", int(timeout_s * 1000))
     except Exception as error:  # XlaRuntimeError DEADLINE_EXCEEDED / barrier failed
-        raise RuntimeError(
+        raise ProcessesNotReadyError(
             f"not every process reached {name!r} within {timeout_s} s (one stopped, or is far "
             f"behind; raise {TIMEOUT_ENV}): {str(error).splitlines()[0]}"
         ) from None
