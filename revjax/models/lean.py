@@ -528,4 +528,3 @@ def parameter_table(image_size: int = 32) -> list[dict]:
                 }
             )
     return rows
-
