@@ -232,3 +232,9 @@ def test_exact_coupling_with_stats_round_trip_and_aux():
     assert flag.dtype == jnp.bool_
     for a, b in zip(jax.tree.leaves(y_eval), jax.tree.leaves(y)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_revup_refuses_exact_arithmetic_at_construction():
+    with pytest.raises(ValueError, match="fixed-point iteration"):
+        models.create("revup20", arithmetic="exact")
+    assert models.create("revup20").arithmetic == "float"
