@@ -44,6 +44,20 @@ map contracts the phase-space volume by ((1 − γh/2)/(1 + γh/2))^n, so on a f
 cannot be injective and no rounding makes it exactly invertible. Affine coupling (a
 multiplicative update) and RevUp's fixed-point inverse are out of scope for the same reason.
 
+Batch norm inside residual functions: `exact_additive_coupling_with_stats` and
+`exact_verlet_step_with_stats` (the exact twins of `revjax.couplings.additive_coupling_with_
+stats` and `revjax.families.chang.verlet_step_with_stats`) return the forward's batch
+statistics next to the overflow flag, as `ExactAux(overflow, stats)`. The reconstruction
+recomputes F and G from bit-identical inputs, hence from the same batch statistics.
+Non-invertible maps between exact stages (pooling, strided projection blocks) are
+`exact_stored_transition`s: float on the decoded state, re-encoded output, input stored.
+
+Models. `run_body(layers, params, x, arithmetic=..., frac_bits=...)` is the one entry point
+of every model with `arithmetic="float" | "exact"` (RevNet, Chang et al.'s three families,
+hyperbolic2d/3d, the low-cost Hamiltonian): exact: encode x, run the engine, decode, NaN on
+overflow, and hand back the per-layer aux without the overflow flags (same structure as in
+float mode).
+
 Overflow. int32 arithmetic wraps modulo 2³²: reconstruction stays exact, but the real values
 become garbage. Every exact step returns, as its `aux`, a boolean "some state or increment
 left the representable range |x| < 2^(31−f)" (checked on a float32 estimate, conservative

@@ -1,4 +1,5 @@
-"""Models with arithmetic="exact": hyperbolic2d/3d (and the low-cost Hamiltonian)."""
+"""Models with arithmetic="exact": hyperbolic2d/3d, the low-cost Hamiltonian, RevNet, Chang et al.'s
+networks (and RevUp's refusal)."""
 
 import json
 import os
@@ -163,10 +164,10 @@ def test_exact_zoo_model_with_batch_norm_is_bit_exact_and_matches_store(name):
 
 TINY_CHANG = [
     ("hamiltonian", "bn", "stored", None),
-    ("hamiltonian", "bias", "reversible", None),
+    pytest.param("hamiltonian", "bias", "reversible", None, marks=pytest.mark.slow),
     ("midpoint", "bias", "stored", None),
     ("leapfrog", "bias", "reversible", "second_order"),
-    ("leapfrog", "bias", "stored", "zero_velocity"),
+    pytest.param("leapfrog", "bias", "stored", "zero_velocity", marks=pytest.mark.slow),
 ]
 
 
