@@ -142,11 +142,13 @@ def _train_grads(model, variables, x, weights):
     return grads, stats
 
 
+@pytest.mark.slow  # 9-14 min each on the shared 2-core machine at load ~30 (~1 min idle)
 @pytest.mark.parametrize("name", ["revnet38", "hamiltonian74"])
 def test_exact_zoo_model_with_batch_norm_is_bit_exact_and_matches_store(name):
     """Train mode, BN inside F and G, at initialisation: the body's reconstruction error is
     exactly 0.0, and reversible backprop gives store's gradients and running averages (the
-    reconstruction normalises with the forward's batch statistics, updated once)."""
+    reconstruction normalises with the forward's batch statistics, updated once). The default
+    suite checks the same on small configurations (below)."""
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3), jnp.float64)
     weights = jax.random.normal(jax.random.key(2), (2, 10), jnp.float64)
     model = models.create(name, arithmetic="exact", dtype=jnp.float64)
@@ -189,6 +191,24 @@ def test_exact_chang_families_reconstruct_bit_exactly_and_match_store(
     g_store, _ = _train_grads(model.clone(backprop="store"), variables, x, weights)
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_store)) > 0
     assert float(engine._relative_error(g_rev, g_store)) < 1e-12
+
+
+def test_exact_small_revnet_with_stored_bn_transition_matches_store():
+    """A small RevNet (stored transition block with BN between two exact stages), train mode:
+    reconstruction exactly 0.0, reversible == store gradients and running averages."""
+    x = jax.random.normal(jax.random.key(8), (2, 8, 8, 3), jnp.float64)
+    weights = jax.random.normal(jax.random.key(9), (2, 3), jnp.float64)
+    model = models.create(
+        "revnet38", units=(2, 2), filters=(8, 8, 16), strides=(1, 2), num_classes=3,
+        arithmetic="exact", dtype=jnp.float64,
+    )  # fmt: skip
+    variables = model.init(jax.random.key(0), x)
+    assert float(model.reconstruction_error(variables, x, train=True)) == 0.0
+    g_rev, stats_rev = _train_grads(model, variables, x, weights)
+    g_store, stats_store = _train_grads(model.clone(backprop="store"), variables, x, weights)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_store)) > 0
+    assert float(engine._relative_error(g_rev, g_store)) < 1e-12
+    assert float(engine._relative_error(stats_rev, stats_store)) < 1e-12
 
 
 def test_exact_revnet_reversible_transitions_and_overflow():
