@@ -609,7 +609,8 @@ def exact_stored_transition(
 
     def apply(params, x, rng=None):
         y_float, inner_aux = _call_float(transition, params, decode(x, frac_bits), rng)
-        pairs = [quantize(v, frac_bits) for v in jax.tree.leaves(y_float)]
+        carrier = jax.tree.leaves(x, is_leaf=_is_fixed)[0].g.dtype  # keep the state's dtype
+        pairs = [quantize(v, frac_bits, carrier) for v in jax.tree.leaves(y_float)]
         treedef = jax.tree.structure(y_float)
         y = jax.tree.unflatten(treedef, [Fixed(dq, dg) for dq, dg, _ in pairs])
         overflow = jnp.any(jnp.stack([bad for _, _, bad in pairs]))
