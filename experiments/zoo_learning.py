@@ -113,13 +113,16 @@ def mean_iou(pred, labels, num_classes):
     return float(np.mean(ious))
 
 
-def run(name: str, steps: int, batch: int, seed: int) -> dict:
+def run(
+    name: str, steps: int, batch: int, seed: int, *, overrides=None, measure_memory=True
+) -> dict:
+    """Train `name` (with model field `overrides`) and return its row of the table."""
     segmentation = name in SEGMENTERS
     task = "segmentation" if segmentation else "classification"
     train = digits.load_canvas_split("train", 32, task)
     test = digits.load_canvas_split("test", 32, task)
     num_classes = digits.NUM_CLASSES + segmentation
-    model = models.create(name, num_classes=num_classes)
+    model = models.create(name, num_classes=num_classes, **(overrides or {}))
     x0 = jnp.asarray(train["image"][:batch])
     variables = jax.jit(lambda k: model.init(k, x0, train=False))(jax.random.key(seed))
     params = variables["params"]
@@ -133,7 +136,7 @@ def run(name: str, steps: int, batch: int, seed: int) -> dict:
 
     y0 = jnp.asarray(train["label"][:batch])
     memory = {}
-    if hasattr(model, "reconstruction_error"):
+    if measure_memory and hasattr(model, "reconstruction_error"):
         for mode in ("reversible", "store"):
             memory[mode] = step_temp_mib(
                 model.clone(backprop=mode), optimizer, params, state, opt_state, x0, y0

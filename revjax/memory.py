@@ -35,6 +35,7 @@ __all__ = [
     "compiled_memory",
     "jitted_step_memory",
     "model_step_memory",
+    "model_update_step",
     "update_step",
     "update_step_memory",
     "update_step_temp_bytes",
@@ -146,22 +147,21 @@ def update_step_temp_bytes(
     return update_step_memory(loss_fn, params, batch, optimizer)["temp"]
 
 
-def model_step_memory(
+def model_update_step(
     model: Any,
     input_shape: Sequence[int],
     optimizer: optax.GradientTransformation,
     *,
     dtype: Any = jnp.float32,
-) -> dict[str, int]:
-    """`update_step_memory` of a zoo model's training step, for a batch of `input_shape`.
+) -> tuple[Any, PyTree, PyTree]:
+    """A zoo model's training step, compiled: (compiled, params, batch), shapes only.
 
-    The loss is the mean softmax cross-entropy over the logits' last axis with integer labels
-    of the logits' leading shape (classifiers (N,), segmenters (N, *S)); batch norm runs in
-    training mode (its running averages ride in the batch, not differentiated). Nothing is
-    allocated: shapes only.
-
-    Returns:
-      {"temp", "arguments", "outputs", "total"} bytes (per device for a sharded model).
+    `compiled(params, opt_state, batch) -> (params, opt_state, loss)` (`compile_update_step`,
+    params and opt_state donated), where batch = (images, labels, model_state). The loss is
+    the mean softmax cross-entropy over the logits' last axis with integer labels of the
+    logits' leading shape (classifiers (N,), segmenters (N, *S)); batch norm runs in training
+    mode (its running averages ride in the batch, not differentiated; the step returns the
+    loss only, so they are not updated). `params` and `batch` are ShapeDtypeStructs.
     """
     x = jax.ShapeDtypeStruct(tuple(int(d) for d in input_shape), dtype)
     variables = jax.eval_shape(
@@ -179,4 +179,22 @@ def model_step_memory(
         logits = out[0] if mutable else out
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
-    return update_step_memory(loss_fn, params, (x, labels, state), optimizer)
+    batch = (x, labels, state)
+    return compile_update_step(loss_fn, params, batch, optimizer), params, batch
+
+
+def model_step_memory(
+    model: Any,
+    input_shape: Sequence[int],
+    optimizer: optax.GradientTransformation,
+    *,
+    dtype: Any = jnp.float32,
+) -> dict[str, int]:
+    """`compiled_memory` of a zoo model's training step (`model_update_step`) for a batch of
+    `input_shape`. Nothing is allocated: shapes only.
+
+    Returns:
+      {"temp", "arguments", "outputs", "total"} bytes (per device for a sharded model).
+    """
+    compiled, _, _ = model_update_step(model, input_shape, optimizer, dtype=dtype)
+    return compiled_memory(compiled)

@@ -103,7 +103,7 @@ __all__ = [
 
 NORMS = ("tv_norm", "none")
 COARSENINGS = ("reversible", "stored")
-ARITHMETICS = ("float", "exact")
+ARITHMETICS = fixed_point.ARITHMETICS
 TV_NORM_EPSILON = 1e-5  # as in Lensink's HyperNet reference code
 
 
@@ -290,8 +290,7 @@ def make_config(
             )
     if not (math.isfinite(damping) and 0 <= damping * h / 2 < 1):
         raise ValueError(f"damping must satisfy 0 <= damping*h/2 < 1, got {damping}")
-    if arithmetic not in ARITHMETICS:
-        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
+    fixed_point.check_arithmetic(arithmetic)
     if arithmetic == "exact" and damping != 0:
         raise ValueError(
             f"arithmetic='exact' needs damping=0 (got {damping}): a damped leapfrog step "

@@ -62,18 +62,30 @@ iteration, 16x16 images, 16-56 channels: λ_max(K^T K) ≈ 6.1-6.3, so h²λ_max
 ω_max(W − W^T) ≈ 3.6-3.9, so hω_max ≈ 0.39 < 1), and their float32 reconstruction at
 initialisation is within 1e-4 (tests/test_zoo_defaults.py).
 
+Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20), on all three families and
+both blocks: the stem's output is encoded to int32 fixed-point states (`revjax.fixed_point`),
+and the reversible body runs on them: every Verlet/midpoint/leapfrog block, the start rule and
+the "reversible" (space-to-depth) transition are exact, so the body's reconstruction is
+bit-exact at any depth. The "stored" transition (pool + pad, its input stored by the engine)
+runs in float and re-encodes its output; the stem and the head are ordinary float layers
+(autodiff). The "bn" block's batch norm works unchanged (`fixed_point.exact_verlet_step_with_
+stats`: the reconstruction normalises with the same batch, the running averages are updated
+once). Gradients are the straight-through ones (those of the real-valued network along the
+fixed-point trajectory). A fixed-point overflow makes the logits NaN.
+
 All fields are overridable: `create("hamiltonian74", units=(334, 333, 333))`.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine
+from revjax import engine, fixed_point
 from revjax.conv import conv, conv_transpose
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
@@ -134,6 +146,9 @@ class ChangNet(ReversibleModel, nn.Module):
       backprop: "reversible" | "store" | "remat".
       transition: "stored" | "reversible".
       start: start rule (None: family default; leapfrog "zero_velocity" | "second_order").
+      arithmetic: "float" or "exact" (int32 fixed-point body states, bit-exact
+        reconstruction; see the module docstring).
+      frac_bits: fractional bits of the exact states.
       dtype: dtype of parameters and activations.
 
     Parameters: params["stage{s}"] = {"first": block, "rest": stacked blocks}; a "bn"
@@ -153,6 +168,8 @@ class ChangNet(ReversibleModel, nn.Module):
     backprop: str = "reversible"
     transition: str = "stored"
     start: str | None = None
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
     def config(self) -> chang.ChangConfig:
@@ -175,7 +192,15 @@ class ChangNet(ReversibleModel, nn.Module):
         block = self.block or DEFAULT_BLOCK[self.family]
         h = default_step_size(self.family, block) if self.h is None else self.h
         return chang.make_config(
-            self.family, self.units, filters[1:], h, self.transition, self.start, block
+            self.family,
+            self.units,
+            filters[1:],
+            h,
+            self.transition,
+            self.start,
+            block,
+            self.arithmetic,
+            self.frac_bits,
         )
 
     def _bn_body(self, config: chang.ChangConfig, train: bool):
@@ -229,9 +254,12 @@ class ChangNet(ReversibleModel, nn.Module):
         }
 
         def step(F):
-            return chang.verlet_step_with_stats(
-                residual_with_stats(F, train), residual_with_stats(residual, train), train=train
-            )
+            pair = (residual_with_stats(F, train), residual_with_stats(residual, train))
+            if config.arithmetic == "exact":
+                return fixed_point.exact_verlet_step_with_stats(
+                    *pair, train=train, frac_bits=config.frac_bits, name="hamiltonian"
+                )
+            return chang.verlet_step_with_stats(*pair, train=train)
 
         plan = chang.body_plan(config, step(residual), step(first_residual))
         layers = [layer for layer, _ in plan]
@@ -254,8 +282,15 @@ class ChangNet(ReversibleModel, nn.Module):
                 for s in range(len(config.units))
             }
             layers, params = chang.body_layers(config), chang.body_params(tree, config)
-        out, aux = engine.apply_with_aux(layers, params, state, backprop=self.backprop)
-        sow_reconstruction_error(self, layers, params, state)
+        out, aux = fixed_point.run_body(
+            layers,
+            params,
+            state,
+            arithmetic=config.arithmetic,
+            frac_bits=config.frac_bits,
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
         if config.block == "bn" and train and self.is_mutable_collection("batch_stats"):
             new = {name: dict(v.value) for name, v in stats.items()}
             for (_, path), stats_update in zip(plan, aux):

@@ -26,6 +26,7 @@ with wrapped-around values); `HyperbolicSegmenter.check_overflow` names the laye
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -104,16 +105,17 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
         )
 
     def _body(self, layers, params, x, config):
-        """(Y_{N−1}, Y_N) as float arrays; exact: encode, run, decode, NaN on overflow."""
-        if config.arithmetic == "float":
-            sow_reconstruction_error(self, layers, params, x)
-            return engine.apply(layers, params, x, backprop=self.backprop)
-        f = config.frac_bits
-        encoded = fixed_point.encode(x, f)
-        sow_reconstruction_error(self, layers, params, encoded)
-        state, aux = engine.apply_with_aux(layers, params, encoded, backprop=self.backprop)
-        overflow = fixed_point.any_overflow(aux) | fixed_point.out_of_range(x * 2.0**f)
-        return jax.tree.map(lambda u: jnp.where(overflow, jnp.nan, u), fixed_point.decode(state, f))
+        """(Y_{N−1}, Y_N) as float arrays (`fixed_point.run_body`: exact: NaN on overflow)."""
+        state, _ = fixed_point.run_body(
+            layers,
+            params,
+            x,
+            arithmetic=config.arithmetic,
+            frac_bits=config.frac_bits,
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
+        return state
 
     def check_overflow(self, variables, x: jax.Array) -> None:
         """Raise `fixed_point.FixedPointOverflowError` naming the layer (exact arithmetic only).
@@ -196,4 +198,3 @@ def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
     )
     config.update(overrides)
     return HyperbolicSegmenter(**config)
-

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -345,7 +346,6 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_hamiltonian_config(self)
-        exact = self.arithmetic == "exact"
         step = engine.Scan(
             lean.low_cost_hamiltonian_step(
                 self.operator, self.h, arithmetic=self.arithmetic, frac_bits=self.frac_bits
@@ -360,16 +360,15 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
                 params.append(None)
             layers.append(step)
             params.append(self.param(f"stage{i}", self._init_stage, width // 2))
-        if exact:
-            f = self.frac_bits
-            encoded = fixed_point.encode(state, f)
-            out, aux = engine.apply_with_aux(layers, params, encoded, backprop=self.backprop)
-            sow_reconstruction_error(self, layers, params, encoded)
-            overflow = fixed_point.any_overflow(aux) | fixed_point.out_of_range(x * 2.0**f)
-            y, z = (jnp.where(overflow, jnp.nan, u) for u in fixed_point.decode(out, f))
-        else:
-            y, z = engine.apply(layers, params, state, backprop=self.backprop)
-            sow_reconstruction_error(self, layers, params, state)
+        (y, z), _ = fixed_point.run_body(
+            layers,
+            params,
+            state,
+            arithmetic=self.arithmetic,
+            frac_bits=self.frac_bits,
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
         return ClassifierHead(self.num_classes, dtype=self.dtype)(
             jnp.concatenate([y, z], axis=-1), train
         )
@@ -402,8 +401,7 @@ def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
         )
     if model.depth < 1:
         raise ValueError(f"depth must be >= 1, got {model.depth}")
-    if model.arithmetic not in ("float", "exact"):
-        raise ValueError(f"unknown arithmetic {model.arithmetic!r}; expected 'float' or 'exact'")
+    fixed_point.check_arithmetic(model.arithmetic)
     fixed_point.check_frac_bits(model.frac_bits)
     widths = tuple(model.widths)
     if not widths or any(w < 2 or w % 2 for w in widths):

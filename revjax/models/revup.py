@@ -75,6 +75,17 @@ def _stem_transition(pool: bool, stride: int) -> engine.Transition:
     return engine.Transition(apply, name="stem")
 
 
+def _check_arithmetic(arithmetic: str) -> None:
+    if arithmetic != "float":
+        raise ValueError(
+            f"RevUp supports arithmetic='float' only, got {arithmetic!r}: its i-ResNet blocks "
+            "are inverted by a fixed-point iteration, not by subtracting a recomputed "
+            "increment, so fixed-point states cannot make them exactly invertible (exact "
+            "arithmetic: revnet*, hamiltonian*, midpoint*, leapfrog*, hyperbolic*, "
+            "lean_hamiltonian*)"
+        )
+
+
 class RevUp(ReversibleModel, nn.Module):
     """RevUp classifier. Input (N, H, W, C_in) -> logits (N, num_classes).
 
@@ -93,6 +104,10 @@ class RevUp(ReversibleModel, nn.Module):
         the CIFAR script uses 1, which lags behind W2 growing from 0 under Adam).
       n_init_power_iterations: warm-up steps at init (so σ̂ is accurate from the start).
       backprop: "reversible" | "store" | "remat".
+      arithmetic: "float" only. The field exists so that `arithmetic="exact"` (the int32
+        fixed-point states of `revjax.fixed_point`, offered by every additive family) is
+        refused with a clear error: an i-ResNet block's inverse is a fixed-point iteration,
+        not the subtraction of a recomputed increment, so rounding cannot make it exact.
       dtype: dtype of parameters, statistics and activations.
     """
 
@@ -112,10 +127,16 @@ class RevUp(ReversibleModel, nn.Module):
     n_power_iterations: int = 5
     n_init_power_iterations: int = 20
     backprop: str = "reversible"
+    arithmetic: str = "float"
     dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        _check_arithmetic(self.arithmetic)  # refused at construction, e.g. by models.create
+        super().__post_init__()
 
     def check_config(self) -> None:
         """Clear ValueErrors for a bad configuration (called before tracing anything)."""
+        _check_arithmetic(self.arithmetic)
         check_coefficient(self.c)
         revup.check_fixed_point_config(self.max_iter, self.tol, self.on_nonconvergence)
         check_num_classes(self.num_classes)
