@@ -103,26 +103,27 @@ def compile_step(backprop: str, unroll: int, options: dict, params, x):
     return lowered.compile(compiler_options=options or None)
 
 
-def random_params(key, depth: int, channels: int):
-    """Stacked {"w1", "b1", "w2", "b2"} for F and G, PyTorch's default (Kaiming-uniform) scale."""
+def random_params(seed: int, depth: int, channels: int):
+    """Stacked {"w1", "b1", "w2", "b2"} of F and G (leading axis `depth`, weights HWIO), drawn
+    uniformly in ±1/sqrt(9 C) (PyTorch's default Conv2d scale). NumPy: nothing to compile."""
+    rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(9 * channels)
 
-    def one(k):
-        ks = jax.random.split(k, 8)
-        u = lambda kk, shape: jax.random.uniform(kk, shape, minval=-bound, maxval=bound)
-        w = (3, 3, channels, channels)
-        return {
-            name: {"w1": u(a, w), "b1": u(b, (channels,)), "w2": u(c, w), "b2": u(d, (channels,))}
-            for name, (a, b, c, d) in (("F", ks[:4]), ("G", ks[4:]))
-        }
+    def u(*shape):
+        return jnp.asarray(rng.uniform(-bound, bound, (depth, *shape)).astype(np.float32))
 
-    return jax.vmap(one)(jax.random.split(key, depth))
+    w = (3, 3, channels, channels)
+    return {
+        name: {"w1": u(*w), "b1": u(channels), "w2": u(*w), "b2": u(channels)}
+        for name in ("F", "G")
+    }
 
 
-def random_inputs(key, batch: int, size: int, channels: int):
-    k1, k2 = jax.random.split(key)
+def random_inputs(seed: int, batch: int, size: int, channels: int):
+    """(x1, x2): two (batch, size, size, channels) standard-normal halves (NHWC)."""
+    rng = np.random.default_rng(seed)
     shape = (batch, size, size, channels)
-    return jax.random.normal(k1, shape), jax.random.normal(k2, shape)
+    return tuple(jnp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(2))
 
 
 def jax_runner(compiled, params, x):
@@ -225,15 +226,15 @@ def run(args) -> dict:
         torch = None
         print(
             "torch_parity: PyTorch is not installed (pip install torch --index-url "
-            "https://download.pytorch.org/whl/cpu); " + ("timing revjax only" if args.jax_only
-                                                         else "nothing to compare"),
+            "https://download.pytorch.org/whl/cpu); "
+            + ("timing revjax only" if args.jax_only else "nothing to compare"),
             file=sys.stderr,
         )
         if not args.jax_only:
             raise SystemExit(1) from None
     threads = cpu_threads()
-    params = random_params(jax.random.key(0), args.depth, args.channels)
-    x = random_inputs(jax.random.key(1), args.batch, args.size, args.channels)
+    params = random_params(0, args.depth, args.channels)
+    x = random_inputs(1, args.batch, args.size, args.channels)
     variants = {k: v for k, v in JAX_VARIANTS.items() if k in args.variants}
     variants.update(parse_extra(s) for s in args.extra)
     fns, compile_seconds, first_loss = {}, {}, {}
@@ -285,11 +286,15 @@ def run(args) -> dict:
 
 def format_table(result: dict) -> str:
     lines = [
-        f"| variant | step ms (median) | time / {result['baseline']} (median of per-round ratios) |",
-        "|---|---:|---:|",
+        f"| variant | step ms (median) | time / {result['baseline']} (median of round ratios) "
+        "| loss at the shared initial params |",
+        "|---|---:|---:|---:|",
     ]
     for name, r in result["variants"].items():
-        lines.append(f"| {name} | {r['median_ms']:.1f} | {r['ratio_to_baseline']:.2f} |")
+        lines.append(
+            f"| {name} | {r['median_ms']:.1f} | {r['ratio_to_baseline']:.2f} "
+            f"| {r['first_loss']:.6f} |"
+        )
     return "\n".join(lines)
 
 
