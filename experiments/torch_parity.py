@@ -198,6 +198,54 @@ def torch_runner(torch, model, x):
 
 
 # --------------------------------------------------------------------------------------------
+# Per-operation profile: the three convolutions of one 3x3 conv layer, XLA vs PyTorch.
+
+
+def time_conv_ops(torch, batch: int, size: int, channels: int, rounds: int) -> dict:
+    """{op: {"median_seconds", "ratio_to_baseline"}} of one conv layer's forward, input gradient
+    (K^T ȳ) and kernel gradient, revjax.conv (XLA) vs PyTorch, interleaved; baseline torch_fwd.
+
+    The revjax ops are the exact kernels of `revjax.conv`'s custom VJP (the kernel gradient
+    includes its two operand transposes), jitted one by one.
+    """
+    from revjax.conv import _forward, _input_cotangent, _kernel_cotangent
+
+    rng = np.random.default_rng(2)
+    shape = (batch, size, size, channels)
+    x, g = (jnp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(2))
+    w = jnp.asarray(rng.standard_normal((3, 3, channels, channels)).astype(np.float32))
+    pads, unit = ((1, 1), (1, 1)), (1, 1)
+    fwd = jax.jit(lambda x, w: _forward(x, w, unit, pads))
+    x_grad = jax.jit(lambda g, w: _input_cotangent(g, w, unit, pads, (size, size)))
+    k_grad = jax.jit(lambda x, g: _kernel_cotangent(x, g, unit, pads, (3, 3)))
+    fns = {
+        "xla_fwd": lambda: fwd(x, w),
+        "xla_input_grad": lambda: x_grad(g, w),
+        "xla_kernel_grad": lambda: k_grad(x, g),
+    }
+    if torch is not None:
+        layer = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+        tg = torch.from_numpy(np.asarray(g).transpose(0, 3, 1, 2).copy())
+        grad = torch.nn.grad
+
+        def torch_fwd():
+            with torch.no_grad():
+                return layer(tx).sum().item()
+
+        fns["torch_fwd"] = torch_fwd
+        fns["torch_input_grad"] = lambda: (
+            grad.conv2d_input(tx.shape, layer.weight, tg, padding=1).sum().item()
+        )
+        fns["torch_kernel_grad"] = lambda: (
+            grad.conv2d_weight(tx, layer.weight.shape, tg, padding=1).sum().item()
+        )
+    times = benchmark.interleaved_times(fns, rounds, warmup=3, min_seconds=0.02)
+    baseline = "torch_fwd" if torch is not None else "xla_fwd"
+    return benchmark.summarize(times, baseline=baseline)
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def parse_extra(spec: str):
@@ -253,7 +301,13 @@ def run(args) -> dict:
     baseline = "torch_store" if "torch_store" in fns else next(iter(fns))
     times = benchmark.interleaved_times(fns, args.rounds, warmup=args.warmup)
     summary = benchmark.summarize(times, baseline=baseline)
+    ops = None
+    if args.ops:
+        ops = time_conv_ops(
+            None if args.jax_only else torch, args.batch, args.size, args.channels, args.rounds
+        )
     return {
+        "conv_ops": ops,
         "block": "additive coupling, F = G = conv3x3 -> ReLU -> conv3x3 (bias)",
         "depth": args.depth,
         "batch": args.batch,
@@ -311,6 +365,9 @@ def main(argv=None):
         "--extra", nargs="*", default=[], help="name:backprop:unroll[:xla_flag=value,...]"
     )
     parser.add_argument("--jax-only", action="store_true", help="time the revjax variants only")
+    parser.add_argument(
+        "--ops", action="store_true", help="also time one conv layer's three convolutions"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     result = run(args)
@@ -320,6 +377,10 @@ def main(argv=None):
         f"{result['threads']} threads, {result['rounds']} interleaved rounds"
     )
     print(format_table(result))
+    if result["conv_ops"]:
+        print("one 3x3 conv layer, ms per call (ratio to the PyTorch forward):")
+        for op, r in result["conv_ops"].items():
+            print(f"  {op:18s} {1e3 * r['median_seconds']:8.3f}  {r['ratio_to_baseline']:.2f}")
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
