@@ -31,8 +31,10 @@ and run
 
     python experiments/torch_parity.py --json experiments/results/torch_parity.json
 
-Without torch the script says so in one line and exits (status 0 with `--jax-only`, which
-times the revjax variants alone, else 1).
+(`taskset -c 1 python ...` pins one core: one thread each, the stable setting on a shared
+machine; `--ops` adds one conv layer's forward / input-gradient / kernel-gradient timings.)
+Without torch the script says so in one line and exits with status 1, or with `--jax-only`
+times the revjax variants alone.
 """
 
 from __future__ import annotations
