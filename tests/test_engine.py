@@ -1,6 +1,7 @@
 """The engine: reversible backprop equals stored-activation autodiff, for scan and chain forms."""
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import pytest
 from jax.test_util import check_grads
@@ -286,7 +287,7 @@ def _scan_unrolls(fn, *args) -> set:
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "scan":
                 found.add(eqn.params["unroll"])
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
