@@ -230,7 +230,7 @@ def test_training_mode_without_a_mutable_state_collection_is_an_error():
     np.testing.assert_array_equal(model.apply(variables, x, train=False), model.apply(variables, x))
     assert logits.shape == (2, 3)
     # The drift diagnostic in training mode passes the state collection itself.
-    assert float(model.reconstruction_error(variables, x, train=True)) < 1e-4  # tol 1e-5
+    assert float(model.reconstruction_error(variables, x, train=True)) < 1e-6
 
 
 def test_fixup_init_is_the_identity_with_zero_logits():
@@ -243,30 +243,6 @@ def test_fixup_init_is_the_identity_with_zero_logits():
     np.testing.assert_allclose(scale, 1.0, rtol=1e-12)
     for info in filter(None, model.apply(variables, x, method="fixed_point_trace")):
         np.testing.assert_array_equal(info.iterations, 1)
-
-
-def test_every_channel_of_the_final_state_gets_gradient_at_fixup_init():
-    """At Fixup init the body is the identity: the channels appended by the downsampling's zero
-    padding are exactly 0 in the final state. With a non-zero head, the gradient must reach
-    every output channel of the last downsampling block's W2 (a ReLU before the head's pool has
-    derivative 0 on those channels: they never received a gradient, and revup20 learned with
-    16 of its 64 final channels)."""
-    model = tiny_model(stage_sizes=(1, 1), n_power_iterations=1)
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3), jnp.float64)
-    variables = model.init(jax.random.key(1), x)
-    params = variables["params"]
-    kernel = params["head"]["kernel"]
-    params = {
-        **params,
-        "head": {**params["head"], "kernel": jax.random.normal(jax.random.key(2), kernel.shape)},
-    }
-
-    def loss(p):
-        return jnp.sum(jnp.sin(model.apply({**variables, "params": p}, x)))
-
-    w2_grad = np.asarray(jax.jit(jax.grad(loss))(params)["down1"]["w2"])  # (3, 3, 4, 4)
-    per_output_channel = np.abs(w2_grad).sum(axis=(0, 1, 2))
-    assert per_output_channel.shape == (4,) and np.all(per_output_channel > 0), per_output_channel
 
 
 def test_training_decreases_the_loss_and_keeps_blocks_contractive():

@@ -21,12 +21,7 @@ Layout (NHWC)::
 - `stem="conv"`: ReLU(conv_{k×k, stride}(x) + b) (+ 3x3/2 max-pool when `stem_pool`), stored
   (Transition; its input is the image). `stem="pad"`: injective zero-channel padding to
   `widths[0]` (i-RevNet style, invertible, no parameters).
-- Head: global average pool of the state x (no activation), + scalar bias, dense; weights and
-  bias 0 (Fixup). No ReLU before the pool: at Fixup init the body is the identity, so the final
-  state is the ReLU'd stem output with the channels appended by every downsampling's zero
-  padding (48 of revup20's 64) exactly 0, where ReLU's derivative is 0. A ReLU head would block
-  the gradient of those channels (and of every inactive stem position) for good, unless the
-  scalar biases b2b happened to turn positive; the linear pool passes it to every channel.
+- Head: global average pool of ReLU(x), + scalar bias, dense; weights and bias 0 (Fixup).
 
 Spectral-norm power-iteration vectors (right v_i and left u_i = K_i v_i/‖K_i v_i‖ per
 convolution per block, one example's shape each) live in the "spectral_stats" collection. They
@@ -253,12 +248,7 @@ class RevUp(ReversibleModel, nn.Module):
         return layers, params, fns
 
     def _head(self, h: jax.Array) -> jax.Array:
-        """logits = K^T (mean_{hw} h + b) + β: (N, H, W, C) -> (N, num_classes), K = β = 0.
-
-        Linear in the state (see the module docstring: a ReLU here has zero derivative on the
-        exactly-zero padded channels of the Fixup-initialised network).
-        """
-        feats = jnp.mean(h, axis=(1, 2))
+        feats = jnp.mean(jax.nn.relu(h), axis=(1, 2))
         feats = feats + self.param("head_bias", nn.initializers.zeros, (), self.dtype)
         return nn.Dense(
             check_num_classes(self.num_classes),
