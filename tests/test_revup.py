@@ -178,7 +178,7 @@ def test_reversible_gradients_equal_stored_gradients(downsample, stem):
         )
 
         def loss(params, x, model=model, variables=variables):
-            logits = model.apply({**variables, "params": params}, x, train=True)
+            logits = model.apply({**variables, "params": params}, x, train=False)
             return jnp.sum(jnp.sin(logits))
 
         grads[backprop, tol] = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
@@ -209,6 +209,28 @@ def test_outputs_do_not_depend_on_the_mini_batch():
     for a, b in zip(jax.tree.leaves(stats_a), jax.tree.leaves(stats_b)):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(alone[0], alone[0] * 0)  # the perturbed model is not trivial
+
+
+def test_training_mode_without_a_mutable_state_collection_is_an_error():
+    """train=True advances the power iteration; if "spectral_stats" is not mutable (README's
+    `mutable=["batch_stats"]`, or no `mutable`) the update would be dropped silently: a clear
+    ValueError instead. Mutable, the state advances; train=False reads it as stored."""
+    model = tiny_model(stage_sizes=(1, 1), n_power_iterations=1)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3), jnp.float64)
+    variables = perturbed_variables(model, x, jax.random.key(4))
+    for mutable in (["batch_stats"], False):
+        with pytest.raises(ValueError, match=r"spectral_stats.*not mutable"):
+            model.apply(variables, x, train=True, mutable=mutable)
+    logits, updates = model.apply(variables, x, train=True, mutable=["spectral_stats"])
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(variables["spectral_stats"]))
+    ]
+    assert any(moved)
+    np.testing.assert_array_equal(model.apply(variables, x, train=False), model.apply(variables, x))
+    assert logits.shape == (2, 3)
+    # The drift diagnostic in training mode passes the state collection itself.
+    assert float(model.reconstruction_error(variables, x, train=True)) < 1e-4  # tol 1e-5
 
 
 def test_fixup_init_is_the_identity_with_zero_logits():
@@ -454,7 +476,7 @@ def test_revup110_defaults_at_init_float32():
         m = model.clone(backprop=backprop)
 
         def loss(p, m=m):
-            return jnp.sum(jnp.sin(m.apply({**variables, "params": p}, x, train=True)))
+            return jnp.sum(jnp.sin(m.apply({**variables, "params": p}, x, train=False)))
 
         grads[backprop] = jax.jit(jax.grad(loss))(params)
     pairs = list(zip(jax.tree.leaves(grads["reversible"]), jax.tree.leaves(grads["store"])))

@@ -56,7 +56,7 @@ def _labels(logits):
 
 def _loss_fn(model, variables, x, labels):
     def loss(params):
-        mutable = ["batch_stats"] if "batch_stats" in variables else False
+        mutable = [k for k in variables if k != "params"] or False
         out = model.apply({**variables, "params": params}, x, train=True, mutable=mutable)
         logits = out[0] if mutable else out
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()

@@ -1,9 +1,10 @@
 """Model registry: `create(name, **overrides)` returns a Flax linen module; `names()` lists them.
 
 Every model is called as `model.init(rng, x, train=False)` and
-`model.apply(variables, x, train=...)` (with `mutable=["batch_stats"]` when it has batch
-norm), images NHWC (videos NDHWC). Reversible models accept `backprop` in
-{"reversible", "store", "remat"}; classifiers accept `num_classes`.
+`model.apply(variables, x, train=...)` (with `train=True`, its state collections mutable:
+`mutable=["batch_stats"]` with batch norm, `["spectral_stats"]` for RevUp), images NHWC
+(videos NDHWC). Reversible models accept `backprop` in {"reversible", "store", "remat"};
+classifiers accept `num_classes`.
 
 Each paper's model module `revjax.models.<paper>` owns that paper's linen modules (the pure
 layers, steps and parameter trees are in `revjax.families.<paper>`) and registers its

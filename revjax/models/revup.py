@@ -25,15 +25,16 @@ Layout (NHWC)::
 
 Spectral-norm power-iteration vectors (right v_i and left u_i = K_i v_i/‖K_i v_i‖ per
 convolution per block, one example's shape each) live in the "spectral_stats" collection. They
-advance `n_power_iterations` times per call, one block at a time, only when `train=True` *and*
-the collection is mutable::
+advance `n_power_iterations` times per call, one block at a time, when `train=True`, which
+therefore requires the collection to be mutable (a ValueError otherwise, as Flax's BatchNorm
+raises for an immutable "batch_stats")::
 
     y, updates = model.apply(variables, x, train=True, mutable=["spectral_stats"])
 
-Otherwise they are used as stored. Each block normalises its own raw weights inside the engine
-step with σ̂_i = u_iᵀ K_i v_i (`revup.spectral_fixup_branch`), so the reversible training step
-keeps no per-block activation for the norm estimate and no depth-stacked normalised weights:
-its compiled temp memory does not grow with depth (tested; numbers in README).
+With `train=False` they are used as stored. Each block normalises its own raw weights inside
+the engine step with σ̂_i = u_iᵀ K_i v_i (`revup.spectral_fixup_branch`), so the reversible
+training step keeps no per-block activation for the norm estimate and no depth-stacked
+normalised weights: its compiled temp memory does not grow with depth (tested; numbers in README).
 
 Nothing depends on the mini-batch (no BN): an example's logits are the same alone or in a batch.
 `model.apply(variables, x, method="fixed_point_trace")` returns the `FixedPointInfo` of every
@@ -163,7 +164,17 @@ class RevUp(ReversibleModel, nn.Module):
         self.check_config()
         dtype = self.dtype
         num_branches = sum(self.stage_sizes)
-        update = train and self.is_mutable_collection(STATS) and not self.is_initializing()
+        update = train and not self.is_initializing() and self.n_power_iterations > 0
+        if update and not self.is_mutable_collection(STATS):
+            raise ValueError(
+                "RevUp(train=True) advances the spectral-norm power iteration, whose state is "
+                f"the {STATS!r} collection, but that collection is not mutable here, so the "
+                "update would be silently dropped and the Lipschitz bound would rest on a stale "
+                "norm estimate. Pass it as mutable and keep the returned state:\n"
+                f"    logits, updates = model.apply(variables, x, train=True, mutable=[{STATS!r}])"
+                "\nor mutable=[k for k in variables if k != 'params'] (as revjax.train does); "
+                "use train=False to apply the model with the stored state."
+            )
         layers, params, fns = [], [], []
         n, h, w, ch = x.shape
 
@@ -235,7 +246,7 @@ class RevUp(ReversibleModel, nn.Module):
                     jax.random.split(self.make_rng("params"), d), r
                 ),
             )
-            if update and self.n_power_iterations > 0:
+            if update:
                 # One block at a time (lax.map, not vmap): the iteration's working set is one
                 # block's, not a depth-stacked copy.
                 stats.value = jax.lax.map(
