@@ -65,7 +65,9 @@ __all__ = [
     "DEFAULT_H",
     "STEP_TYPES",
     "LOW_COST_OPERATORS",
-    "check_step_size",
+    "check_step_type",
+    "check_step_input",
+    "mix_init",
     "depthwise_init",
     "depthwise_zero_pad",
     "channel_mix",
@@ -86,15 +88,7 @@ LOW_COST_OPERATORS = ("dw_mix", "circulant")
 # --------------------------------------------------------------------------- validation
 
 
-def check_step_size(h) -> float:
-    """``h`` must be a finite number ``>= 0`` (static configuration)."""
-    value = float(h)
-    if not (value >= 0 and value < float("inf")):
-        raise ValueError(f"step size h must be finite and >= 0, got {h}")
-    return value
-
-
-def _check_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
+def check_step_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
     """Raises ValueError for a non-NHWC input, a dtype other than ``dtype`` or a kernel
     larger than the image; returns the channel count."""
     if x.ndim != 4:
@@ -129,7 +123,8 @@ def depthwise_init(kernel_size: int):
     return jax.nn.initializers.truncated_normal(stddev=1.0 / kernel_size)
 
 
-def _mix_init(channels: int):
+def mix_init(channels: int):
+    """Truncated normal, std ``sqrt(2/c)``, for a ``(c, c)`` channel mix ``M``."""
     return jax.nn.initializers.truncated_normal(stddev=(2.0 / channels) ** 0.5)
 
 
@@ -196,11 +191,11 @@ def step_param_count(step: str, channels: int, kernel_size: int = 3, with_bn: bo
         "explicit_rd": (m2 * c + c * c, c),
         "implicit_rd": (m2 * c + c * c, c),
         "circular_rd": (m2 * c + c * c, c),
-    }[_check_step_type(step)]
+    }[check_step_type(step)]
     return weights + (2 * bn_channels if with_bn else 0)
 
 
-def _check_step_type(step: str) -> str:
+def check_step_type(step: str) -> str:
     if step not in STEP_TYPES:
         raise ValueError(f"unknown step type {step!r}; expected one of {STEP_TYPES}")
     return step
@@ -294,7 +289,7 @@ def init_low_cost_force(
     params = {"bias": jnp.zeros((channels,), dtype)}
     if kind == "dw_mix":
         params["dw"] = stencil
-        params["mix"] = _mix_init(channels)(k_mix, (channels, channels), dtype)
+        params["mix"] = mix_init(channels)(k_mix, (channels, channels), dtype)
     elif kind == "circulant":
         # K_circ sums all c channels (c·m² weights per output), so the depthwise stencil's
         # std 1/m is divided by sqrt(c): ‖K_circ‖ stays O(1) as for K = M ∘ K_dw. With the
