@@ -17,14 +17,14 @@ from revjax.families import hyperbolic
 
 
 def _small_hyperbolic(**overrides):
-    kw = dict(width=4, levels=1, layers_per_level=2, num_classes=3, dtype=jnp.float64)
+    kw = dict(width=4, levels=1, units=2, num_classes=3, dtype=jnp.float64)
     kw.update(overrides)
     return models.create("hyperbolic2d", **kw)
 
 
 def test_exact_hyperbolic_body_reconstructs_bit_exactly():
     config = hyperbolic.make_config(
-        spatial_dims=2, in_channels=3, width=4, levels=1, layers_per_level=2, ranks=None,
+        spatial_dims=2, in_channels=3, width=4, levels=1, units=2, ranks=None,
         h=0.5, arithmetic="exact",
     )  # fmt: skip
     layers = hyperbolic.multilevel_layers(config)
@@ -79,7 +79,7 @@ def test_exact_model_refuses_damping_and_unknown_arithmetic():
 
 def test_exact_lean_hamiltonian_gradients_reversible_equal_store_and_overflow():
     x = jax.random.normal(jax.random.key(5), (2, 8, 8, 3), jnp.float64)
-    kw = dict(widths=(4, 8), depth=3, num_classes=3, dtype=jnp.float64, arithmetic="exact")
+    kw = dict(widths=(4, 8), units=(3, 3), num_classes=3, dtype=jnp.float64, arithmetic="exact")
     grads = {}
     for mode in ("reversible", "store"):
         model = models.create("lean_hamiltonian", backprop=mode, **kw)
