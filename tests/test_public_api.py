@@ -91,8 +91,9 @@ def test_no_revjax_object_is_exported_by_accident(module):
 def test_registered_models_are_instances_of_the_exported_modules():
     """create() builds one of the linen modules revjax.models exports (no hidden model class)."""
     classes = tuple(
-        getattr(revjax.models, name) for name in PUBLIC[revjax.models] if name[0].isupper()
-        and isinstance(getattr(revjax.models, name), type)
+        getattr(revjax.models, name)
+        for name in PUBLIC[revjax.models]
+        if name[0].isupper() and isinstance(getattr(revjax.models, name), type)
     )
     for name in revjax.models.names():
         assert isinstance(revjax.models.create(name), classes), name
