@@ -301,7 +301,7 @@ def test_resnet_remat_equals_store():
         ("revnet38", {"transition": "haar"}, "unknown transition"),
         ("revnet38", {"backprop": "magic"}, "backprop"),
         ("revnet38", {"units": (3, 3)}, "one entry per stage"),
-        ("revnet164", {"widths": (3, 4, 8)}, "multiples of 8"),
+        ("revnet164", {"stem_width": 32, "widths": (3, 4, 8)}, "multiples of 8"),
         ("resnet110", {"backprop": "reversible"}, "not invertible"),
     ],
 )
