@@ -74,6 +74,7 @@ __all__ = [
     "STEP_MODULES",
     "ConnectingLayer",
     "NETWORKS",
+    "STEPS_PER_BLOCK",
     "PAPER_TABLE2",
     "LeanResNet",
     "LeanHamiltonian",
