@@ -219,7 +219,7 @@ def test_incompatible_config_names_differences(trained, tmp_path):
     shutil.copytree(trained, workdir)
     with pytest.raises(
         checkpointing.IncompatibleCheckpointError,
-        match=r"model_kwargs\.channels: checkpoint 4, now 6",
+        match=r"model_kwargs\.widths: checkpoint \[8\], now \[12\]",
     ):
         trainer.train_and_evaluate(tiny_config(num_steps=6, model_kwargs__widths=(12,)), workdir)
 
