@@ -36,7 +36,12 @@ def config_for(arithmetic: str, epochs: int, depth: int) -> ml_collections.Confi
     config = default.get_config()
     config.model = "lean_hamiltonian"
     config.model_kwargs = ml_collections.ConfigDict(
-        {"widths": (16, 32), "depth": depth, "arithmetic": arithmetic, "backprop": "reversible"}
+        {
+            "widths": (16, 32),
+            "units": (depth, depth),
+            "arithmetic": arithmetic,
+            "backprop": "reversible",
+        }
     )
     config.num_epochs = epochs
     config.optimizer.boundaries_epochs = (epochs // 2, (3 * epochs) // 4)

@@ -18,9 +18,9 @@ import optax
 __all__ = ["COMPARISON_VARIANTS", "pixelwise_cross_entropy"]
 
 COMPARISON_VARIANTS = {
-    "reversible": dict(backprop="reversible", coarsening="reversible"),
-    "store": dict(backprop="store", coarsening="reversible"),
-    "block": dict(backprop="reversible", coarsening="stored"),
+    "reversible": dict(backprop="reversible", transition="reversible"),
+    "store": dict(backprop="store", transition="reversible"),
+    "block": dict(backprop="reversible", transition="stored"),
 }
 
 

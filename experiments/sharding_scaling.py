@@ -106,9 +106,7 @@ def lower_step(model, image_shape, num_classes, mesh, spatial_axis=None, segment
 
 def spatial_table(clip, width, levels, layers):
     """Per-device temp bytes of hyperbolic3d with H split over 1/2/4/8 devices."""
-    model = models.create(
-        "hyperbolic3d", width=width, levels=levels, layers_per_level=layers, num_classes=4
-    )
+    model = models.create("hyperbolic3d", width=width, levels=levels, units=layers, num_classes=4)
     rows = []
     for space in (1, 2, 4, 8):
         mesh = sharding.make_mesh(1, space, devices=jax.devices()[:space])

@@ -145,9 +145,6 @@ def check_backprop(backprop: str) -> None:
         raise ValueError(f"unknown backprop mode {backprop!r}; expected one of {BACKPROP_MODES}")
 
 
-_check_backprop = check_backprop  # former private name, still called by some model modules
-
-
 def _float_dtypes(tree: PyTree) -> set:
     return {
         jnp.dtype(leaf.dtype)

@@ -18,14 +18,14 @@ from revjax.families import hyperbolic
 
 
 def _small_hyperbolic(**overrides):
-    kw = dict(width=4, levels=1, layers_per_level=2, num_classes=3, dtype=jnp.float64)
+    kw = dict(width=4, levels=1, units=2, num_classes=3, dtype=jnp.float64)
     kw.update(overrides)
     return models.create("hyperbolic2d", **kw)
 
 
 def test_exact_hyperbolic_body_reconstructs_bit_exactly():
     config = hyperbolic.make_config(
-        spatial_dims=2, in_channels=3, width=4, levels=1, layers_per_level=2, ranks=None,
+        spatial_dims=2, in_channels=3, width=4, levels=1, units=2, ranks=None,
         h=0.5, arithmetic="exact",
     )  # fmt: skip
     layers = hyperbolic.multilevel_layers(config)
@@ -80,7 +80,7 @@ def test_exact_model_refuses_damping_and_unknown_arithmetic():
 
 def test_exact_lean_hamiltonian_gradients_reversible_equal_store_and_overflow():
     x = jax.random.normal(jax.random.key(5), (2, 8, 8, 3), jnp.float64)
-    kw = dict(widths=(4, 8), depth=3, num_classes=3, dtype=jnp.float64, arithmetic="exact")
+    kw = dict(widths=(4, 8), units=(3, 3), num_classes=3, dtype=jnp.float64, arithmetic="exact")
     grads = {}
     for mode in ("reversible", "store"):
         model = models.create("lean_hamiltonian", backprop=mode, **kw)
@@ -177,12 +177,12 @@ TINY_CHANG = [
 def test_exact_chang_families_reconstruct_bit_exactly_and_match_store(
     family, block, transition, start
 ):
-    filters = {"stored": (4, 4, 8), "reversible": (4, 4, 16)}[transition]
+    widths = {"stored": (4, 8), "reversible": (4, 16)}[transition]
     x = jax.random.normal(jax.random.key(3), (2, 8, 8, 3), jnp.float64)
     weights = jax.random.normal(jax.random.key(4), (2, 3), jnp.float64)
     model = models.create(
         f"{family}62" if family != "hamiltonian" else "hamiltonian74",
-        units=(3, 3), filters=filters, block=block, transition=transition, start=start,
+        units=(3, 3), widths=widths, block=block, transition=transition, start=start,
         h=0.5, num_classes=3, arithmetic="exact", dtype=jnp.float64,
     )  # fmt: skip
     variables = model.init(jax.random.key(0), x)
@@ -199,7 +199,7 @@ def test_exact_small_revnet_with_stored_bn_transition_matches_store():
     x = jax.random.normal(jax.random.key(8), (2, 8, 8, 3), jnp.float64)
     weights = jax.random.normal(jax.random.key(9), (2, 3), jnp.float64)
     model = models.create(
-        "revnet38", units=(2, 2), filters=(8, 8, 16), strides=(1, 2), num_classes=3,
+        "revnet38", units=(2, 2), widths=(8, 16), strides=(1, 2), num_classes=3,
         arithmetic="exact", dtype=jnp.float64,
     )  # fmt: skip
     variables = model.init(jax.random.key(0), x)
@@ -215,7 +215,7 @@ def test_exact_revnet_reversible_transitions_and_overflow():
     """RevNet with space-to-depth transitions (every body layer exact): bit-exact; a too
     small fixed-point range makes the logits NaN, and bad arithmetic is refused."""
     x = jax.random.normal(jax.random.key(5), (2, 8, 8, 3), jnp.float64)
-    kw = dict(units=(2, 2), filters=(8, 8, 32), strides=(1, 2), transition="reversible",
+    kw = dict(units=(2, 2), widths=(8, 32), strides=(1, 2), transition="reversible",
               num_classes=3, arithmetic="exact", dtype=jnp.float64)  # fmt: skip
     model = models.create("revnet38", **kw)
     variables = model.init(jax.random.key(0), x)

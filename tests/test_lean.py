@@ -130,7 +130,7 @@ def test_low_cost_hamiltonian_inverse_round_trip(kind):
 def test_reversible_gradients_equal_stored(name):
     """jax.grad with backprop="reversible" equals backprop="store" (x64, rel. 1e-9)."""
     x = image(10, (2, 8, 8, 3))
-    config = {"widths": (4, 8), "depth": 2, "dtype": F64}
+    config = {"widths": (4, 8), "units": (2, 2), "dtype": F64}
     reversible = models.create(name, backprop="reversible", **config)
     stored = models.create(name, backprop="store", **config)
     variables = reversible.init(jax.random.key(11), x)
@@ -256,7 +256,7 @@ def test_bad_network_config_raises():
 @pytest.mark.parametrize("step", lean.STEP_TYPES)
 def test_reference_network_trains_one_step(step):
     """A shrunken net (1 block, c₀=4) runs in train mode; the loss gradient is finite."""
-    model = models.create(f"lean_a_{step}", features=4, num_blocks=1, dtype=F64)
+    model = models.create(f"lean_a_{step}", width=4, units=(4,), dtype=F64)
     x = image(12, (2, 8, 8, 3))
     variables = model.init(jax.random.key(0), x)
 

@@ -94,7 +94,7 @@ __all__ = [
     "ChangConfig",
     "make_config",
     "check_input",
-    "reversible_filters",
+    "reversible_widths",
     "body_plan",
     "body_layers",
     "body_params",
@@ -282,10 +282,10 @@ class ChangConfig(NamedTuple):
     frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
 
 
-def reversible_filters(filters: Sequence[int]) -> tuple[int, ...]:
-    """(f0, f1, 4 f1, 16 f1, ...): widths a space-to-depth transition produces from f1."""
-    filters = tuple(int(f) for f in filters)
-    return filters[:2] + tuple(filters[1] * 4**s for s in range(1, len(filters) - 1))
+def reversible_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    """(w0, 4 w0, 16 w0, ...): the stage widths a space-to-depth transition produces from w0."""
+    widths = tuple(int(w) for w in widths)
+    return tuple(widths[0] * 4**s for s in range(len(widths)))
 
 
 def make_config(
@@ -344,7 +344,7 @@ def make_config(
             raise ValueError(
                 f"transition='reversible' (space-to-depth) maps {widths[s - 1]} channels to "
                 f"{4 * widths[s - 1]}, but stage {s + 1} has width {widths[s]}; use widths "
-                "w, 4w, 16w (`reversible_filters`)"
+                "w, 4w, 16w (`reversible_widths`)"
             )
         if transition == "stored" and (new < old or (new - old) % 2):
             raise ValueError(

@@ -67,7 +67,9 @@ __all__ = [
     "DEFAULT_H",
     "STEP_TYPES",
     "LOW_COST_OPERATORS",
-    "check_step_size",
+    "check_step_type",
+    "check_step_input",
+    "mix_init",
     "depthwise_init",
     "circulant_init",
     "depthwise_zero_pad",
@@ -89,15 +91,7 @@ LOW_COST_OPERATORS = ("dw_mix", "circulant")
 # --------------------------------------------------------------------------- validation
 
 
-def check_step_size(h) -> float:
-    """``h`` must be a finite number ``>= 0`` (static configuration)."""
-    value = float(h)
-    if not (value >= 0 and value < float("inf")):
-        raise ValueError(f"step size h must be finite and >= 0, got {h}")
-    return value
-
-
-def _check_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
+def check_step_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
     """Raises ValueError for a non-NHWC input, a dtype other than ``dtype`` or a kernel
     larger than the image; returns the channel count."""
     if x.ndim != 4:
@@ -147,7 +141,8 @@ def circulant_init(kernel_size: int, channels: int):
     return jax.nn.initializers.truncated_normal(stddev=1.0 / (kernel_size * channels**0.5))
 
 
-def _mix_init(channels: int):
+def mix_init(channels: int):
+    """Truncated normal, std ``sqrt(2/c)``, for a ``(c, c)`` channel mix ``M``."""
     return jax.nn.initializers.truncated_normal(stddev=(2.0 / channels) ** 0.5)
 
 
@@ -214,11 +209,11 @@ def step_param_count(step: str, channels: int, kernel_size: int = 3, with_bn: bo
         "explicit_rd": (m2 * c + c * c, c),
         "implicit_rd": (m2 * c + c * c, c),
         "circular_rd": (m2 * c + c * c, c),
-    }[_check_step_type(step)]
+    }[check_step_type(step)]
     return weights + (2 * bn_channels if with_bn else 0)
 
 
-def _check_step_type(step: str) -> str:
+def check_step_type(step: str) -> str:
     if step not in STEP_TYPES:
         raise ValueError(f"unknown step type {step!r}; expected one of {STEP_TYPES}")
     return step
@@ -312,7 +307,7 @@ def init_low_cost_force(
     params = {"bias": jnp.zeros((channels,), dtype)}
     if kind == "dw_mix":
         params["dw"] = depthwise_init(kernel_size)(k_op, shape, dtype)
-        params["mix"] = _mix_init(channels)(k_mix, (channels, channels), dtype)
+        params["mix"] = mix_init(channels)(k_mix, (channels, channels), dtype)
     elif kind == "circulant":
         # std 1/(m√c) (circulant_init): with the depthwise std 1/m, h²λ_max(K^T K) grows like
         # c and lean_hamiltonian_circulant's float32 reconstruction error was 2.6e5 at init.

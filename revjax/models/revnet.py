@@ -3,7 +3,8 @@ baselines (Gomez, Ren, Urtasun, Grosse 2017, "The Reversible Residual Network",
 arXiv:1707.04585, Sec. 3 and Table 1). The block equations, transitions and body widths are in
 `revjax.families.revnet`.
 
-Filters list (stem, stage 1, ...) base widths; bottleneck nets multiply the stage widths by 4.
+`widths` are the base widths per stage (the stem outputs `stem_width`, default widths[0]);
+bottleneck nets multiply the stage widths by 4.
 Parameter counts (10 / 1000 classes) equal those of Gomez et al. 2017, Table 1:
 
     resnet32 464,154   revnet38 464,890   resnet110 1,727,962   revnet110 1,729,194
@@ -62,7 +63,7 @@ from revjax.families.resnet import (
 from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
 from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, conv_init
-from revjax.models.resnet import ResNet, residual_module
+from revjax.models.resnet import ResNet, residual_module, stem_width_of
 from revjax.nn import init_stacked, residual_with_stats
 from revjax.transitions import space_to_depth_step, zero_pad_channels_step
 
@@ -160,13 +161,14 @@ class RevNet(ReversibleModel, nn.Module):
 
     Attributes:
       units: blocks per stage.
-      filters: (stem, stage 1, ...) base widths (x4 for bottleneck stages); even.
+      widths: base width per stage (x4 for bottleneck stages); even.
+      stem_width: channels out of the stem (None: widths[0]); even.
       strides: per-stage stride (1 or 2).
       bottleneck: bottleneck (3 convs per F/G) or basic (2 convs) residual functions.
       num_classes: logits.
       backprop: "reversible" | "store" | "remat" (engine strategies).
       transition: "stored" | "reversible" (see module docstring).
-      stem_kernel, stem_strides, stem_max_pool: CIFAR 3/1/False, ImageNet 7/2/True.
+      stem_kernel, stem_strides, stem_pool: CIFAR 3/1/False, ImageNet 7/2/True.
       arithmetic: "float" or "exact" (int32 fixed-point body states, bit-exact
         reconstruction; see the module docstring).
       frac_bits: fractional bits of the exact states.
@@ -176,7 +178,8 @@ class RevNet(ReversibleModel, nn.Module):
     """
 
     units: Sequence[int] = (9, 9, 9)
-    filters: Sequence[int] = (32, 32, 64, 128)
+    widths: Sequence[int] = (32, 64, 128)
+    stem_width: int | None = None
     strides: Sequence[int] = (1, 2, 2)
     bottleneck: bool = False
     num_classes: int = 10
@@ -184,7 +187,7 @@ class RevNet(ReversibleModel, nn.Module):
     transition: str = "stored"
     stem_kernel: int = 3
     stem_strides: int = 1
-    stem_max_pool: bool = False
+    stem_pool: bool = False
     arithmetic: str = "float"
     frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
@@ -195,20 +198,21 @@ class RevNet(ReversibleModel, nn.Module):
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
-        engine._check_backprop(self.backprop)
+        engine.check_backprop(self.backprop)
         fixed_point.check_arithmetic(self.arithmetic)
         fixed_point.check_frac_bits(self.frac_bits)
         if self.transition not in TRANSITIONS:
             raise ValueError(f"unknown transition {self.transition!r}; use one of {TRANSITIONS}")
         check_classifier_config(
-            self.units, self.filters, self.strides, self.num_classes, self.bottleneck
-        )
-        widths = body_widths(self.filters, self.strides, self.bottleneck, self.transition)
+            self.units, self.widths, self.strides, self.num_classes, self.bottleneck,
+            stem_width_of(self),
+        )  # fmt: skip
+        widths = self._body_widths()
         odd = [w for w in widths if w % 2]
         if odd:
             raise ValueError(
                 f"RevNet widths {widths} include odd channel counts {odd}, which cannot be "
-                "split into two equal halves; use even filters"
+                "split into two equal halves; use even widths"
             )
         if self.bottleneck and any(w % 8 for w in widths[1:]):
             raise ValueError(
@@ -222,6 +226,11 @@ class RevNet(ReversibleModel, nn.Module):
                         f"basic RevNet stage {w_in} -> {w_out} channels: the zero-padding "
                         "shortcut needs w_out >= w_in with (w_out - w_in)/2 even per half"
                     )
+
+    def _body_widths(self) -> tuple[int, ...]:
+        return body_widths(
+            stem_width_of(self), self.widths, self.strides, self.bottleneck, self.transition
+        )
 
     def _residual(self, features, strides=1, preactivate=True):
         return residual_module(self.bottleneck, features, strides, preactivate, self.dtype)
@@ -265,7 +274,7 @@ class RevNet(ReversibleModel, nn.Module):
 
     def _body(self, shape, train):
         """(layers, params, stats variables per layer or None) for a stem output `shape`."""
-        widths = body_widths(self.filters, self.strides, self.bottleneck, self.transition)
+        widths = self._body_widths()
         batch, height, width = shape[:3]
         exact = self.arithmetic == "exact"
         layers, params, stats = [], [], []
@@ -339,9 +348,9 @@ class RevNet(ReversibleModel, nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_input_shape(x.shape, self.stem_strides, self.stem_max_pool, self.strides)
+        check_input_shape(x.shape, self.stem_strides, self.stem_pool, self.strides)
         h = Stem(
-            self.filters[0], self.stem_kernel, self.stem_strides, self.stem_max_pool, self.dtype
+            stem_width_of(self), self.stem_kernel, self.stem_strides, self.stem_pool, self.dtype
         )(x.astype(self.dtype), train)
         layers, params, stats = self._body(h.shape, train)
         y, aux = fixed_point.run_body(
@@ -362,7 +371,7 @@ class RevNet(ReversibleModel, nn.Module):
 
 CIFAR = dict(strides=(1, 2, 2), num_classes=10)
 IMAGENET = dict(
-    strides=(1, 2, 2, 2), num_classes=1000, stem_kernel=7, stem_strides=2, stem_max_pool=True
+    strides=(1, 2, 2, 2), num_classes=1000, stem_kernel=7, stem_strides=2, stem_pool=True
 )
 
 
@@ -375,25 +384,25 @@ def _factory(cls, **config):
 
 
 _CONFIGS = {
-    "resnet32": (ResNet, dict(CIFAR, units=(5, 5, 5), filters=(16, 16, 32, 64))),
-    "resnet110": (ResNet, dict(CIFAR, units=(18, 18, 18), filters=(16, 16, 32, 64))),
+    "resnet32": (ResNet, dict(CIFAR, units=(5, 5, 5), widths=(16, 32, 64))),
+    "resnet110": (ResNet, dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64))),
     "resnet164": (
         ResNet,
-        dict(CIFAR, units=(18, 18, 18), filters=(16, 16, 32, 64), bottleneck=True),
+        dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64), bottleneck=True),
     ),
     "resnet101": (
         ResNet,
-        dict(IMAGENET, units=(3, 4, 23, 3), filters=(64, 64, 128, 256, 512), bottleneck=True),
+        dict(IMAGENET, units=(3, 4, 23, 3), widths=(64, 128, 256, 512), bottleneck=True),
     ),
-    "revnet38": (RevNet, dict(CIFAR, units=(3, 3, 3), filters=(32, 32, 64, 112))),
-    "revnet110": (RevNet, dict(CIFAR, units=(9, 9, 9), filters=(32, 32, 64, 128))),
+    "revnet38": (RevNet, dict(CIFAR, units=(3, 3, 3), widths=(32, 64, 112))),
+    "revnet110": (RevNet, dict(CIFAR, units=(9, 9, 9), widths=(32, 64, 128))),
     "revnet164": (
         RevNet,
-        dict(CIFAR, units=(9, 9, 9), filters=(32, 32, 64, 128), bottleneck=True),
+        dict(CIFAR, units=(9, 9, 9), widths=(32, 64, 128), bottleneck=True),
     ),
     "revnet104": (
         RevNet,
-        dict(IMAGENET, units=(2, 2, 11, 2), filters=(128, 128, 256, 512, 832), bottleneck=True),
+        dict(IMAGENET, units=(2, 2, 11, 2), widths=(128, 256, 512, 832), bottleneck=True),
     ),
 }
 

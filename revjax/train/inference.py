@@ -20,7 +20,7 @@ __all__ = ["load", "config_from_json"]
 
 
 def _tuples(value: Any) -> Any:
-    """JSON lists back to tuples (configs write tuples, e.g. ``filters``, as lists)."""
+    """JSON lists back to tuples (configs write tuples, e.g. ``widths``, as lists)."""
     if isinstance(value, dict):
         return {k: _tuples(v) for k, v in value.items()}
     if isinstance(value, list):
