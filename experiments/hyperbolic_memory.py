@@ -4,10 +4,10 @@ Three variants of the same network (Lensink, Peters, Haber 2019, "Symmetric bloc
 layers for fully reversible multilevel neural networks", arXiv:1912.12137: a multilevel network
 that is reversible through its Haar-wavelet resolution changes too):
 
-  (a) "reversible":  backprop="reversible", coarsening="reversible" — nothing stored but the
+  (a) "reversible":  backprop="reversible", transition="reversible" — nothing stored but the
                      output; the backward pass rebuilds every state, Haar levels included;
   (b) "store":       backprop="store" — plain autodiff, every activation stored;
-  (c) "block":       backprop="reversible", coarsening="stored" — RevNet/Chang-style block
+  (c) "block":       backprop="reversible", transition="stored" — RevNet/Chang-style block
                      reversibility, both states stored at every resolution change.
 
 Memory of one training step as `revjax.memory.model_step_memory` defines it (loss = mean
@@ -82,7 +82,7 @@ def step_memory(model, shape: tuple[int, ...]) -> dict[str, int]:
 
 def make_model(config, variant: str, depth: int):
     return models.create(
-        "hyperbolic3d", layers_per_level=depth, **config.model, **COMPARISON_VARIANTS[variant]
+        "hyperbolic3d", units=depth, **config.model, **COMPARISON_VARIANTS[variant]
     )
 
 

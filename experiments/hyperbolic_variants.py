@@ -15,7 +15,7 @@ from __future__ import annotations
 __all__ = ["COMPARISON_VARIANTS"]
 
 COMPARISON_VARIANTS = {
-    "reversible": dict(backprop="reversible", coarsening="reversible"),
-    "store": dict(backprop="store", coarsening="reversible"),
-    "block": dict(backprop="reversible", coarsening="stored"),
+    "reversible": dict(backprop="reversible", transition="reversible"),
+    "store": dict(backprop="store", transition="reversible"),
+    "block": dict(backprop="reversible", transition="stored"),
 }

@@ -96,9 +96,7 @@ def train_step_and_inputs(model, image_shape, mesh, spatial_axis=None, segmentat
 def spatial_table(clip, width, levels, layers):
     """Per-device temp bytes of hyperbolic3d's training step (`revjax.memory`) with H split
     over 1/2/4/8 devices."""
-    model = models.create(
-        "hyperbolic3d", width=width, levels=levels, layers_per_level=layers, num_classes=4
-    )
+    model = models.create("hyperbolic3d", width=width, levels=levels, units=layers, num_classes=4)
     rows = []
     for space in (1, 2, 4, 8):
         mesh = sharding.make_mesh(1, space, devices=jax.devices()[:space])

@@ -10,7 +10,7 @@ config through ``revjax.train.train_and_evaluate`` (or reads a finished workdir)
 - the all-background baseline's mean IoU on the same test clips;
 - the compiled memory of one training step of the same model in three variants (see
   experiments/hyperbolic_memory.py): (a) fully reversible, (b) backprop="store",
-  (c) block-reversible (coarsening="stored").
+  (c) block-reversible (transition="stored").
 
 Data: ``synthetic_video`` (default; generated moving shapes, 4 classes, train and test clips
 from disjoint seeds) or ``--dataset davis`` (TFDS DAVIS prepared under ``--data_dir``, masks

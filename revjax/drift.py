@@ -66,15 +66,15 @@ def reconstruction_error(
       model: a zoo model (unbound linen module).
       variables: its variables ({"params", ...}).
       x: an input batch, as passed to `model.apply`.
-      train: measure in training mode (batch statistics, as the gradient sees them); no
-        running average is updated.
+      train: measure in training mode (batch statistics, advanced spectral-norm iterates: as
+        the gradient sees them); the updated state is discarded, `variables` are not changed.
 
     Returns:
       A float scalar, or None when the model has no reversible body (e.g. ResNet).
     """
     mutable = [DIAGNOSTICS]
-    if train and "batch_stats" in variables:
-        mutable.append("batch_stats")
+    if train:  # training mode updates state (batch norm, spectral-norm iterates): discarded here
+        mutable += [k for k in variables if k not in ("params", DIAGNOSTICS)]
     _, state = model.apply(variables, x, train=train, mutable=mutable)
     sown = jax.tree.leaves(state.get(DIAGNOSTICS, {}))
     if not sown:

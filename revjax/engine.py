@@ -21,7 +21,8 @@ A network body is a sequence of *layers*:
 
 - an `InvertibleStep`;
 - `Scan(step)`: `depth` copies of one step with parameters stacked on a leading axis, run with
-  `lax.scan` (compile time independent of depth; the backward pass scans in reverse);
+  `lax.scan` (compile time independent of depth; the backward pass scans in reverse;
+  `Scan(step, unroll=k)` runs k steps per loop iteration);
 - `Transition(apply)`: a non-invertible map (pooling, strided projection, stem); its *input* is
   stored for the backward pass and reconstruction restarts from it.
 
@@ -107,10 +108,20 @@ class InvertibleStep(NamedTuple):
 
 
 class Scan(NamedTuple):
-    """`depth` applications of `step`, parameters (and rngs) stacked on a leading axis."""
+    """`depth` applications of `step`, parameters (and rngs) stacked on a leading axis.
+
+    Attributes:
+      step: the InvertibleStep applied at every depth index.
+      name: for error messages and reports.
+      unroll: `lax.scan`'s unroll factor for every sweep over this stack (forward, and the
+        reverse sweep of the reversible backward pass): a positive int (k steps per loop
+        iteration) or True (fully unrolled, compile time grows with depth). Numerics are
+        unchanged; only the compiled loop differs.
+    """
 
     step: InvertibleStep
     name: str = "scan"
+    unroll: int | bool = 1
 
 
 class Transition(NamedTuple):
@@ -132,9 +143,6 @@ def check_backprop(backprop: str) -> None:
     """Raises ValueError unless `backprop` is one of BACKPROP_MODES (for models' own checks)."""
     if backprop not in BACKPROP_MODES:
         raise ValueError(f"unknown backprop mode {backprop!r}; expected one of {BACKPROP_MODES}")
-
-
-_check_backprop = check_backprop  # former private name, still called by some model modules
 
 
 def _float_dtypes(tree: PyTree) -> set:
@@ -178,6 +186,15 @@ def _scan_depth(params: PyTree, rngs: PyTree, name: str) -> int:
     return depth
 
 
+def _check_unroll(layer: Scan, where: str) -> None:
+    """Raises ValueError unless the Scan's unroll is a bool or an int >= 1."""
+    unroll = layer.unroll
+    if isinstance(unroll, bool):
+        return
+    if not isinstance(unroll, int | np.integer) or unroll < 1:
+        raise ValueError(f"{where}: Scan unroll must be a positive int or a bool, got {unroll!r}")
+
+
 def _is_layer(obj: Any) -> bool:
     return isinstance(obj, InvertibleStep | Scan | Transition)
 
@@ -219,6 +236,7 @@ def _validate(layers, params, x, rngs) -> None:
         raise ValueError(f"{len(layers)} layers but {len(rngs)} rng entries")
     for i, (layer, p, r) in enumerate(zip(layers, params, rngs)):
         if isinstance(layer, Scan):
+            _check_unroll(layer, f"layer {i} ({layer.name})")
             _scan_depth(p, r, f"layer {i} ({layer.name})")
     _check_dtypes(params, x, "apply")
 
@@ -272,7 +290,7 @@ def _map_layer(layer: Layer, params, carry, rng, extra, step_rule, transition_ru
             p, r, e = xs
             return step_rule(step, p, c, r, e)
 
-        return lax.scan(body, carry, (params, rng, extra), reverse=reverse)
+        return lax.scan(body, carry, (params, rng, extra), reverse=reverse, unroll=layer.unroll)
     return step_rule(layer, params, carry, rng, extra)
 
 

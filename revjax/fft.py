@@ -126,7 +126,11 @@ def _check_inputs(x: jax.Array, kernel: jax.Array) -> None:
 
 
 def _check_step(h) -> None:
-    """Raises ValueError if a concrete ``h`` is negative; traced ``h`` is not checked."""
+    """Raises ValueError if a concrete ``h`` is negative; traced ``h`` is not checked.
+
+    The domain of the operator ``(I + h KᵀK)⁻¹`` (positive definite for h ≥ 0), not a network's
+    step-size rule: models check their ``h`` with `revjax.integrators.check_step_size` (h > 0).
+    """
     try:
         value = np.asarray(h)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):

@@ -54,7 +54,18 @@ ForceFn = Callable[..., jax.Array]
 
 
 def check_step_size(h: float, name: str = "h") -> float:
-    """h must be a finite positive number (a concrete value, checked before tracing)."""
+    """The library's one step-size rule: h must be a finite number > 0, a concrete value.
+
+    Every `h` of the zoo (Verlet, leapfrog and midpoint steps, Chang et al. 2018,
+    arXiv:1709.03698, Sec. 3; the reaction-diffusion steps of Ephrath et al. 2019,
+    arXiv:1805.07821, Sec. 3; the hyperbolic units of Lensink, Peters, Haber 2019,
+    arXiv:1912.12137) is the time step of a discretised ODE/PDE and is checked here, before
+    tracing. h = 0 is rejected because it makes every step the identity, so the network
+    silently ignores its body parameters (their gradient is zero); h < 0 runs the dynamics
+    backwards (and makes the implicit step's I + h KᵀK indefinite); a traced h is refused
+    because the stability of a step (e.g. h²λ_max(KᵀK) ≤ 4 for Verlet) is a property of the
+    configuration. Returns float(h).
+    """
     try:
         value = float(h)
     except TypeError as err:  # a tracer: the step size must be static configuration

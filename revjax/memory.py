@@ -37,6 +37,7 @@ __all__ = [
     "model_loss",
     "model_step_inputs",
     "model_step_memory",
+    "model_update_step",
     "update_step",
     "update_step_memory",
     "update_step_temp_bytes",
@@ -185,6 +186,23 @@ def model_step_inputs(
     logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape, dtype)), variables)
     labels = jax.ShapeDtypeStruct(logits.shape[:-1], jnp.int32)
     return params, (x, labels, state)
+
+
+def model_update_step(
+    model: Any,
+    input_shape: Sequence[int],
+    optimizer: optax.GradientTransformation,
+    *,
+    dtype: Any = jnp.float32,
+) -> tuple[Any, PyTree, PyTree]:
+    """A zoo model's training step (`model_loss`), compiled: (compiled, params, batch).
+
+    `compiled(params, opt_state, batch) -> (params, opt_state, loss)` (`compile_update_step`,
+    params and opt_state donated), batch = (images, labels, model_state) as in
+    `model_step_inputs`; `params` and `batch` are ShapeDtypeStructs (nothing allocated).
+    """
+    params, batch = model_step_inputs(model, input_shape, dtype=dtype)
+    return compile_update_step(model_loss(model), params, batch, optimizer), params, batch
 
 
 def model_step_memory(

@@ -31,24 +31,24 @@ STEPS = 3
 
 CASES = {
     # name: (registry model, overrides, input shape, num_classes, spatial_axis or None)
-    "revnet": ("revnet38", {"units": (1, 1, 1), "filters": (8, 8, 16, 32)}, (8, 8, 8, 3), 4),
+    "revnet": ("revnet38", {"units": (1, 1, 1), "widths": (8, 16, 32)}, (8, 8, 8, 3), 4),
     "hamiltonian": (
         "hamiltonian74",
-        {"units": (1, 1, 1), "filters": (8, 8, 16, 32), "h": 0.1},
+        {"units": (1, 1, 1), "widths": (8, 16, 32), "h": 0.1},
         (8, 8, 8, 3),
         4,
     ),
-    "revup": ("revup20", {"stage_sizes": (1, 1, 1)}, (8, 8, 8, 3), 4),
+    "revup": ("revup20", {"units": (1, 1, 1)}, (8, 8, 8, 3), 4),
     "hyperbolic3d": (
         "hyperbolic3d",
-        {"width": 4, "levels": 2, "layers_per_level": 1, "num_classes": 3},
+        {"width": 4, "levels": 2, "units": 1, "num_classes": 3},
         (8, 4, 16, 8, 3),
         3,
     ),
     # Exact (fixed-point) arithmetic; run by tests/test_fixed_point_models.py, not by default.
     "hyperbolic3d_exact": (
         "hyperbolic3d",
-        {"width": 4, "levels": 2, "layers_per_level": 1, "num_classes": 3, "arithmetic": "exact"},
+        {"width": 4, "levels": 2, "units": 1, "num_classes": 3, "arithmetic": "exact"},
         (8, 4, 16, 8, 3),
         3,
     ),

@@ -12,7 +12,7 @@ from revjax.conv import conv, conv_transpose
 from revjax.families import chang
 from revjax.models.chang import ChangNet
 
-TINY_FILTERS = {"stored": (4, 4, 8), "reversible": (4, 4, 16)}  # two stages, one transition
+TINY_WIDTHS = {"stored": (4, 8), "reversible": (4, 16)}  # two stages, one transition
 NETWORKS = [
     ("hamiltonian", "stored", None),
     ("hamiltonian", "reversible", None),
@@ -29,7 +29,7 @@ def tiny_net(family, transition, start, dtype=jnp.float64, **overrides):
     fields = dict(
         family=family,
         units=(2, 2),
-        filters=TINY_FILTERS[transition],
+        widths=TINY_WIDTHS[transition],
         h=0.5,
         num_classes=3,
         transition=transition,
@@ -368,11 +368,11 @@ def test_bad_configurations_raise():
     with pytest.raises(ValueError, match="step size"):
         models.create("leapfrog62", h=-1.0)
     with pytest.raises(ValueError, match="even"):
-        models.create("hamiltonian74", filters=(33, 33, 64, 112))
+        models.create("hamiltonian74", widths=(33, 64, 112))
     with pytest.raises(ValueError, match="num_classes"):
         models.create("midpoint62", num_classes=0)
     with pytest.raises(ValueError, match="space-to-depth"):
-        models.create("hamiltonian74", transition="reversible", filters=(32, 32, 64, 112))
+        models.create("hamiltonian74", transition="reversible", widths=(32, 64, 112))
     with pytest.raises(ValueError, match="start rule"):
         models.create("midpoint62", start="second_order")
     with pytest.raises(ValueError, match="transition"):

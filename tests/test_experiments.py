@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,3 +77,43 @@ def test_hyperbolic_variants_are_valid_model_overrides():
     for overrides in variants.COMPARISON_VARIANTS.values():
         model = models.create("hyperbolic3d", **overrides)
         assert all(getattr(model, k) == v for k, v in overrides.items())
+
+
+def test_torch_parity_runs_without_torch_and_every_variant_does_the_same_step(
+    tmp_path, monkeypatch, capsys
+):
+    """experiments/torch_parity.py: with torch unavailable it says so in one line; --jax-only
+    still times store / reversible / an unrolled reversible variant round-robin, and all of them
+    start from the same loss (same parameters, same block), with ratios from the same rounds."""
+    script = _load_script("torch_parity")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    small = ["--depth", "2", "--batch", "1", "--size", "8", "--channels", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(small)
+    assert exit_info.value.code == 1
+    assert "PyTorch is not installed" in capsys.readouterr().err
+    out = tmp_path / "parity.json"
+    args = [*small, "--rounds", "2", "--warmup", "1", "--jax-only", "--json", str(out)]
+    script.main([*args, "--extra", "reversible_unroll2:reversible:2"])
+    result = json.loads(out.read_text())
+    variants = result["variants"]
+    assert list(variants) == ["store", "reversible", "reversible_unroll2"]
+    assert result["baseline"] == "store" and variants["store"]["ratio_to_baseline"] == 1.0
+    losses = [v["first_loss"] for v in variants.values()]
+    assert max(losses) - min(losses) <= 1e-5 * abs(losses[0]) and losses[0] > 0
+    assert all(len(v["round_ms"]) == 2 and v["ratio_to_baseline"] > 0 for v in variants.values())
+    assert variants["reversible_unroll2"]["unroll"] == 2
+
+
+def test_torch_parity_extra_variant_spec():
+    """name:backprop:unroll[:flag=value,...] -> compiler options with booleans parsed."""
+    script = _load_script("torch_parity")
+    name, (backprop, unroll, options) = script.parse_extra(
+        "x:store:4:xla_cpu_use_onednn=true,xla_cpu_enable_fast_math=False"
+    )
+    assert (name, backprop, unroll) == ("x", "store", 4)
+    assert options == {"xla_cpu_use_onednn": True, "xla_cpu_enable_fast_math": False}
+    with pytest.raises(ValueError, match="unknown backprop mode"):
+        script.parse_extra("x:stored:1")
+    with pytest.raises(ValueError, match="expected name:backprop:unroll"):
+        script.parse_extra("x:store")

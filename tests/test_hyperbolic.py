@@ -24,7 +24,7 @@ def tiny_config(spatial_dims, **overrides):
         in_channels=3,
         width=TINY.get(spatial_dims, TINY[2])["width"],
         levels=2,
-        layers_per_level=2,
+        units=2,
         ranks=(3, 5, 6),
         h=0.5,
     )
@@ -37,7 +37,7 @@ def tiny_model(spatial_dims, **overrides):
         num_classes=3,
         width=TINY[spatial_dims]["width"],
         levels=2,
-        layers_per_level=2,
+        units=2,
         ranks=(3, 5, 6),
         h=0.5,
         dtype=jnp.float64,
@@ -145,17 +145,17 @@ def test_body_layer_sequence():
         "pad_channels", "duplicate_state", "unit0_level0", "haar", "unit1_level1", "haar",
         "unit2_level2", "haar_inverse", "unit3_level1", "haar_inverse", "unit4_level0",
     ]  # fmt: skip
-    stored = hyperbolic.multilevel_layers(tiny_config(2, coarsening="stored"))
+    stored = hyperbolic.multilevel_layers(tiny_config(2, transition="stored"))
     assert sum(isinstance(layer, engine.Transition) for layer in stored) == 4
     assert not any(isinstance(layer, engine.Transition) for layer in layers)
 
 
 @pytest.mark.parametrize(
-    "spatial_dims,coarsening", [(2, "reversible"), (2, "stored"), (3, "reversible")]
+    "spatial_dims,transition", [(2, "reversible"), (2, "stored"), (3, "reversible")]
 )
-def test_model_gradients_reversible_equal_store(spatial_dims, coarsening):
+def test_model_gradients_reversible_equal_store(spatial_dims, transition):
     """∇ of a pixelwise loss through body + head: reversible == stored activations (rel 1e-9)."""
-    model = tiny_model(spatial_dims, coarsening=coarsening)
+    model = tiny_model(spatial_dims, transition=transition)
     x = jax.random.normal(jax.random.key(5), TINY[spatial_dims]["shape"], jnp.float64)
     variables = model.init(jax.random.key(6), x)
     target = jax.random.normal(jax.random.key(7), x.shape[:-1] + (3,), jnp.float64)
@@ -216,7 +216,7 @@ def test_model_body_inverts_with_model_params():
 def test_parameter_count_table_matches_formula():
     """Per level: k^d·C_l·r_l (low rank) vs k^d·C_l² (full), C_l = width·2^{d l}."""
     config = hyperbolic.make_config(
-        spatial_dims=3, in_channels=3, width=3, levels=3, layers_per_level=(1, 2, 3, 4),
+        spatial_dims=3, in_channels=3, width=3, levels=3, units=(1, 2, 3, 4),
         ranks=3, h=0.1,
     )  # fmt: skip
     rows = hyperbolic.parameter_count_table(config)
@@ -256,7 +256,7 @@ def test_reversible_memory_flat_in_depth():
     temps, param_bytes = {}, {}
     for backprop in ("reversible", "store"):
         for depth in (2, 6):
-            model = tiny_model(2, layers_per_level=depth, backprop=backprop, dtype=jnp.float32)
+            model = tiny_model(2, units=depth, backprop=backprop, dtype=jnp.float32)
             temps[backprop, depth] = model_step_memory(model, shape, optax.adam(1e-3))["temp"]
             shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape, jnp.float32))
             param_bytes[depth] = sum(4 * a.size for a in jax.tree.leaves(shapes))
@@ -279,9 +279,9 @@ def test_reversible_memory_flat_in_depth():
         (dict(h=0.0), "step size h"),
         (dict(h=-1.0), "step size h"),
         (dict(width=2), "width must be >="),
-        (dict(coarsening="pooled"), "unknown coarsening"),
+        (dict(transition="pooled"), "unknown transition"),
         (dict(norm="batch"), "unknown norm"),
-        (dict(layers_per_level=0), "layers_per_level must be >= 1"),
+        (dict(units=0), "units must be >= 1"),
         (dict(kernel_size=2), "kernel_size must be odd"),
         (dict(spatial_dims=4), "spatial_dims must be 2 or 3"),
     ],

@@ -17,8 +17,8 @@ from revjax.models.revnet import bn_coupling
 F64 = jnp.float64
 # One stage of two blocks: basic at stride 2 (pool_pad shortcut / space-to-depth) and
 # bottleneck at stride 1 with a width change (projection shortcut / zero-channel padding).
-TINY = dict(units=(2,), filters=(4, 8), strides=(2,), num_classes=3, dtype=F64)
-TINY_BOTTLENECK = dict(TINY, filters=(8, 4), strides=(1,), bottleneck=True)
+TINY = dict(units=(2,), stem_width=4, widths=(8,), strides=(2,), num_classes=3, dtype=F64)
+TINY_BOTTLENECK = dict(TINY, stem_width=8, widths=(4,), strides=(1,), bottleneck=True)
 IMAGES = (2, 8, 8, 3)
 LABELS = jnp.array([0, 2])
 
@@ -229,9 +229,9 @@ def test_reversible_transitions_widen_by_four():
     """transition='reversible': a stride-2 stage multiplies the width by 4 (space-to-depth)."""
     from revjax.families.revnet import body_widths
 
-    assert body_widths((32, 32, 64, 128), (1, 2, 2), False, "reversible") == (32, 32, 128, 512)
-    assert body_widths((32, 32, 64, 128), (1, 2, 2), True, "reversible") == (32, 128, 512, 2048)
-    assert body_widths((32, 32, 64, 128), (1, 2, 2), False, "stored") == (32, 32, 64, 128)
+    assert body_widths(32, (32, 64, 128), (1, 2, 2), False, "reversible") == (32, 32, 128, 512)
+    assert body_widths(32, (32, 64, 128), (1, 2, 2), True, "reversible") == (32, 128, 512, 2048)
+    assert body_widths(32, (32, 64, 128), (1, 2, 2), False, "stored") == (32, 32, 64, 128)
 
 
 def test_short_training_run_decreases_loss():
@@ -240,7 +240,8 @@ def test_short_training_run_decreases_loss():
     model = models.create(
         "revnet38",
         units=(2,),
-        filters=(8, 16),
+        stem_width=8,
+        widths=(16,),
         strides=(2,),
         num_classes=4,
         dtype=jnp.float32,
@@ -274,7 +275,7 @@ def test_short_training_run_decreases_loss():
 
 def test_resnet_remat_equals_store():
     """ResNet gradients with jax.checkpoint per unit equal plain autodiff (float64)."""
-    config = dict(units=(2,), filters=(4, 8), strides=(2,), num_classes=3, dtype=F64)
+    config = dict(units=(2,), stem_width=4, widths=(8,), strides=(2,), num_classes=3, dtype=F64)
     x = images()
     grads = {}
     for backprop in ("store", "remat"):
@@ -295,12 +296,12 @@ def test_resnet_remat_equals_store():
     "name,overrides,match",
     [
         ("revnet_38", {}, "unknown model"),
-        ("revnet38", {"filters": (3, 4, 8, 16)}, "odd channel"),
+        ("revnet38", {"stem_width": 3, "widths": (4, 8, 16)}, "odd channel"),
         ("revnet38", {"num_classes": 0}, "num_classes"),
         ("revnet38", {"transition": "haar"}, "unknown transition"),
         ("revnet38", {"backprop": "magic"}, "backprop"),
         ("revnet38", {"units": (3, 3)}, "one entry per stage"),
-        ("revnet164", {"filters": (32, 3, 4, 8)}, "multiples of 8"),
+        ("revnet164", {"stem_width": 32, "widths": (3, 4, 8)}, "multiples of 8"),
         ("resnet110", {"backprop": "reversible"}, "not invertible"),
     ],
 )
@@ -336,7 +337,7 @@ def test_stage_first_block_with_identity_shortcut_is_an_ordinary_coupling():
             return h
 
     def body_layers(model, width):
-        fields = {f: getattr(model, f) for f in ("units", "filters", "strides", "num_classes")}
+        fields = {f: getattr(model, f) for f in ("units", "widths", "strides", "num_classes")}
         probe = BodyLayers(**fields)
         jax.eval_shape(probe.init, jax.random.key(0), jnp.zeros((1, 32, 32, width)))
         return seen[-1]
@@ -366,7 +367,7 @@ def test_stage_first_block_with_identity_shortcut_is_an_ordinary_coupling():
 def test_identity_shortcut_first_block_gradients_equal_stored():
     """Float64 gradients and running averages of a stored-transition RevNet whose first stage
     starts with an identity-shortcut coupling (stem 4 -> 4, stride 1) equal plain autodiff."""
-    config = dict(units=(2, 1), filters=(4, 4, 8), strides=(1, 2), num_classes=3, dtype=F64)
+    config = dict(units=(2, 1), widths=(4, 8), strides=(1, 2), num_classes=3, dtype=F64)
     x = images()
     grads, stats = {}, {}
     for backprop in ("store", "reversible"):

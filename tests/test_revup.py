@@ -66,7 +66,7 @@ def jacobian_norm(g, params, x):
 
 def tiny_model(**overrides):
     config = dict(
-        stage_sizes=(2, 2),
+        units=(2, 2),
         widths=(2, 4),
         num_classes=3,
         dtype=jnp.float64,
@@ -161,24 +161,24 @@ def test_branch_is_a_contraction_and_fixed_point_converges_at_the_predicted_rate
 
 
 @pytest.mark.parametrize(
-    "downsample, stem", [("reversible", "pad"), ("stored", "conv")], ids=["psi", "stored"]
+    "transition, stem", [("reversible", "pad"), ("stored", "conv")], ids=["psi", "stored"]
 )
-def test_reversible_gradients_equal_stored_gradients(downsample, stem):
+def test_reversible_gradients_equal_stored_gradients(transition, stem):
     """grad(reversible) = grad(store) to 1e-9 (tol 1e-13), to ~tol at the default tol 1e-5."""
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 2), jnp.float64)
     grads = {}
     variables = perturbed_variables(
-        tiny_model(downsample=downsample, stem=stem), x, jax.random.key(7)
+        tiny_model(transition=transition, stem=stem), x, jax.random.key(7)
     )
     cases = [("store", 1e-13), ("reversible", 1e-13)]
-    cases += [("reversible", 1e-5)] if downsample == "reversible" else []
+    cases += [("reversible", 1e-5)] if transition == "reversible" else []
     for backprop, tol in cases:
         model = tiny_model(
-            backprop=backprop, downsample=downsample, stem=stem, tol=tol, max_iter=1000
+            backprop=backprop, transition=transition, stem=stem, tol=tol, max_iter=1000
         )
 
         def loss(params, x, model=model, variables=variables):
-            logits = model.apply({**variables, "params": params}, x, train=True)
+            logits = model.apply({**variables, "params": params}, x, train=False)
             return jnp.sum(jnp.sin(logits))
 
         grads[backprop, tol] = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
@@ -196,7 +196,7 @@ def test_reversible_gradients_equal_stored_gradients(downsample, stem):
 
 def test_outputs_do_not_depend_on_the_mini_batch():
     """logits(x_0 alone) = logits(batch of 64)[0], in evaluation and training (stats updated)."""
-    model = tiny_model(n_power_iterations=1, stage_sizes=(1, 1))
+    model = tiny_model(n_power_iterations=1, units=(1, 1))
     batch = jax.random.normal(jax.random.key(3), (64, 8, 8, 3), jnp.float64)
     variables = perturbed_variables(model, batch[:1], jax.random.key(4))
     apply = jit_apply(model)
@@ -211,9 +211,31 @@ def test_outputs_do_not_depend_on_the_mini_batch():
     assert not np.allclose(alone[0], alone[0] * 0)  # the perturbed model is not trivial
 
 
+def test_training_mode_without_a_mutable_state_collection_is_an_error():
+    """train=True advances the power iteration; if "spectral_stats" is not mutable (README's
+    `mutable=["batch_stats"]`, or no `mutable`) the update would be dropped silently: a clear
+    ValueError instead. Mutable, the state advances; train=False reads it as stored."""
+    model = tiny_model(units=(1, 1), n_power_iterations=1)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3), jnp.float64)
+    variables = perturbed_variables(model, x, jax.random.key(4))
+    for mutable in (["batch_stats"], False):
+        with pytest.raises(ValueError, match=r"spectral_stats.*not mutable"):
+            model.apply(variables, x, train=True, mutable=mutable)
+    logits, updates = model.apply(variables, x, train=True, mutable=["spectral_stats"])
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(variables["spectral_stats"]))
+    ]
+    assert any(moved)
+    np.testing.assert_array_equal(model.apply(variables, x, train=False), model.apply(variables, x))
+    assert logits.shape == (2, 3)
+    # The drift diagnostic in training mode passes the state collection itself.
+    assert float(model.reconstruction_error(variables, x, train=True)) < 1e-4  # tol 1e-5
+
+
 def test_fixup_init_is_the_identity_with_zero_logits():
     """At Fixup init W2 = 0 ⇒ g ≡ 0 (one fixed-point iteration), s = 1, logits = 0."""
-    model = tiny_model(stage_sizes=(1, 1), n_power_iterations=1)
+    model = tiny_model(units=(1, 1), n_power_iterations=1)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3), jnp.float64)
     variables = model.init(jax.random.key(1), x)
     np.testing.assert_array_equal(model.apply(variables, x), 0.0)
@@ -227,11 +249,11 @@ def test_training_decreases_the_loss_and_keeps_blocks_contractive():
     """20 Adam steps on CIFAR-shaped random data lower the loss; afterwards Lip(g) < 1."""
     model = models.create(
         "revup20",
-        stage_sizes=(1, 1),
+        units=(1, 1),
         widths=(4, 8),
         dtype=jnp.float32,
         tol=1e-4,
-        downsample="reversible",
+        transition="reversible",
     )
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3), jnp.float32)
     labels = jnp.arange(8) % 10
@@ -346,8 +368,8 @@ def test_nonconvergence_flag_policy_warns_and_returns_finite_gradients():
 def test_registered_models_have_the_expected_depths():
     """revup20/56/110 have [n,n,n] blocks (n = 3, 9, 18); revup_imagenet 4 stages (shapes only)."""
     for name, n in [("revup20", 3), ("revup56", 9), ("revup110", 18)]:
-        for downsample in ("reversible", "stored"):
-            model = models.create(name, downsample=downsample)
+        for transition in ("reversible", "stored"):
+            model = models.create(name, transition=transition)
             shapes = jax.eval_shape(
                 lambda k, m=model: m.init(k, jnp.zeros((2, 32, 32, 3))), jax.random.key(0)
             )
@@ -374,10 +396,10 @@ def _param_count(model, shape=(1, 32, 32, 3)):
 
 def test_default_revup_has_exactly_the_fixup_resnet_parameters():
     """RevUp adds no parameters: revup20 = FixupResNet-20 (268,393); ψ costs 1,012,201."""
-    assert models.create("revup20").downsample == "stored"
+    assert models.create("revup20").transition == "stored"
     assert _param_count(models.create("revup20")) == 268_393
     assert _param_count(models.create("revup110")) == 1_720_138
-    assert _param_count(models.create("revup20", downsample="reversible")) == 1_012_201
+    assert _param_count(models.create("revup20", transition="reversible")) == 1_012_201
 
 
 def _train_step_temp_bytes(model, batch, spatial):
@@ -398,28 +420,28 @@ def _train_step_temp_bytes(model, batch, spatial):
 
 
 @pytest.mark.parametrize(
-    "downsample, batches", [("stored", (8, 32)), ("reversible", (8,))], ids=["stored", "psi"]
+    "transition, batches", [("stored", (8, 32)), ("reversible", (8,))], ids=["stored", "psi"]
 )
-def test_reversible_training_step_memory_is_flat_in_depth(downsample, batches):
+def test_reversible_training_step_memory_is_flat_in_depth(transition, batches):
     """XLA's compiled temp bytes of a training step (power iteration, spectral normalisation,
     gradients) are the same (within 5%) for 2 and 8 blocks per stage under backprop="reversible"
     at each batch size, while "store" grows. No per-block activation of the norm estimate
     σ̂ = uᵀKv and no depth-stacked normalised weights are kept."""
-    spatial, config = (16, 16), dict(widths=(4, 8, 16), downsample=downsample)
+    spatial, config = (16, 16), dict(widths=(4, 8, 16), transition=transition)
     for batch in batches:
         rev = [
             _train_step_temp_bytes(
-                models.create("revup20", stage_sizes=(n,) * 3, **config), batch, spatial
+                models.create("revup20", units=(n,) * 3, **config), batch, spatial
             )
             for n in (2, 8)
         ]
         assert rev[1] <= 1.05 * rev[0], (batch, rev)
         if batch == 8:
             rev_batch8 = rev[1]
-    if downsample == "stored":
+    if transition == "stored":
         store = [
             _train_step_temp_bytes(
-                models.create("revup20", stage_sizes=(n,) * 3, backprop="store", **config),
+                models.create("revup20", units=(n,) * 3, backprop="store", **config),
                 8,
                 spatial,
             )
@@ -454,7 +476,7 @@ def test_revup110_defaults_at_init_float32():
         m = model.clone(backprop=backprop)
 
         def loss(p, m=m):
-            return jnp.sum(jnp.sin(m.apply({**variables, "params": p}, x, train=True)))
+            return jnp.sum(jnp.sin(m.apply({**variables, "params": p}, x, train=False)))
 
         grads[backprop] = jax.jit(jax.grad(loss))(params)
     pairs = list(zip(jax.tree.leaves(grads["reversible"]), jax.tree.leaves(grads["store"])))

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -106,6 +108,7 @@ def test_multiprocess_detection():
 # Multi-process jobs on this machine (revjax.train.launch; gloo CPU collectives).
 
 MULTIPROCESS_SCRIPT = Path(__file__).with_name("multiprocess_check.py")
+PEER_DEATH_SCRIPT = Path(__file__).with_name("peer_death_check.py")
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -124,16 +127,22 @@ def test_distributed_settings_pass_the_explicit_environment():
         "JAX_PROCESS_ID": "1",
         "REVJAX_DISTRIBUTED_TIMEOUT": "7",
     }
-    assert sharding.distributed_settings(env) == dict(
+    assert sharding.distributed_settings(env | {"REVJAX_HEARTBEAT_TIMEOUT": "9"}) == dict(
         coordinator_address="127.0.0.1:23456",
         num_processes=2,
         process_id=1,
         initialization_timeout=7,
+        heartbeat_timeout_seconds=9,
+        shutdown_timeout_seconds=sharding.DEFAULT_SHUTDOWN_S,
     )
     assert sharding.distributed_settings({}) is None
     assert sharding.distributed_settings({"SLURM_NTASKS": "4"}) == {
-        "initialization_timeout": sharding.DEFAULT_TIMEOUT_S
+        "initialization_timeout": sharding.DEFAULT_TIMEOUT_S,
+        "heartbeat_timeout_seconds": sharding.DEFAULT_HEARTBEAT_S,
+        "shutdown_timeout_seconds": sharding.DEFAULT_SHUTDOWN_S,
     }
+    with pytest.raises(ValueError, match="REVJAX_SHUTDOWN_TIMEOUT must be >= 1"):
+        sharding.distributed_settings(env | {"REVJAX_SHUTDOWN_TIMEOUT": "0"})
     with pytest.raises(ValueError, match="JAX_PROCESS_ID missing"):
         sharding.distributed_settings({k: env[k] for k in list(env)[:2]})
     with pytest.raises(ValueError, match=r"\[0, JAX_NUM_PROCESSES=2\)"):
@@ -215,6 +224,122 @@ def test_launcher_stops_every_process_when_one_dies():
     assert time.monotonic() - start < 60
 
 
+def test_survivor_of_a_killed_process_exits_in_bounded_time():
+    """Process 1 of 2 is SIGKILLed between all-reduces. Process 0 (started without the
+    launcher, which would stop it anyway) leaves by itself within seconds with EXIT_PEER_LOST
+    and one line saying another process stopped, instead of waiting in JAX's shutdown barrier
+    until the heartbeat timeout and aborting with a C++ trace (about 110 s measured before)."""
+    import time
+
+    from revjax.train.launch import free_port
+
+    port = free_port()
+    procs = []
+    start = time.monotonic()
+    for pid in (0, 1):
+        env = _subprocess_env(
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+            REVJAX_HEARTBEAT_TIMEOUT="100",  # JAX's default: not what ends the survivor
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(PEER_DEATH_SCRIPT)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        out0, err0 = procs[0].communicate(timeout=90)
+        procs[1].communicate(timeout=30)
+    finally:
+        for p in procs:
+            p.kill()
+    elapsed = time.monotonic() - start
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode == sharding.EXIT_PEER_LOST, err0[-3000:]
+    assert "error: process 0 of 2: another process of this job stopped or fell behind" in err0
+    assert "Rerun the job." in err0
+    assert "Check failure stack trace" not in err0
+    assert elapsed < 60, elapsed
+
+
+def test_idle_survivor_is_ended_after_the_heartbeat_timeout():
+    """Process 0 idles outside any collective when process 1 is SIGKILLed: JAX's coordination
+    service ends it (non-zero, naming the missed heartbeats) about REVJAX_HEARTBEAT_TIMEOUT
+    (here 10 s) after the kill, long before its 300 s sleep would end (JAX's default: 100 s)."""
+    import time
+
+    from revjax.train.launch import free_port
+
+    port = free_port()
+    procs = []
+    for pid in (0, 1):
+        env = _subprocess_env(
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+            REVJAX_HEARTBEAT_TIMEOUT="10",
+            PEER_DEATH_IDLE="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(PEER_DEATH_SCRIPT)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        procs[1].communicate(timeout=120)
+        killed = time.monotonic()
+        _, err0 = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode != 0
+    assert "heartbeat" in err0, err0[-3000:]
+    assert time.monotonic() - killed < 60
+
+
+def test_processes_with_different_configs_stop_before_training(tmp_path, capfd):
+    """Process 1 started with other num_steps and learning rate: both processes stop before
+    compiling anything, with status 1 and an error naming each differing field and both
+    values; nothing is trained (no checkpoint)."""
+    import time
+
+    from revjax.train import launch
+
+    script = (
+        'extra=""; [ "$JAX_PROCESS_ID" = 1 ] && '
+        'extra="--config.num_steps=10 --config.optimizer.learning_rate=0.2"; '
+        f"exec {sys.executable} -m revjax.train --config=default:smoke "
+        f"--workdir={tmp_path / 'run'} $extra"
+    )
+    start = time.monotonic()
+    status = launch.launch(
+        ["bash", "-c", script], 2, cpu_devices=1, timeout=240, grace=5, env=_subprocess_env()
+    )
+    elapsed = time.monotonic() - start
+    out = capfd.readouterr().out
+    assert status == 1, out[-4000:]
+    for pid in (0, 1):
+        assert (
+            f"[{pid}] error: the processes of this job were started with different run "
+            "configs" in out
+        ), out[-4000:]
+    assert "num_steps: process 0 20, process 1 10" in out
+    assert "optimizer.learning_rate: process 0 0.1, process 1 0.2" in out
+    assert "seed" not in out.split("different run configs", 1)[1].split("launch:")[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert elapsed < 120, elapsed
+
+
 TRAIN = [sys.executable, "-m", "revjax.train", "--config=default:smoke"]  # 20 steps
 
 
@@ -224,12 +349,12 @@ def _train_losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["split"] == "train" and "loss" in r}
 
 
-def _launch_two_processes(workdir, capfd, *flags) -> dict:
-    """`TRAIN` as 2 processes x 2 CPU devices; returns the summary process 0 wrote."""
+def _launch_two_processes(workdir, capfd, *flags, command=TRAIN) -> dict:
+    """`command` as 2 processes x 2 CPU devices; returns the summary process 0 wrote."""
     from revjax.train import launch
 
     status = launch.launch(
-        [*TRAIN, f"--workdir={workdir}", *flags],
+        [*command, f"--workdir={workdir}", *flags],
         2,
         cpu_devices=2,
         timeout=900,
@@ -320,3 +445,75 @@ def test_trainer_abstract_inputs_carry_the_trainers_shardings():
     assert all(leaf.sharding.spec == P() for leaf in leaves)
     plain = trainer.abstract_state(model, tx, 0, (8, 8, 3))
     assert jax.tree.structure(plain) == jax.tree.structure(state)
+
+
+KILL_SCRIPT = Path(__file__).with_name("kill_after_checkpoint.py")
+
+
+class _TimedLines:
+    """A launcher `out` that keeps each line with the monotonic time it arrived."""
+
+    def __init__(self):
+        self.lines: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> None:
+        self.lines.append((time.monotonic(), text))
+
+    def flush(self) -> None:
+        pass
+
+    def text(self) -> str:
+        return "".join(t for _, t in self.lines)
+
+    def time_of(self, needle: str) -> float:
+        return next(when for when, t in self.lines if needle in t)
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_then_restart_of_all_resumes_exactly(tmp_path, capfd):
+    """2 processes x 2 CPU devices train the 20-step smoke run; process 1 is SIGKILLed right
+    after the checkpoint at step 10. The launcher reports it, stops process 0 and fails within
+    a bounded time (no hang); rerunning the same launch resumes at step 10 and logs exactly
+    (bitwise) the train losses and test metrics of an uninterrupted 2-process run."""
+    import time
+
+    from revjax.train import launch
+
+    quick = ("--config.memory_report=False", "--config.drift_check_every=0")  # fewer compiles
+    uninterrupted = _launch_two_processes(tmp_path / "whole", capfd, *quick)
+    workdir = tmp_path / "killed"
+    lines = _TimedLines()
+    status = launch.launch(
+        [
+            sys.executable,
+            str(KILL_SCRIPT),
+            "--config=default:smoke",
+            f"--workdir={workdir}",
+            *quick,
+        ],
+        2,
+        cpu_devices=2,
+        timeout=600,
+        grace=10,
+        env=_subprocess_env(REVJAX_TEST_KILL_AFTER_STEP="10"),
+        out=lines,
+    )
+    ended = time.monotonic()
+    out = lines.text()
+    assert status == -signal.SIGKILL, out[-4000:]
+    killed = lines.time_of("[1] process 1: SIGKILL after the checkpoint at step 10")
+    assert "launch: process 1 was killed by SIGKILL; stopping the other processes" in out
+    # The survivor left by itself (broken all-reduce), not by the launcher's SIGKILL.
+    assert "launch: process 0 exited with status 76" in out, out[-4000:]
+    assert "[0] error: process 0 of 2: another process of this job stopped or fell behind" in out
+    print(f"survivor and launcher done {ended - killed:.1f} s after the kill")
+    assert ended - killed < 30
+    assert not (workdir / "summary.json").exists()
+    resumed = _launch_two_processes(workdir, capfd, *quick)
+    assert resumed["resumed_from_step"] == 10
+    assert resumed["steps"] == uninterrupted["steps"] == 20
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
+    losses, whole = _train_losses(workdir), _train_losses(tmp_path / "whole")
+    assert sorted(losses) == sorted(whole)  # no step logged twice or lost
+    assert all(losses[s] == whole[s] for s in whole), (losses, whole)

@@ -27,8 +27,8 @@ from revjax.train import checkpointing, load, optim, sharding, trainer
 from revjax.train.__main__ import resolve_config_argument
 
 TINY = {  # --config.x=y overrides shrinking the default (digits) config
-    "model_kwargs.channels": 4,
-    "model_kwargs.depth": 2,
+    "model_kwargs.widths": (8,),
+    "model_kwargs.units": (2,),
     "global_batch_size": 16,
     "eval_batch_size": 120,
     "log_every_steps": 1,
@@ -171,7 +171,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 def test_one_real_step_cifar10_mock(tmp_path):
     """One update of a CIFAR config on mocked TFDS data: finite loss, metrics and summary."""
     config = configs.load_config("cifar10_revnet110", "smoke")
-    config.model, config.model_kwargs = "revnet_mini", {"channels": 4, "depth": 1}
+    config.model, config.model_kwargs = "revnet_mini", {"widths": (8,), "units": (1,)}
     config.num_steps, config.memory_report, config.progress_bar = 1, False, False
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
         summary = trainer.train_and_evaluate(config, tmp_path)
@@ -219,9 +219,9 @@ def test_incompatible_config_names_differences(trained, tmp_path):
     shutil.copytree(trained, workdir)
     with pytest.raises(
         checkpointing.IncompatibleCheckpointError,
-        match=r"model_kwargs\.channels: checkpoint 4, now 6",
+        match=r"model_kwargs\.widths: checkpoint \[8\], now \[12\]",
     ):
-        trainer.train_and_evaluate(tiny_config(num_steps=6, model_kwargs__channels=6), workdir)
+        trainer.train_and_evaluate(tiny_config(num_steps=6, model_kwargs__widths=(12,)), workdir)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -505,7 +505,7 @@ def test_load_round_trip_predictions_equal_trained_state(trained):
     from revjax import data
 
     model, variables, config = load(trained)
-    assert config.model_kwargs.channels == 4 and set(variables) == {"params", "batch_stats"}
+    assert tuple(config.model_kwargs.widths) == (8,) and set(variables) == {"params", "batch_stats"}
     jax.tree.map(np.testing.assert_array_equal, variables["params"], saved_params(trained, 4))
     batch = next(
         iter(
@@ -555,7 +555,7 @@ def test_fake_data_runs_cifar_smoke_offline(tmp_path):
 
     config = configs.load_config("cifar10_revnet110", "smoke")
     assert config.fake_examples > 0
-    config.model, config.model_kwargs = "revnet_mini", {"channels": 4, "depth": 1}
+    config.model, config.model_kwargs = "revnet_mini", {"widths": (8,), "units": (1,)}
     config.data_dir = str(tmp_path / "no_data")
     config.memory_report, config.progress_bar = False, False
     summary = trainer.train_and_evaluate(config, tmp_path / "w")

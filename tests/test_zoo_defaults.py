@@ -56,7 +56,7 @@ def _labels(logits):
 
 def _loss_fn(model, variables, x, labels):
     def loss(params):
-        mutable = ["batch_stats"] if "batch_stats" in variables else False
+        mutable = [k for k in variables if k != "params"] or False
         out = model.apply({**variables, "params": params}, x, train=True, mutable=mutable)
         logits = out[0] if mutable else out
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -139,30 +139,36 @@ def test_bias_only_hamiltonian_at_unit_step_is_caught():
 
 @SLOW
 def test_hamiltonian1202_trains_with_drift_guard(tmp_path):
-    """1202 layers, reversible, float32: 200 SGD steps on the digits canvas through the
-    trainer with the drift guard checking every 50 steps; no NaN, drift bounded, learns."""
+    """1202 layers, reversible, float32: 120 SGD steps of batch 16 through the trainer with
+    the drift guard checking every 40 steps; no NaN, drift bounded, learns.
+
+    Sized for a 2-core CPU: on the 32x32x3 digits canvas one step of batch 16 took 39 s
+    (shared machine), so the run uses the raw 8x8 digits (scikit-learn's, 1 channel; the
+    three stages run at 8², 4², 2²). Depth, not image size, drives the drift.
+    """
     from revjax import configs
     from revjax.train import trainer
 
+    steps, every = 120, 40
     config = configs.load_config("default")
     config.model = "hamiltonian1202"
     config.model_kwargs = {}
-    config.dataset_options = {"canvas": 32}
+    config.dataset_options = {}
     config.global_batch_size = 16
     config.eval_batch_size = 120
-    config.num_steps = 200
-    config.optimizer.boundaries_steps = (150, 180)
+    config.num_steps = steps
+    config.optimizer.boundaries_steps = (90, 108)
     config.weight_smoothness = 2e-4
-    config.drift_check_every = 50
+    config.drift_check_every = every
     config.drift_rtol = 1e-3
     config.memory_report = False
     config.checkpoint_every_steps = 0
     config.progress_bar = False
     summary = trainer.train_and_evaluate(config, tmp_path)
-    assert summary["steps"] == 200
+    assert summary["steps"] == steps
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     drift = [r["reconstruction_error"] for r in records if "reconstruction_error" in r]
-    assert len(drift) == 5 and max(drift) <= 1e-3
+    assert len(drift) == steps // every + 1 and max(drift) <= 1e-3
     losses = [r["loss"] for r in records if "loss" in r]
     assert np.all(np.isfinite(losses))
     assert summary["test_accuracy"] > 0.5

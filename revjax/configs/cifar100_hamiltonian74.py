@@ -5,7 +5,7 @@ Same recipe as ``cifar10_hamiltonian74`` with 100 classes.
 Expected result: no number (the paper's accuracy tables are not in the text available to
 us; it reports results comparable to ResNet/RevNet of similar size).
 
-Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps, fake data (offline).
+Smoke (``:smoke``): units 1-1-1, widths 8-16-16, batch 8, 2 steps, fake data (offline).
 """
 
 import ml_collections

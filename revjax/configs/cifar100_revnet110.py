@@ -6,7 +6,7 @@ mean-image subtraction) as ``cifar10_revnet110`` with 100 classes.
 Expected result: test error 25.40% (ResNet-110: 26.44%), as reported in Gomez et al. (2017),
 Table 3.
 
-Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps, fake data (offline).
+Smoke (``:smoke``): units 1-1-1, widths 8-16-16, batch 8, 2 steps, fake data (offline).
 """
 
 import ml_collections

@@ -38,9 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 2_000
     config.eval_every_steps = 5_000
     if is_smoke(arg):
-        config.model_kwargs.features = 8
-        config.model_kwargs.num_blocks = 1
-        config.model_kwargs.steps_per_block = 1
+        config.model_kwargs.width = 8
+        config.model_kwargs.units = (1,)
         config.global_batch_size = 8
         config.eval_batch_size = 8
         config.num_steps = 2

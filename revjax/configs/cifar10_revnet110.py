@@ -1,6 +1,6 @@
 """RevNet-110 on CIFAR-10 (Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585, Sec. 5).
 
-Model ``revnet110``: 9-9-9 basic reversible units, filters 32-32-64-128, 1,729,194 parameters
+Model ``revnet110``: 9-9-9 basic reversible units, widths 32-64-128, 1,729,194 parameters
 (counted by ``revjax.models.count_params``), reversible backprop. Optimisation as the RevNet
 paper and its official code (renmengye/revnet-public): batch 100, SGD momentum 0.9, lr 0.1
 -> 0.01 at 40k -> 0.001 at 60k iterations, 80k iterations, weight decay 2e-4 on kernels.
@@ -14,7 +14,7 @@ Expected result: test error 5.76% (ResNet-110: 5.74%), as reported in Gomez et a
 Table 3 (CIFAR classification error). Needs CIFAR-10 prepared as TFDS array_record (see
 ``revjax.data.tfds_pipeline``).
 
-Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps, on 32 random
+Smoke (``:smoke``): units 1-1-1, widths 8-16-16, batch 8, 2 steps, on 32 random
 CIFAR-shaped examples (``fake_examples``; runs offline).
 """
 
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def shrink(config: ml_collections.ConfigDict) -> None:
     """Seconds-long smoke run of a CIFAR-style multi-stage model (same code paths)."""
     config.model_kwargs.units = (1, 1, 1)
-    config.model_kwargs.filters = (8, 8, 16, 16)
+    config.model_kwargs.widths = (8, 16, 16)
     config.global_batch_size = 8
     config.eval_batch_size = 8
     config.num_steps = 2

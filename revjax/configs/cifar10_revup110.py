@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 2_000
     config.eval_every_steps = 5_000
     if is_smoke(arg):
-        config.model_kwargs.stage_sizes = (1, 1, 1)
+        config.model_kwargs.units = (1, 1, 1)
         config.global_batch_size = 8
         config.eval_batch_size = 8
         config.num_steps = 2

@@ -13,7 +13,7 @@ x0.1 at 10k and 15k steps, 20k steps = 400 epochs (the CIFAR recipe's 80k steps 
 Expected result: no number. The paper reports better accuracy than the state of the art it
 cites and than ResNet on STL-10, but its STL-10 table is not in the text available to us.
 
-Smoke (``:smoke``): units 1-1-1, filters 8-8-16-16, batch 8, 2 steps, fake data (offline).
+Smoke (``:smoke``): units 1-1-1, widths 8-16-16, batch 8, 2 steps, fake data (offline).
 """
 
 import ml_collections

@@ -14,9 +14,13 @@ Public API (used by the trainer):
 Datasets: ``digits`` (scikit-learn, no download), ``synthetic_video`` (generated),
 ``cifar10``, ``cifar100``, ``stl10``, ``imagenet2012``, ``davis`` (TFDS array_record,
 prepared beforehand; see ``revjax.data.tfds_pipeline``), and the user's own in-memory arrays
-registered under a name with ``register_arrays(name, train=(x, y), test=(x, y))``, and image
+registered under a name with ``register_arrays(name, train=(x, y), test=(x, y))``, image
 folders ``"folder:<root>"`` (``root/{train,test}/<class>/<images>``, see
-``revjax.data.image_folder``).
+``revjax.data.image_folder``), and any prepared TFDS image-classification dataset by name,
+``"tfds:<name>"``, with the user's per-example preprocessing (``register_preprocess``; see
+``revjax.data.tfds_named``). ``dataset_kwargs(config)`` gives the ``data_dir``,
+``fake_examples`` and dataset options of a config, for both ``dataset_info`` and
+``make_dataset``.
 TensorFlow is never imported. ``fake_examples=N`` (> 0) replaces any dataset by N random
 records per split with its shapes and classes (TFDS images go through the dataset's own
 preprocessing), so smoke runs need no download.
@@ -55,8 +59,9 @@ from typing import Any, NamedTuple
 import grain
 import numpy as np
 
-from revjax.data import digits, image_folder, synthetic_video, tfds_pipeline
+from revjax.data import digits, image_folder, synthetic_video, tfds_named, tfds_pipeline
 from revjax.data.arrays import ArraySource, FakeSource, check_arrays
+from revjax.data.tfds_named import register_preprocess
 from revjax.data.tfds_pipeline import TFDS_DATASETS, DatasetNotPreparedError
 
 __all__ = [
@@ -65,9 +70,11 @@ __all__ = [
     "DatasetNotPreparedError",
     "ProcessRows",
     "dataset_info",
+    "dataset_kwargs",
     "host_batch_size",
     "make_dataset",
     "register_arrays",
+    "register_preprocess",
 ]
 
 DATASETS = ("digits", "synthetic_video", *TFDS_DATASETS)
@@ -93,12 +100,25 @@ class DatasetInfo(NamedTuple):
 
 
 def _check_name(name: str) -> None:
-    if name not in DATASETS and name not in _ARRAYS and not image_folder.is_folder(name):
+    known = name in DATASETS or name in _ARRAYS
+    if not (known or image_folder.is_folder(name) or tfds_named.is_tfds_name(name)):
         valid = ", ".join((*DATASETS, *sorted(_ARRAYS)))
         raise ValueError(
             f"Unknown dataset {name!r}; valid names: {valid} (own numpy arrays: "
-            "revjax.data.register_arrays; an image folder: 'folder:<root>')"
+            "revjax.data.register_arrays; an image folder: 'folder:<root>'; any prepared "
+            "TFDS dataset: 'tfds:<name>')"
         )
+
+
+def dataset_kwargs(config: Any) -> dict[str, Any]:
+    """The keyword arguments of ``dataset_info`` and ``make_dataset`` that a run's config
+    fixes: ``data_dir``, ``fake_examples`` and ``dataset_options`` (the one place that reads
+    them, for the trainer, evaluation, memory reports and ``revjax.train.load``)."""
+    return {
+        "data_dir": config.get("data_dir"),
+        "fake_examples": int(config.get("fake_examples", 0) or 0),
+        **dict(config.get("dataset_options", {}) or {}),
+    }
 
 
 def register_arrays(
@@ -141,12 +161,19 @@ def register_arrays(
     return dataset_info(name)
 
 
-def dataset_info(name: str, fake_examples: int = 0, **options: Any) -> DatasetInfo:
-    """Describes ``name`` without reading data.
+def dataset_info(
+    name: str,
+    fake_examples: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> DatasetInfo:
+    """Describes ``name`` without reading data (``tfds:<name>``: its first training record).
 
     Args:
-      name: one of ``DATASETS`` or a name given to ``register_arrays``.
+      name: one of ``DATASETS``, a name given to ``register_arrays``, ``folder:<root>`` or
+        ``tfds:<name>``.
       fake_examples: N > 0: the fake version (N examples in each split).
+      data_dir: TFDS data directory (read for ``tfds:<name>`` only).
       **options: the dataset options also passed to ``make_dataset`` (they change the shape
         for ``synthetic_video``, ``davis`` and ``imagenet2012``).
 
@@ -165,6 +192,13 @@ def dataset_info(name: str, fake_examples: int = 0, **options: Any) -> DatasetIn
         info = DatasetInfo(**digits.info_fields(**options))
     elif name == "synthetic_video":
         info = DatasetInfo(**synthetic_video.info_fields(**options))
+    elif tfds_named.is_tfds_name(name):
+        if fake_examples:
+            raise ValueError(
+                f"fake_examples is not available for {name!r} (its shapes come from the "
+                "prepared data); use a built-in dataset for offline smoke runs"
+            )
+        info = DatasetInfo(**tfds_named.info_fields(name, data_dir=data_dir, **options))
     else:
         info = DatasetInfo(**tfds_pipeline.info_fields(name, **options))
     if fake_examples:
@@ -272,6 +306,8 @@ def _load(
         return digits.split_source(split, **options), None
     if name == "synthetic_video":
         return synthetic_video.split_source(split, **options), None
+    if tfds_named.is_tfds_name(name):
+        return tfds_named.load(name, split, data_dir=data_dir, **options)
     return tfds_pipeline.load(name, split, data_dir=data_dir, **options)
 
 
@@ -279,7 +315,7 @@ def _fake(
     name: str, split: str, size: int, seed: int, options: dict[str, Any]
 ) -> tuple[Sequence[Any], Callable[[Any, Any], Any] | None]:
     """(FakeSource, preprocess or None) with the shapes of ``name``'s split."""
-    info = dataset_info(name, **options)
+    info = dataset_info(name, fake_examples=size, **options)
     if name in ("cifar10", "cifar100", "stl10", "imagenet2012"):
         resolved = tfds_pipeline.resolve_options(name, options)
         shape = info.image_shape

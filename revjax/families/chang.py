@@ -44,6 +44,15 @@ blocks stacked on a leading axis. The transition is `transitions.pool_pad_transi
 `transitions.space_to_depth_step` ("reversible": (H, W, C) -> (H/2, W/2, 4C) of every state;
 nothing stored), which forces widths[s] = 4 widths[s−1].
 
+Exact arithmetic (`ChangConfig.arithmetic = "exact"`, `revjax.fixed_point`): the same body
+on int32 fixed-point states (the input must be `fixed_point.encode`d; `fixed_point.run_body`
+does it). Exact: every block (Verlet `exact_verlet_step`, `exact_midpoint_step`,
+`exact_leapfrog_step`), the start rules (`exact_euler_start`, `exact_duplicate_state`) and the
+"reversible" transition (`exact_space_to_depth_step`, a permutation); every increment is
+rounded to the 2^−frac_bits grid before it is added, so the reconstruction is bit-exact. The
+"stored" transition (pool + pad) runs in float between stages (`fixed_point.float_transition`):
+its input is stored anyway, and its output is rounded once onto the grid.
+
 Parameter tree (one entry per stage, the layout `weight_smoothness` relies on)::
 
     {"stage1": {"first": block, "rest": stacked blocks}, "stage2": {...}, "stage3": {...}}
@@ -61,7 +70,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from revjax import couplings, engine, integrators, transitions
+from revjax import couplings, engine, fixed_point, integrators, transitions
 from revjax.conv import conv, conv_transpose
 
 __all__ = [
@@ -85,7 +94,7 @@ __all__ = [
     "ChangConfig",
     "make_config",
     "check_input",
-    "reversible_filters",
+    "reversible_widths",
     "body_plan",
     "body_layers",
     "body_params",
@@ -258,6 +267,8 @@ class ChangConfig(NamedTuple):
         "zero_velocity" | "second_order" for the leapfrog net).
       block: Hamiltonian residual function: "bn" (BN inside, no biases; the official code's
         final version) or "bias" (bias-only); the midpoint and leapfrog nets are "bias".
+      arithmetic: "float" | "exact" (int32 fixed-point states, see the module docstring).
+      frac_bits: fractional bits of the exact states.
     """
 
     family: str
@@ -267,12 +278,14 @@ class ChangConfig(NamedTuple):
     transition: str
     start: str | None
     block: str = "bias"
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
 
 
-def reversible_filters(filters: Sequence[int]) -> tuple[int, ...]:
-    """(f0, f1, 4 f1, 16 f1, ...): widths a space-to-depth transition produces from f1."""
-    filters = tuple(int(f) for f in filters)
-    return filters[:2] + tuple(filters[1] * 4**s for s in range(1, len(filters) - 1))
+def reversible_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    """(w0, 4 w0, 16 w0, ...): the stage widths a space-to-depth transition produces from w0."""
+    widths = tuple(int(w) for w in widths)
+    return tuple(widths[0] * 4**s for s in range(len(widths)))
 
 
 def make_config(
@@ -283,6 +296,8 @@ def make_config(
     transition: str = "stored",
     start: str | None = None,
     block: str = "bias",
+    arithmetic: str = "float",
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
 ) -> ChangConfig:
     """Validate and freeze a body configuration (errors before anything is traced).
 
@@ -315,6 +330,8 @@ def make_config(
     if min(widths) < 1:
         raise ValueError(f"widths must be >= 1, got {widths}")
     h = integrators.check_step_size(h)
+    fixed_point.check_arithmetic(arithmetic)
+    frac_bits = fixed_point.check_frac_bits(frac_bits)
     if family == "hamiltonian" and any(w % 2 for w in widths):
         raise ValueError(
             f"Hamiltonian widths {widths} must be even: the state splits into two equal "
@@ -327,14 +344,14 @@ def make_config(
             raise ValueError(
                 f"transition='reversible' (space-to-depth) maps {widths[s - 1]} channels to "
                 f"{4 * widths[s - 1]}, but stage {s + 1} has width {widths[s]}; use widths "
-                "w, 4w, 16w (`reversible_filters`)"
+                "w, 4w, 16w (`reversible_widths`)"
             )
         if transition == "stored" and (new < old or (new - old) % 2):
             raise ValueError(
                 f"transition='stored' zero-pads each state from {old} to {new} channels "
                 "symmetrically: the difference must be even and >= 0"
             )
-    return ChangConfig(family, units, widths, h, transition, start, block)
+    return ChangConfig(family, units, widths, h, transition, start, block, arithmetic, frac_bits)
 
 
 def check_input(shape: Sequence[int], config: ChangConfig) -> None:
@@ -348,6 +365,20 @@ def check_input(shape: Sequence[int], config: ChangConfig) -> None:
 
 
 def _step(config: ChangConfig) -> engine.InvertibleStep:
+    if config.arithmetic == "exact":
+        f = config.frac_bits
+        if config.family == "hamiltonian":
+            residual = hamiltonian_residual(config.h)
+            return fixed_point.exact_verlet_step(
+                residual, residual, frac_bits=f, name="hamiltonian"
+            )
+        if config.family == "midpoint":
+            return fixed_point.exact_midpoint_step(
+                midpoint_residual, config.h, frac_bits=f, name="midpoint"
+            )
+        return fixed_point.exact_leapfrog_step(
+            leapfrog_force, config.h, frac_bits=f, name="leapfrog"
+        )
     return {
         "hamiltonian": hamiltonian_step,
         "midpoint": midpoint_step,
@@ -355,11 +386,40 @@ def _step(config: ChangConfig) -> engine.InvertibleStep:
     }[config.family](config.h)
 
 
+def _start(config: ChangConfig) -> engine.InvertibleStep | None:
+    """The start rule of the body (None for the Hamiltonian net), in the config's arithmetic."""
+    exact, f = config.arithmetic == "exact", config.frac_bits
+    if config.family == "midpoint":
+        if exact:
+            return fixed_point.exact_euler_start(
+                midpoint_residual, config.h, frac_bits=f, name="midpoint_start"
+            )
+        return midpoint_start(config.h)
+    if config.start == "second_order":
+        if exact:
+            return fixed_point.exact_euler_start(
+                leapfrog_force, config.h**2 / 2, frac_bits=f, name="leapfrog_start"
+            )
+        return leapfrog_start("second_order", config.h)
+    if config.family == "leapfrog":
+        if exact:
+            return fixed_point.exact_duplicate_state()
+        return leapfrog_start("zero_velocity", config.h)
+    return None
+
+
 def _transition(config: ChangConfig, stage: int) -> engine.Layer:
+    exact = config.arithmetic == "exact"
     if config.transition == "reversible":
+        if exact:
+            return fixed_point.exact_space_to_depth_step()
         return transitions.space_to_depth_step()
     width = config.widths[stage]
     out = width // 2 if config.family == "hamiltonian" else width
+    if exact:
+        return fixed_point.float_transition(
+            lambda u: transitions.pool_pad(u, out), config.frac_bits, name="pool_pad"
+        )
     return transitions.pool_pad_transition(out)
 
 
@@ -370,22 +430,22 @@ def body_plan(
 ) -> list[tuple[engine.Layer, tuple[str, ...] | None]]:
     """The body as (layer, params path) pairs; a path indexes `init_body_params`' tree.
 
-    `step` (default: the family's bias-only step) runs every block; `first_step` (default
-    `step`) runs the network's very first block, whose residual function F skips its input
-    bias or input batch norm.
+    `step` (default: the family's bias-only step, in the config's arithmetic) runs every
+    block; `first_step` (default `step`) runs the network's very first block, whose residual
+    function F skips its input bias or input batch norm.
     """
     step = _step(config) if step is None else step
     first_step = step if first_step is None else first_step
     plan: list[tuple[engine.Layer, tuple[str, ...] | None]] = []
+    start = _start(config)
+    start_has_params = config.family == "midpoint" or config.start == "second_order"
     for s, units in enumerate(config.units):
         key = f"stage{s + 1}"
-        if s == 0 and config.family == "midpoint":
-            plan.append((midpoint_start(config.h), (key, "first")))
-        elif s == 0 and config.start == "second_order":
-            plan.append((leapfrog_start("second_order", config.h), (key, "first")))
+        if s == 0 and start_has_params:
+            plan.append((start, (key, "first")))
         else:
-            if s == 0 and config.family == "leapfrog":
-                plan.append((leapfrog_start("zero_velocity", config.h), None))
+            if s == 0 and start is not None:
+                plan.append((start, None))
             plan.append((first_step if s == 0 else step, (key, "first")))
         if s > 0:
             plan.append((_transition(config, s), None))

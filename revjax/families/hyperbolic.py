@@ -22,16 +22,16 @@ Two-state hyperbolic propagation (Peters et al. 2019; the leapfrog network of Ch
 
 Multilevel, fully reversible network (Peters et al. 2019), an encoder–decoder with `levels` = L
 orthonormal Haar coarsenings (`revjax.wavelets`) of *both* states. Units run at levels
-0, 1, ..., L, L−1, ..., 0 (2L + 1 units; unit u has `layers_per_level[level(u)]` leapfrog
+0, 1, ..., L, L−1, ..., 0 (2L + 1 units; unit u has `units[level(u)]` leapfrog
 steps of rank `ranks[level(u)]`), with channels C_l = width · 2^{d·l} (d = 2 or 3)::
 
     x (N, *S, c_in) --pad channels--> Y_0 (N, *S, C_0) --duplicate--> (Y_0, Y_0)
       --leapfrog x n_0--> haar --leapfrog x n_1--> haar ... --leapfrog x n_L-->
       haar^{-1} --leapfrog x n_{L-1}--> ... haar^{-1} --leapfrog x n_0--> (Y_{N−1}, Y_N)
 
-Every layer is invertible, so with `coarsening="reversible"` the whole body is one
+Every layer is invertible, so with `transition="reversible"` the whole body is one
 `engine.apply` that stores nothing but its output: activation memory is independent of depth
-*and* of the number of levels. `coarsening="stored"` is the block-reversible comparison (RevNet
+*and* of the number of levels. `transition="stored"` is the block-reversible comparison (RevNet
 and Chang et al.): the same maps, but every resolution change is an `engine.Transition`, so
 the engine stores both states at its input.
 
@@ -57,7 +57,7 @@ Shapes (2-D NHWC / 3-D NDHWC)::
     output:  a pair of (N, H, W, width) | (N, D, H, W, width) states
 
 >>> import jax, jax.numpy as jnp
->>> cfg = make_config(spatial_dims=2, in_channels=3, width=4, levels=1, layers_per_level=2,
+>>> cfg = make_config(spatial_dims=2, in_channels=3, width=4, levels=1, units=2,
 ...                   ranks=2, h=0.5)
 >>> layers = multilevel_layers(cfg)
 >>> params = init_multilevel_params(jax.random.key(0), cfg)
@@ -81,7 +81,7 @@ from revjax.conv import conv, conv_transpose
 
 __all__ = [
     "NORMS",
-    "COARSENINGS",
+    "TRANSITIONS",
     "ARITHMETICS",
     "TV_NORM_EPSILON",
     "MultilevelConfig",
@@ -102,8 +102,8 @@ __all__ = [
 ]
 
 NORMS = ("tv_norm", "none")
-COARSENINGS = ("reversible", "stored")
-ARITHMETICS = ("float", "exact")
+TRANSITIONS = ("reversible", "stored")
+ARITHMETICS = fixed_point.ARITHMETICS
 TV_NORM_EPSILON = 1e-5  # as in Lensink's HyperNet reference code
 
 
@@ -188,13 +188,13 @@ class MultilevelConfig(NamedTuple):
       in_channels: c_in of the input.
       width: C_0, state channels at full resolution (≥ in_channels).
       levels: L, number of Haar coarsenings (≥ 0).
-      layers_per_level: (L+1,) leapfrog steps of the units at level l (down and up path).
+      units: (L+1,) leapfrog steps of the units at level l (down and up path).
       ranks: (L+1,) hidden channels r_l ≤ C_l of the layers at level l.
       h: step size > 0.
       kernel_size: odd k.
       norm: "tv_norm" or "none".
       use_bias: whether the layers have a bias b ∈ R^r.
-      coarsening: "reversible" (Haar steps) or "stored" (Haar as Transitions).
+      transition: "reversible" (Haar steps) or "stored" (Haar as Transitions).
       damping: telegraph damping γ ≥ 0 (0 in the reference codes; must be 0 when exact).
       arithmetic: "float" (float states) or "exact" (int32 fixed-point states, bit-exact
         reconstruction: `revjax.fixed_point`; the Haar levels become the integer lifting Haar
@@ -207,13 +207,13 @@ class MultilevelConfig(NamedTuple):
     in_channels: int
     width: int
     levels: int
-    layers_per_level: tuple[int, ...]
+    units: tuple[int, ...]
     ranks: tuple[int, ...]
     h: float
     kernel_size: int = 3
     norm: str = "none"
     use_bias: bool = True
-    coarsening: str = "reversible"
+    transition: str = "reversible"
     damping: float = 0.0
     arithmetic: str = "float"
     frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
@@ -246,20 +246,20 @@ def make_config(
     in_channels: int,
     width: int,
     levels: int,
-    layers_per_level: int | Sequence[int],
+    units: int | Sequence[int],
     ranks: int | Sequence[int] | None,
     h: float,
     kernel_size: int = 3,
     norm: str | None = "none",
     use_bias: bool = True,
-    coarsening: str = "reversible",
+    transition: str = "reversible",
     damping: float = 0.0,
     arithmetic: str = "float",
     frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
 ) -> MultilevelConfig:
     """A validated `MultilevelConfig`; every field error is a ValueError naming the field.
 
-    `layers_per_level` and `ranks` are an int (same at every level) or one entry per level
+    `units` and `ranks` are an int (same at every level) or one entry per level
     0..L. Rank r_l must satisfy 1 ≤ r_l ≤ C_l = width · 2^{d·l}; `ranks=None` means r_l = width
     at every level (full rank at level 0, compression 2^{d·l} at level l).
     """
@@ -274,13 +274,13 @@ def make_config(
         )
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
-    if coarsening not in COARSENINGS:
-        raise ValueError(f"unknown coarsening {coarsening!r}; expected one of {COARSENINGS}")
+    if transition not in TRANSITIONS:
+        raise ValueError(f"unknown transition {transition!r}; expected one of {TRANSITIONS}")
     norm = _check_norm(norm)
     h = integrators.check_step_size(h)
-    layers = _per_level(layers_per_level, levels, "layers_per_level")
+    layers = _per_level(units, levels, "units")
     if min(layers) < 1:
-        raise ValueError(f"layers_per_level must be >= 1 at every level, got {layers}")
+        raise ValueError(f"units must be >= 1 at every level, got {layers}")
     ranks = _per_level(width if ranks is None else ranks, levels, "ranks")
     for level, (r, c) in enumerate(zip(ranks, level_channels(spatial_dims, width, levels))):
         if not 1 <= r <= c:
@@ -290,8 +290,7 @@ def make_config(
             )
     if not (math.isfinite(damping) and 0 <= damping * h / 2 < 1):
         raise ValueError(f"damping must satisfy 0 <= damping*h/2 < 1, got {damping}")
-    if arithmetic not in ARITHMETICS:
-        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
+    fixed_point.check_arithmetic(arithmetic)
     if arithmetic == "exact" and damping != 0:
         raise ValueError(
             f"arithmetic='exact' needs damping=0 (got {damping}): a damped leapfrog step "
@@ -300,7 +299,7 @@ def make_config(
     frac_bits = fixed_point.check_frac_bits(frac_bits)
     return MultilevelConfig(
         spatial_dims, in_channels, width, levels, layers, ranks, h, kernel_size, norm,
-        bool(use_bias), coarsening, float(damping), arithmetic, frac_bits,
+        bool(use_bias), transition, float(damping), arithmetic, frac_bits,
     )  # fmt: skip
 
 
@@ -327,12 +326,12 @@ def check_input(shape: Sequence[int], config: MultilevelConfig) -> None:
 # The engine layer list and its parameters.
 
 
-def _resolution_change(down: bool, coarsening: str, arithmetic: str = "float") -> engine.Layer:
+def _resolution_change(down: bool, transition: str, arithmetic: str = "float") -> engine.Layer:
     if arithmetic == "exact":
         step = integer_haar.exact_haar_step() if down else integer_haar.exact_haar_inverse_step()
     else:
         step = transitions.haar_step() if down else transitions.haar_inverse_step()
-    if coarsening == "reversible":
+    if transition == "reversible":
         return step
     return engine.Transition(step.forward, has_aux=step.has_aux, name=f"stored_{step.name}")
 
@@ -359,7 +358,7 @@ def multilevel_layers(config: MultilevelConfig) -> list[engine.Layer]:
     for u, level in enumerate(levels):
         if u > 0:
             layers.append(
-                _resolution_change(level > levels[u - 1], config.coarsening, config.arithmetic)
+                _resolution_change(level > levels[u - 1], config.transition, config.arithmetic)
             )
         if exact:
             step = fixed_point.exact_leapfrog_step(
@@ -406,7 +405,7 @@ def init_unit_params(
         spatial_dims=config.spatial_dims,
         channels=channels[level],
         rank=config.ranks[level],
-        depth=config.layers_per_level[level],
+        depth=config.units[level],
         kernel_size=config.kernel_size,
         use_bias=config.use_bias,
         dtype=dtype,
@@ -443,7 +442,7 @@ def parameter_count_table(config: MultilevelConfig) -> list[dict[str, int | floa
 
     Returns:
       one dict per level l = 0..L with keys level, channels (C_l), rank (r_l), layers (units
-      at that level × layers_per_level: 2n_l below the coarsest level, n_l at it),
+      at that level × units: 2n_l below the coarsest level, n_l at it),
       low_rank_per_layer (k^d·C_l·r_l), full_per_layer (k^d·C_l²), low_rank_total,
       full_total, compression (C_l / r_l).
     """
@@ -451,7 +450,7 @@ def parameter_count_table(config: MultilevelConfig) -> list[dict[str, int | floa
     counts = {level: unit_levels(config.levels).count(level) for level in range(config.levels + 1)}
     rows = []
     for level, (c, r) in enumerate(zip(channels, config.ranks)):
-        n = counts[level] * config.layers_per_level[level]
+        n = counts[level] * config.units[level]
         low = layer_param_count(config.spatial_dims, c, r, config.kernel_size)
         full = layer_param_count(config.spatial_dims, c, None, config.kernel_size)
         rows.append(

@@ -32,11 +32,13 @@ adjoint of that periodic operator. The ResNet, MobileNet and LinearMix steps (an
 connecting layers of the reference networks) use direct convolutions with *zero* ``"SAME"``
 padding, the usual deep-learning convention.
 
-Step size. The paper does not state ``h``; ``DEFAULT_H = 0.1`` is a module field. With the
-depthwise initialisation used here (truncated normal, std ``1/m``) the explicit diffusion
-stability condition ``h ‖K_dw‖² ≤ 2`` (Ephrath et al. 2019, Sec. 3.2.1: h small enough) holds
-comfortably at initialisation. The
-implicit step is stable for every ``h ≥ 0``.
+Step size. The paper does not state ``h``; ``DEFAULT_H = 0.1`` is a module field. The explicit
+diffusion step ``y ↦ y − h KᵀK y`` is stable when ``h λ_max(KᵀK) ≤ 2`` (Ephrath et al. 2019,
+Sec. 3.2.1: "h small enough"). With the depthwise initialisation used here (truncated normal,
+std ``1/m``) ``λ_max(K_dwᵀK_dw)`` ≈ 6 to 9 for B's blocks, so ``h λ_max`` < 1 at initialisation.
+``K_circ`` couples all ``c`` channels and is initialised with std ``1/(m√c)``
+(:func:`circulant_init`) for the same reason; with std ``1/m`` its ``h λ_max`` was 34 to 159.
+The implicit step is stable for every ``h ≥ 0``.
 
 Reversible use (this library's extension, not in the paper). None of the six steps is invertible.
 The low-cost operators are
@@ -65,8 +67,11 @@ __all__ = [
     "DEFAULT_H",
     "STEP_TYPES",
     "LOW_COST_OPERATORS",
-    "check_step_size",
+    "check_step_type",
+    "check_step_input",
+    "mix_init",
     "depthwise_init",
+    "circulant_init",
     "depthwise_zero_pad",
     "channel_mix",
     "channel_mix_adjoint",
@@ -86,15 +91,7 @@ LOW_COST_OPERATORS = ("dw_mix", "circulant")
 # --------------------------------------------------------------------------- validation
 
 
-def check_step_size(h) -> float:
-    """``h`` must be a finite number ``>= 0`` (static configuration)."""
-    value = float(h)
-    if not (value >= 0 and value < float("inf")):
-        raise ValueError(f"step size h must be finite and >= 0, got {h}")
-    return value
-
-
-def _check_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
+def check_step_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
     """Raises ValueError for a non-NHWC input, a dtype other than ``dtype`` or a kernel
     larger than the image; returns the channel count."""
     if x.ndim != 4:
@@ -129,7 +126,23 @@ def depthwise_init(kernel_size: int):
     return jax.nn.initializers.truncated_normal(stddev=1.0 / kernel_size)
 
 
-def _mix_init(channels: int):
+def circulant_init(kernel_size: int, channels: int):
+    """Truncated normal, std ``1/(m√c)``, for the ``(m, m, c)`` stencils of ``K_circ``.
+
+    ``K_circ`` sums all ``c`` channels (``c·m²`` weights per output), so its spectrum
+    ``F₃(K_circ e₁)`` has ``E|·|² = Σ w² = c m² std²``: with the depthwise std ``1/m`` the
+    eigenvalues of ``K_circᵀK_circ`` grow like ``c`` (``λ_max`` ≈ 336 / 570 / 1590 at
+    c = 48 / 96 / 192 on 32² / 16² / 8² images, so ``h λ_max`` = 34 to 159 at ``h = 0.1``, far
+    beyond the explicit stability bound ``h λ_max ≤ 2``). Dividing the std by ``√c`` keeps
+    ``λ_max`` at the depthwise level (≈ 6 to 9, ``h λ_max`` < 1): the explicit circular RD step
+    ``y + h(−K_circᵀK_circ y + σ(N(M y)))`` (Ephrath et al. 2019, arXiv:1805.07821,
+    Sec. 3.2.3) and the circulant Hamiltonian force are stable at initialisation.
+    """
+    return jax.nn.initializers.truncated_normal(stddev=1.0 / (kernel_size * channels**0.5))
+
+
+def mix_init(channels: int):
+    """Truncated normal, std ``sqrt(2/c)``, for a ``(c, c)`` channel mix ``M``."""
     return jax.nn.initializers.truncated_normal(stddev=(2.0 / channels) ** 0.5)
 
 
@@ -196,11 +209,11 @@ def step_param_count(step: str, channels: int, kernel_size: int = 3, with_bn: bo
         "explicit_rd": (m2 * c + c * c, c),
         "implicit_rd": (m2 * c + c * c, c),
         "circular_rd": (m2 * c + c * c, c),
-    }[_check_step_type(step)]
+    }[check_step_type(step)]
     return weights + (2 * bn_channels if with_bn else 0)
 
 
-def _check_step_type(step: str) -> str:
+def check_step_type(step: str) -> str:
     if step not in STEP_TYPES:
         raise ValueError(f"unknown step type {step!r}; expected one of {STEP_TYPES}")
     return step
@@ -290,17 +303,15 @@ def init_low_cost_force(
 ) -> dict:
     """Parameters of :func:`low_cost_force` for ``c = channels`` (zero bias)."""
     k_op, k_mix = jax.random.split(key)
-    stencil = depthwise_init(kernel_size)(k_op, (kernel_size, kernel_size, channels), dtype)
+    shape = (kernel_size, kernel_size, channels)
     params = {"bias": jnp.zeros((channels,), dtype)}
     if kind == "dw_mix":
-        params["dw"] = stencil
-        params["mix"] = _mix_init(channels)(k_mix, (channels, channels), dtype)
+        params["dw"] = depthwise_init(kernel_size)(k_op, shape, dtype)
+        params["mix"] = mix_init(channels)(k_mix, (channels, channels), dtype)
     elif kind == "circulant":
-        # K_circ sums all c channels (c·m² weights per output), so the depthwise stencil's
-        # std 1/m is divided by sqrt(c): ‖K_circ‖ stays O(1) as for K = M ∘ K_dw. With the
-        # unscaled stencil h²λ_max(K^T K) grows like c and lean_hamiltonian_circulant's
-        # float32 reconstruction error was 2.6e5 at initialisation.
-        params["circ"] = stencil / jnp.sqrt(jnp.asarray(channels, dtype))
+        # std 1/(m√c) (circulant_init): with the depthwise std 1/m, h²λ_max(K^T K) grows like
+        # c and lean_hamiltonian_circulant's float32 reconstruction error was 2.6e5 at init.
+        params["circ"] = circulant_init(kernel_size, channels)(k_op, shape, dtype)
     else:
         raise ValueError(
             f"unknown low-cost operator {kind!r}; expected one of {LOW_COST_OPERATORS}"

@@ -67,37 +67,39 @@ def pool_pad_shortcut(u: jax.Array, out_channels: int, strides: int) -> jax.Arra
     return pad_channels(u, out_channels) if out_channels != u.shape[-1] else u
 
 
-def stage_widths(filters: Sequence[int], bottleneck: bool) -> tuple[int, ...]:
-    """(stem, stage 1, ...) channel counts: the stage filters are x4 for bottleneck nets."""
+def stage_widths(stem_width: int, widths: Sequence[int], bottleneck: bool) -> tuple[int, ...]:
+    """(stem, stage 1, ...) channel counts: the stage `widths` are x4 for bottleneck nets."""
     scale = 4 if bottleneck else 1
-    return (int(filters[0]), *(int(f) * scale for f in filters[1:]))
+    return (int(stem_width), *(int(w) * scale for w in widths))
 
 
-def check_classifier_config(units, filters, strides, num_classes, bottleneck) -> None:
+def check_classifier_config(units, widths, strides, num_classes, bottleneck, stem_width) -> None:
     """ValueError for inconsistent stage lists, bad strides or widths, or num_classes < 1."""
     check_num_classes(num_classes)
-    if not (len(units) == len(strides) == len(filters) - 1) or not units:
+    if not (len(units) == len(strides) == len(widths)) or not units:
         raise ValueError(
-            f"need one entry per stage in units {tuple(units)} and strides {tuple(strides)}, "
-            f"and filters {tuple(filters)} = (stem, one per stage)"
+            f"need one entry per stage in units {tuple(units)}, strides {tuple(strides)} "
+            f"and widths {tuple(widths)}"
         )
     if any(int(n) < 1 for n in units):
         raise ValueError(f"every stage needs >= 1 unit, got units={tuple(units)}")
     if any(s not in (1, 2) for s in strides):
         raise ValueError(f"strides must be 1 or 2, got {tuple(strides)}")
-    widths = stage_widths(filters, bottleneck)
-    if any(w < 1 for w in widths):
-        raise ValueError(f"filters must be positive, got {tuple(filters)}")
-    if bottleneck and any(w % 4 for w in widths[1:]):
-        raise ValueError(f"bottleneck widths {widths[1:]} must be multiples of 4")
+    channels = stage_widths(stem_width, widths, bottleneck)
+    if any(w < 1 for w in channels):
+        raise ValueError(
+            f"widths and stem_width must be positive, got {tuple(widths)} and {stem_width}"
+        )
+    if bottleneck and any(w % 4 for w in channels[1:]):
+        raise ValueError(f"bottleneck widths {channels[1:]} must be multiples of 4")
 
 
-def check_input_shape(shape, stem_strides: int, stem_max_pool: bool, strides) -> None:
+def check_input_shape(shape, stem_strides: int, stem_pool: bool, strides) -> None:
     """ValueError unless x is (N, H, W, C) and every stride-2 stage can halve H and W exactly."""
     if len(shape) != 4:
         raise ValueError(f"expected NHWC images (N, H, W, C), got shape {tuple(shape)}")
     spatial = list(shape[1:3])
-    for _ in range(int(stem_strides == 2) + int(stem_max_pool)):
+    for _ in range(int(stem_strides == 2) + int(stem_pool)):
         spatial = [-(-s // 2) for s in spatial]
     for i, stride in enumerate(strides):
         if stride == 2:

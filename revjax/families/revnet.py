@@ -52,14 +52,18 @@ TRANSITIONS = ("stored", "reversible")
 
 
 def body_widths(
-    filters: Sequence[int], strides: Sequence[int], bottleneck: bool, transition: str
+    stem_width: int,
+    widths: Sequence[int],
+    strides: Sequence[int],
+    bottleneck: bool,
+    transition: str,
 ) -> tuple[int, ...]:
     """(stem, stage 1, ...) full channel counts (both halves) the body actually runs at.
 
-    "stored": `stage_widths(filters, bottleneck)`. "reversible": a stride-2 stage multiplies
-    the width by 4 (space-to-depth), then pads up to the nominal width if that is larger.
+    "stored": `stage_widths(stem_width, widths, bottleneck)`. "reversible": a stride-2 stage
+    multiplies the width by 4 (space-to-depth), then pads up to the nominal width if larger.
     """
-    nominal = stage_widths(filters, bottleneck)
+    nominal = stage_widths(stem_width, widths, bottleneck)
     if transition == "stored":
         return nominal
     widths = [nominal[0]]

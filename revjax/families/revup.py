@@ -477,27 +477,28 @@ def reconstruction_trace(
 ) -> tuple:
     """FixedPointInfo of every fixed-point solve of the reversible backward pass.
 
-    Runs the forward pass, then the same reconstruction sweep as `engine.apply(...,
-    backprop="reversible")` (restarting from the stored input at each Transition), solving the
-    residual steps with `fixed_point_inverse`. `residual_fns[i]` is the branch g of layer i when
-    that layer is a `Scan` of `invertible_residual_step(g)` and None otherwise. Returns one
-    entry per layer: a FixedPointInfo with (depth,) leaves for those Scans, None elsewhere.
+    The engine's two sweeps, as `engine.apply(..., backprop="reversible")` runs them:
+    `engine.forward_sweep` (which stores each Transition's input), then `engine.reverse_sweep`
+    from the output (restarting from the stored input at each Transition), with a step rule
+    per layer: layer i's steps are solved by `fixed_point_inverse(residual_fns[i], ...)` when
+    layer i is a `Scan` (or step) of `invertible_residual_step(g)` with g = residual_fns[i],
+    and inverted by `step.inverse` (`engine.inverse_rule`) when residual_fns[i] is None.
+
+    Returns:
+      One entry per layer: a FixedPointInfo with (depth,) leaves for a Scan of residual steps
+      (() leaves for a single step), None elsewhere.
     """
-    stored, h = [], x
-    for layer, p in zip(layers, params):
-        stored.append(h if isinstance(layer, engine.Transition) else None)
-        h = engine.apply([layer], [p], h, backprop="store")
-    infos = [None] * len(layers)
-    for i in reversed(range(len(layers))):
-        layer, p, g = layers[i], params[i], residual_fns[i]
-        if isinstance(layer, engine.Transition):
-            h = stored[i]
-        elif g is not None:
+    if len(residual_fns) != len(layers):
+        raise ValueError(f"{len(layers)} layers but {len(residual_fns)} residual_fns")
+    check_fixed_point_config(max_iter, tol)
 
-            def body(y, p_j, g=g):
-                return fixed_point_inverse(g, p_j, y, max_iter=max_iter, tol=tol)
+    def solve_rule(g):
+        def rule(step, p, y, rng, _):
+            return fixed_point_inverse(g, p, y, max_iter=max_iter, tol=tol, rng=rng)
 
-            h, infos[i] = lax.scan(body, h, p, reverse=True)
-        else:
-            h = engine.invert([layer], [p], h)
-    return tuple(infos)
+        return rule
+
+    rules = [engine.inverse_rule if g is None else solve_rule(g) for g in residual_fns]
+    y, _, inputs = engine.forward_sweep(layers, params, x)
+    _, infos = engine.reverse_sweep(layers, params, y, None, inputs, rules)
+    return infos

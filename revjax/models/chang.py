@@ -8,12 +8,12 @@ Residual Neural Networks", AAAI 2018, arXiv:1709.03698 (Sections 3-4; official T
       -> body: 3 stages of reversible blocks (`revjax.families.chang`)   (reconstructed)
       -> ClassifierHead: BN + ReLU + global average pool + dense        (stored, autodiff)
 
-`filters = (f0, f1, f2, f3)`: stem width and the state width of each stage (f0 == f1).
+`widths = (w1, w2, w3)`: the state width of each stage; the stem outputs w1 channels.
 Stage transitions: "stored" (the paper's: the first block of a new stage runs at the old
 width, then 2x2 average pool + zero channel padding, input stored) or "reversible"
-(space-to-depth of every state, so widths must be f1, 4 f1, 16 f1; a factory called with
-transition="reversible" and no `filters` uses `reversible_filters` of its defaults, e.g.
-hamiltonian74 -> (32, 32, 128, 512)).
+(space-to-depth of every state, so widths must be w1, 4 w1, 16 w1; a factory called with
+transition="reversible" and no `widths` uses `reversible_widths` of its defaults, e.g.
+hamiltonian74 -> (32, 128, 512)).
 
 Hamiltonian block, `block=` (state (Y, Z) = channel halves, K a 3x3 kernel C/2 -> C/2 shared
 by the convolution and its adjoint K^T)::
@@ -44,14 +44,14 @@ batch statistics, and the running averages are updated once per training step.
 Registered names and depth formulas (a "layer" is one conv operation K or K^T):
 
 - hamiltonianD: 4 convs per block (K, K^T in F and G): D = 3 · 4n + 2 = 12n + 2.
-  hamiltonian74 (n = 6, filters 32,32,64,112), hamiltonian218 (n = 18, 32,32,64,128),
-  hamiltonian1202 (n = 100, 32,32,64,128). With `block="bias"` the parameter counts are
+  hamiltonian74 (n = 6, widths 32,64,112), hamiltonian218 (n = 18, 32,64,128),
+  hamiltonian1202 (n = 100, 32,64,128). With `block="bias"` the parameter counts are
   those of the official configurations (429,690 / 1,683,034 / 9,654,746 for 10 classes);
   the BN block replaces each residual function's two bias vectors (C/2 each) by two BN
   scale/offset pairs (2 · C/2 each), minus the first F's BN₁.
 - midpointD, leapfrogD: 2 convs per block (W and W^T, or K and K^T; the start block counts
-  as block 0): D = 3 · 2n + 2 = 6n + 2. midpoint62 / leapfrog62 (n = 10) use filters
-  16,16,32,56 (no reference configuration exists for them: the official code has only the
+  as block 0): D = 3 · 2n + 2 = 6n + 2. midpoint62 / leapfrog62 (n = 10) use widths
+  16,32,56 (no reference configuration exists for them: the official code has only the
   Hamiltonian net): the state is not split, so their 3x3 kernels have the shapes of the
   Hamiltonian-74 kernels.
 
@@ -62,18 +62,30 @@ iteration, 16x16 images, 16-56 channels: λ_max(K^T K) ≈ 6.1-6.3, so h²λ_max
 ω_max(W − W^T) ≈ 3.6-3.9, so hω_max ≈ 0.39 < 1), and their float32 reconstruction at
 initialisation is within 1e-4 (tests/test_zoo_defaults.py).
 
+Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20), on all three families and
+both blocks: the stem's output is encoded to int32 fixed-point states (`revjax.fixed_point`),
+and the reversible body runs on them: every Verlet/midpoint/leapfrog block, the start rule and
+the "reversible" (space-to-depth) transition are exact, so the body's reconstruction is
+bit-exact at any depth. The "stored" transition (pool + pad, its input stored by the engine)
+runs in float and re-encodes its output; the stem and the head are ordinary float layers
+(autodiff). The "bn" block's batch norm works unchanged (`fixed_point.exact_verlet_step_with_
+stats`: the reconstruction normalises with the same batch, the running averages are updated
+once). Gradients are the straight-through ones (those of the real-valued network along the
+fixed-point trajectory). A fixed-point overflow makes the logits NaN.
+
 All fields are overridable: `create("hamiltonian74", units=(334, 333, 333))`.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine
+from revjax import engine, fixed_point
 from revjax.conv import conv, conv_transpose
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
@@ -126,14 +138,18 @@ class ChangNet(ReversibleModel, nn.Module):
     Attributes:
       family: "hamiltonian" | "midpoint" | "leapfrog".
       units: blocks per stage.
-      filters: (stem width, stage widths...); filters[0] must equal filters[1].
-      h: step size (> 0); None: `default_step_size(family, block)`.
+      widths: state width per stage (the stem outputs widths[0] channels).
+      h: step size (> 0, `revjax.integrators.check_step_size`); None:
+        `default_step_size(family, block)`.
       block: Hamiltonian residual function, "bn" | "bias" (None: "bn" for the Hamiltonian
         net; the midpoint and leapfrog nets are "bias").
       num_classes: logits per example (>= 1).
       backprop: "reversible" | "store" | "remat".
       transition: "stored" | "reversible".
       start: start rule (None: family default; leapfrog "zero_velocity" | "second_order").
+      arithmetic: "float" or "exact" (int32 fixed-point body states, bit-exact
+        reconstruction; see the module docstring).
+      frac_bits: fractional bits of the exact states.
       dtype: dtype of parameters and activations.
 
     Parameters: params["stage{s}"] = {"first": block, "rest": stacked blocks}; a "bn"
@@ -146,36 +162,43 @@ class ChangNet(ReversibleModel, nn.Module):
 
     family: str = "hamiltonian"
     units: tuple[int, ...] = (6, 6, 6)
-    filters: tuple[int, ...] = (32, 32, 64, 112)
+    widths: tuple[int, ...] = (32, 64, 112)
     h: float | None = None
     block: str | None = None
     num_classes: int = 10
     backprop: str = "reversible"
     transition: str = "stored"
     start: str | None = None
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing)."""
+        self.config()
 
     def config(self) -> chang.ChangConfig:
         """The validated body configuration (raises ValueError on a bad one)."""
-        filters = tuple(self.filters)
-        if len(filters) != len(self.units) + 1:
-            raise ValueError(
-                f"filters {filters} must hold the stem width plus one width per stage "
-                f"({len(self.units)} stages)"
-            )
-        if filters[0] != filters[1]:
-            raise ValueError(
-                f"the stem width filters[0]={filters[0]} must equal the first stage width "
-                f"filters[1]={filters[1]} (no transition before stage 1)"
-            )
         check_num_classes(self.num_classes)
-        engine._check_backprop(self.backprop)
+        engine.check_backprop(self.backprop)
         if self.family not in chang.FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; use one of {chang.FAMILIES}")
         block = self.block or DEFAULT_BLOCK[self.family]
         h = default_step_size(self.family, block) if self.h is None else self.h
         return chang.make_config(
-            self.family, self.units, filters[1:], h, self.transition, self.start, block
+            self.family,
+            self.units,
+            self.widths,
+            h,
+            self.transition,
+            self.start,
+            block,
+            self.arithmetic,
+            self.frac_bits,
         )
 
     def _bn_body(self, config: chang.ChangConfig, train: bool):
@@ -229,9 +252,12 @@ class ChangNet(ReversibleModel, nn.Module):
         }
 
         def step(F):
-            return chang.verlet_step_with_stats(
-                residual_with_stats(F, train), residual_with_stats(residual, train), train=train
-            )
+            pair = (residual_with_stats(F, train), residual_with_stats(residual, train))
+            if config.arithmetic == "exact":
+                return fixed_point.exact_verlet_step_with_stats(
+                    *pair, train=train, frac_bits=config.frac_bits, name="hamiltonian"
+                )
+            return chang.verlet_step_with_stats(*pair, train=train)
 
         plan = chang.body_plan(config, step(residual), step(first_residual))
         layers = [layer for layer, _ in plan]
@@ -241,7 +267,7 @@ class ChangNet(ReversibleModel, nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         config = self.config()
         chang.check_input(x.shape, config)
-        x = Stem(self.filters[0], dtype=self.dtype, name="stem")(x.astype(self.dtype), train)
+        x = Stem(config.widths[0], dtype=self.dtype, name="stem")(x.astype(self.dtype), train)
         state = chang.to_state(x, config)
         if config.block == "bn":
             layers, params, plan, stats = self._bn_body(config, train)
@@ -254,8 +280,15 @@ class ChangNet(ReversibleModel, nn.Module):
                 for s in range(len(config.units))
             }
             layers, params = chang.body_layers(config), chang.body_params(tree, config)
-        out, aux = engine.apply_with_aux(layers, params, state, backprop=self.backprop)
-        sow_reconstruction_error(self, layers, params, state)
+        out, aux = fixed_point.run_body(
+            layers,
+            params,
+            state,
+            arithmetic=config.arithmetic,
+            frac_bits=config.frac_bits,
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
         if config.block == "bn" and train and self.is_mutable_collection("batch_stats"):
             new = {name: dict(v.value) for name, v in stats.items()}
             for (_, path), stats_update in zip(plan, aux):
@@ -268,23 +301,21 @@ class ChangNet(ReversibleModel, nn.Module):
         )
 
 
-def _factory(family: str, units: tuple[int, ...], filters: tuple[int, ...]):
+def _factory(family: str, units: tuple[int, ...], widths: tuple[int, ...]):
     def build(**overrides) -> ChangNet:
-        fields = {"family": family, "units": units, "filters": filters}
-        if overrides.get("transition") == "reversible" and "filters" not in overrides:
-            fields["filters"] = chang.reversible_filters(filters)
+        fields = {"family": family, "units": units, "widths": widths}
+        if overrides.get("transition") == "reversible" and "widths" not in overrides:
+            fields["widths"] = chang.reversible_widths(widths)
         fields.update(overrides)
         fields["units"] = tuple(fields["units"])
-        fields["filters"] = tuple(fields["filters"])
-        model = ChangNet(**fields)
-        model.config()  # fail on a bad configuration now, not at the first call
-        return model
+        fields["widths"] = tuple(fields["widths"])
+        return ChangNet(**fields)  # validated on construction (`check_config`)
 
     return build
 
 
-register("hamiltonian74")(_factory("hamiltonian", (6, 6, 6), (32, 32, 64, 112)))
-register("hamiltonian218")(_factory("hamiltonian", (18, 18, 18), (32, 32, 64, 128)))
-register("hamiltonian1202")(_factory("hamiltonian", (100, 100, 100), (32, 32, 64, 128)))
-register("midpoint62")(_factory("midpoint", (10, 10, 10), (16, 16, 32, 56)))
-register("leapfrog62")(_factory("leapfrog", (10, 10, 10), (16, 16, 32, 56)))
+register("hamiltonian74")(_factory("hamiltonian", (6, 6, 6), (32, 64, 112)))
+register("hamiltonian218")(_factory("hamiltonian", (18, 18, 18), (32, 64, 128)))
+register("hamiltonian1202")(_factory("hamiltonian", (100, 100, 100), (32, 64, 128)))
+register("midpoint62")(_factory("midpoint", (10, 10, 10), (16, 32, 56)))
+register("leapfrog62")(_factory("leapfrog", (10, 10, 10), (16, 32, 56)))

@@ -26,6 +26,7 @@ with wrapped-around values); `HyperbolicSegmenter.check_overflow` names the laye
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -48,14 +49,16 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
       spatial_dims: 2 (NHWC) or 3 (NDHWC).
       num_classes: logits per pixel/voxel (including background).
       levels: L Haar coarsenings; every spatial size must be divisible by 2**L.
-      layers_per_level: leapfrog steps per unit, int or one per level 0..L.
+      units: leapfrog steps per unit, int or one per level 0..L (a level below L is visited
+        twice, on the way down and up, with units[l] steps each time).
       ranks: hidden channels r_l ≤ C_l = width·2^{d·l}, int or one per level; None: r_l = width.
       h: leapfrog step size.
       width: state channels at full resolution; the c_in input channels are zero-padded to it.
+        A scalar, not per-stage `widths`: the Haar transform fixes C_l = width · 2^{d·l}.
       norm: "tv_norm" or "none".
       kernel_size: odd k of the k^d convolution K.
       use_bias: bias inside σ(N(K Y + b)).
-      coarsening: "reversible" (fully reversible) or "stored" (block-reversible: the engine
+      transition: "reversible" (fully reversible) or "stored" (block-reversible: the engine
         stores both states at every resolution change, the RevNet/Chang approach).
       backprop: "reversible" | "store" | "remat" (engine strategy for the body).
       damping: telegraph damping γ (0 = conservative leapfrog; must be 0 when exact).
@@ -70,19 +73,32 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
     spatial_dims: int = 2
     num_classes: int = 2
     levels: int = 2
-    layers_per_level: int | Sequence[int] = 2
+    units: int | Sequence[int] = 2
     ranks: int | Sequence[int] | None = None
     h: float = 0.5
     width: int = 8
     norm: str = "none"
     kernel_size: int = 3
     use_bias: bool = True
-    coarsening: str = "reversible"
+    transition: str = "reversible"
     backprop: str = "reversible"
     damping: float = 0.0
     arithmetic: str = "float"
     frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing).
+
+        Every field is checked; the input's channel count (<= width) is checked at the call.
+        """
+        check_num_classes(self.num_classes)
+        engine.check_backprop(self.backprop)
+        self.config(in_channels=1)
 
     def config(self, in_channels: int) -> hyperbolic.MultilevelConfig:
         """The validated body configuration for inputs with `in_channels` channels."""
@@ -91,29 +107,30 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
             in_channels=in_channels,
             width=self.width,
             levels=self.levels,
-            layers_per_level=self.layers_per_level,
+            units=self.units,
             ranks=self.ranks,
             h=self.h,
             kernel_size=self.kernel_size,
             norm=self.norm,
             use_bias=self.use_bias,
-            coarsening=self.coarsening,
+            transition=self.transition,
             damping=self.damping,
             arithmetic=self.arithmetic,
             frac_bits=self.frac_bits,
         )
 
     def _body(self, layers, params, x, config):
-        """(Y_{N−1}, Y_N) as float arrays; exact: encode, run, decode, NaN on overflow."""
-        if config.arithmetic == "float":
-            sow_reconstruction_error(self, layers, params, x)
-            return engine.apply(layers, params, x, backprop=self.backprop)
-        f = config.frac_bits
-        encoded = fixed_point.encode(x, f)
-        sow_reconstruction_error(self, layers, params, encoded)
-        state, aux = engine.apply_with_aux(layers, params, encoded, backprop=self.backprop)
-        overflow = fixed_point.any_overflow(aux) | fixed_point.out_of_range(x * 2.0**f)
-        return jax.tree.map(lambda u: jnp.where(overflow, jnp.nan, u), fixed_point.decode(state, f))
+        """(Y_{N−1}, Y_N) as float arrays (`fixed_point.run_body`: exact: NaN on overflow)."""
+        state, _ = fixed_point.run_body(
+            layers,
+            params,
+            x,
+            arithmetic=config.arithmetic,
+            frac_bits=config.frac_bits,
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
+        return state
 
     def check_overflow(self, variables, x: jax.Array) -> None:
         """Raise `fixed_point.FixedPointOverflowError` naming the layer (exact arithmetic only).
@@ -148,8 +165,6 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits (N, *S, num_classes) for x (N, *S, c_in); `train` is accepted for the API."""
         del train  # no batch statistics or dropout
-        check_num_classes(self.num_classes)
-        engine._check_backprop(self.backprop)
         if x.ndim not in (4, 5) or x.ndim != self.spatial_dims + 2:
             layout = {2: "NHWC", 3: "NDHWC"}.get(self.spatial_dims, "?")
             raise ValueError(
@@ -182,7 +197,7 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
 def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
     """2-D segmentation (NHWC): width 16, 3 levels, 2 layers per unit, rank = width, h = 0.5."""
     config = dict(
-        spatial_dims=2, num_classes=2, levels=3, layers_per_level=2, ranks=None, h=0.5, width=16
+        spatial_dims=2, num_classes=2, levels=3, units=2, ranks=None, h=0.5, width=16
     )
     config.update(overrides)
     return HyperbolicSegmenter(**config)
@@ -192,8 +207,7 @@ def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
 def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
     """3-D video/volume segmentation (NDHWC): width 8, 2 levels, 2 layers per unit, rank = width."""
     config = dict(
-        spatial_dims=3, num_classes=4, levels=2, layers_per_level=2, ranks=None, h=0.5, width=8
+        spatial_dims=3, num_classes=4, levels=2, units=2, ranks=None, h=0.5, width=8
     )
     config.update(overrides)
     return HyperbolicSegmenter(**config)
-

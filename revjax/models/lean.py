@@ -10,10 +10,11 @@ The six step types and the connecting layer are the linen modules ``STEP_MODULES
 ``ConnectingLayer`` below; their operators, equations and closed-form parameter counts are the
 pure functions of :mod:`revjax.families.lean`.
 
-Skeleton, for an input ``(N, H, W, 3)`` with ``H, W`` divisible by ``2^num_blocks``::
+Skeleton, for an input ``(N, H, W, 3)`` with ``H, W`` divisible by ``2^len(units)``
+(``width = c₀``; ``units = (4, 4, 4)`` or ``(4, 4, 4, 4)``: steps per block)::
 
     stem      5x5 conv 3 -> c₀ (no bias) + BN + ReLU                (N, H, W, c₀)
-    block i   4 steps of the chosen type at width cᵢ = c₀ 2^i       (N, H/2^i, W/2^i, cᵢ)
+    block i   units[i] steps of the chosen type at width cᵢ = c₀ 2^i (N, H/2^i, W/2^i, cᵢ)
     connect   x ↦ avgpool₂ₓ₂(BN([x ; K_dw x]))                      (N, H/2^{i+1}, ..., 2cᵢ)
     head      global average pool + dense                           (N, num_classes)
 
@@ -42,23 +43,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, fft, fixed_point, transitions
+from revjax import engine, fft, fixed_point, integrators, transitions
 from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import lean
 from revjax.families.lean import (
     DEFAULT_H,
-    _check_input,
-    _mix_init,
     channel_mix,
-    check_step_size,
+    check_step_input,
+    circulant_init,
     depthwise_init,
     depthwise_zero_pad,
+    mix_init,
     off_diagonal,
 )
 from revjax.models import create, register
@@ -74,6 +76,7 @@ __all__ = [
     "STEP_MODULES",
     "ConnectingLayer",
     "NETWORKS",
+    "STEPS_PER_BLOCK",
     "PAPER_TABLE2",
     "LeanResNet",
     "LeanHamiltonian",
@@ -83,6 +86,7 @@ __all__ = [
 ]
 
 NETWORKS = {"a": (32, 3), "b": (48, 3), "c": (32, 4)}  # stem width c₀, number of blocks
+STEPS_PER_BLOCK = 4  # Ephrath et al. 2019, Sec. 4
 
 # Ephrath et al. 2019, Table 2, parameter counts as printed: (network, num_classes) -> count.
 _RD_COUNTS = {("a", 10): 101e3, ("b", 10): 216e3, ("b", 100): 250e3, ("c", 100): 423e3}
@@ -113,7 +117,7 @@ class _LeanModule(nn.Module):
         return self.param(name, depthwise_init(m), (m, m, c), self.dtype)
 
     def _mix(self, name: str, c: int):
-        return self.param(name, _mix_init(c), (c, c), self.dtype)
+        return self.param(name, mix_init(c), (c, c), self.dtype)
 
 
 class ResNetStep(_LeanModule):
@@ -121,7 +125,7 @@ class ResNetStep(_LeanModule):
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(y, self.kernel_size, self.dtype, "ResNetStep")
+        c = check_step_input(y, self.kernel_size, self.dtype, "ResNetStep")
         m = self.kernel_size
         k1 = self.param("kernel1", conv_init(m, c), (m, m, c, c), self.dtype)
         k2 = self.param("kernel2", conv_init(m, c), (m, m, c, c), self.dtype)
@@ -133,7 +137,7 @@ class MobileNetStep(_LeanModule):
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(y, self.kernel_size, self.dtype, "MobileNetStep")
+        c = check_step_input(y, self.kernel_size, self.dtype, "MobileNetStep")
         dw = self._depthwise_kernel("dw_kernel", c)
         mix = self._mix("mix", c)
         u = nn.relu(self._bn(depthwise_zero_pad(y, dw), train, "bn_dw"))
@@ -149,22 +153,26 @@ class LinearMixStep(_LeanModule):
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(y, self.kernel_size, self.dtype, "LinearMixStep")
+        c = check_step_input(y, self.kernel_size, self.dtype, "LinearMixStep")
         if c < 2:
             raise ValueError(f"LinearMixStep needs at least 2 channels, got {c}")
 
         def k_lm(u, index):
             dw = self._depthwise_kernel(f"dw_kernel{index}", c)
-            off = self.param(f"mix_off{index}", _mix_init(c), (c, c - 1), self.dtype)
+            off = self.param(f"mix_off{index}", mix_init(c), (c, c - 1), self.dtype)
             return depthwise_zero_pad(u, dw) + channel_mix(u, off_diagonal(off))
 
         return y + k_lm(nn.relu(self._bn(k_lm(y, 1), train, "bn")), 2)
 
 
 class _ReactionDiffusion(_LeanModule):
-    """Shared RD pieces: step size ``h`` and the reaction term ``σ(N(M y))``."""
+    """Shared RD pieces: step size ``h`` (> 0) and the reaction term ``σ(N(M y))``."""
 
     h: float = DEFAULT_H
+
+    def __post_init__(self):
+        integrators.check_step_size(self.h)
+        super().__post_init__()
 
     def _reaction(self, y, c, train):
         return nn.relu(self._bn(channel_mix(y, self._mix("mix", c)), train, "bn"))
@@ -175,8 +183,8 @@ class ExplicitRDStep(_ReactionDiffusion):
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = check_step_size(self.h)
-        c = _check_input(y, self.kernel_size, self.dtype, "ExplicitRDStep")
+        h = self.h
+        c = check_step_input(y, self.kernel_size, self.dtype, "ExplicitRDStep")
         dw = self._depthwise_kernel("dw_kernel", c)
         diffusion = fft.depthwise_conv_adjoint(fft.depthwise_conv(y, dw), dw)
         return y + h * (self._reaction(y, c, train) - diffusion)
@@ -187,20 +195,26 @@ class ImplicitRDStep(_ReactionDiffusion):
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = check_step_size(self.h)
-        c = _check_input(y, self.kernel_size, self.dtype, "ImplicitRDStep")
+        h = self.h
+        c = check_step_input(y, self.kernel_size, self.dtype, "ImplicitRDStep")
         dw = self._depthwise_kernel("dw_kernel", c)
         return fft.implicit_diffusion_solve(y + h * self._reaction(y, c, train), dw, h)
 
 
 class CircularRDStep(_ReactionDiffusion):
-    """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``."""
+    """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``.
+
+    ``K_circ``'s stencils start at std ``1/(m√c)`` (:func:`revjax.families.lean.circulant_init`)
+    so that ``h λ_max(K_circᵀK_circ) ≤ 2``, the explicit stability bound, holds at
+    initialisation.
+    """
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = check_step_size(self.h)
-        c = _check_input(y, self.kernel_size, self.dtype, "CircularRDStep")
-        circ = self._depthwise_kernel("circ_kernel", c)
+        h = self.h
+        c = check_step_input(y, self.kernel_size, self.dtype, "CircularRDStep")
+        m = self.kernel_size
+        circ = self.param("circ_kernel", circulant_init(m, c), (m, m, c), self.dtype)
         diffusion = fft.circulant_conv_adjoint(fft.circulant_conv(y, circ), circ)
         return y + h * (self._reaction(y, c, train) - diffusion)
 
@@ -224,7 +238,7 @@ class ConnectingLayer(_LeanModule):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c = _check_input(x, self.kernel_size, self.dtype, "ConnectingLayer")
+        c = check_step_input(x, self.kernel_size, self.dtype, "ConnectingLayer")
         for label, size in zip(("height", "width"), x.shape[1:3], strict=True):
             if size % 2:
                 raise ValueError(
@@ -236,56 +250,56 @@ class ConnectingLayer(_LeanModule):
         return nn.avg_pool(u, (2, 2), strides=(2, 2))
 
 
-def _check_config(step: str, features: int, num_blocks: int, steps_per_block: int, h: float):
-    lean._check_step_type(step)
-    for name, value in (
-        ("features", features),
-        ("num_blocks", num_blocks),
-        ("steps_per_block", steps_per_block),
-    ):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    lean.check_step_size(h)
-
-
 class LeanResNet(nn.Module):
-    """Stem, ``num_blocks`` blocks of ``steps_per_block`` low-cost steps, connecting layers, head.
+    """Stem, ``len(units)`` blocks of ``units[i]`` low-cost steps, connecting layers, head.
 
     Attributes:
         step: one of ``revjax.families.lean.STEP_TYPES``.
-        features: stem width ``c₀``; block ``i`` runs at ``c₀ 2^i``.
-        num_blocks: 3 (A, B) or 4 (C).
-        steps_per_block: 4 in the paper.
+        width: stem width ``c₀``; block ``i`` runs at ``c₀ 2^i``. A scalar, not per-stage
+            ``widths``: each connecting layer ``[x ; K_dw x]`` doubles the width.
+        units: steps per block, one entry per block: (4, 4, 4) for A and B, (4, 4, 4, 4)
+            for C (4 in the paper).
         num_classes: classifier outputs (10 CIFAR-10 / STL-10, 100 CIFAR-100).
         kernel_size: stencil ``m`` of the steps and connecting layers.
-        stem_kernel_size: 5 in the paper.
-        h: RD step size (ignored by resnet / mobilenet / linear_mix).
+        stem_kernel: 5 in the paper.
+        h: RD step size (> 0; ignored by resnet / mobilenet / linear_mix).
         dtype: parameter and computation dtype; inputs must match.
 
     Input ``(N, H, W, 3)``, output logits ``(N, num_classes)``.
     """
 
     step: str
-    features: int = 32
-    num_blocks: int = 3
-    steps_per_block: int = 4
+    width: int = 32
+    units: Sequence[int] = (STEPS_PER_BLOCK,) * 3
     num_classes: int = 10
     kernel_size: int = 3
-    stem_kernel_size: int = 5
+    stem_kernel: int = 5
     h: float = lean.DEFAULT_H
     dtype: jnp.dtype = jnp.float32
 
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing)."""
+        lean.check_step_type(self.step)
+        check_num_classes(self.num_classes)
+        if int(self.width) < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        if not len(self.units) or any(int(n) < 1 for n in self.units):
+            raise ValueError(f"units must hold >= 1 steps per block, got {tuple(self.units)}")
+        integrators.check_step_size(self.h)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        _check_config(self.step, self.features, self.num_blocks, self.steps_per_block, self.h)
-        check_num_classes(self.num_classes)
         step_cls = STEP_MODULES[self.step]
         step_kwargs = {"kernel_size": self.kernel_size, "dtype": self.dtype}
         if self.step.endswith("_rd"):
             step_kwargs["h"] = self.h
-        x = Stem(self.features, kernel_size=self.stem_kernel_size, dtype=self.dtype)(x, train)
-        for block in range(self.num_blocks):
-            for j in range(self.steps_per_block):
+        x = Stem(self.width, kernel_size=self.stem_kernel, dtype=self.dtype)(x, train)
+        for block, steps in enumerate(self.units):
+            for j in range(steps):
                 x = step_cls(**step_kwargs, name=f"block{block}_step{j}")(x, train)
             x = ConnectingLayer(
                 kernel_size=self.kernel_size, dtype=self.dtype, name=f"connect{block}"
@@ -298,7 +312,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
     """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator (this library's
     extension, not in the paper).
 
-    Body per stage: ``depth`` Verlet steps on the channel halves ``(Y, Z)``,
+    Body per stage ``s``: ``units[s]`` Verlet steps on the channel halves ``(Y, Z)``,
     ``Y' = Y + h K_Fᵀ σ(K_F Z + b_F)``, ``Z' = Z − h K_Gᵀ σ(K_G Y' + b_G)``, with
     ``K = M ∘ K_dw`` (``operator="dw_mix"``) or ``K = K_circ`` (``"circulant"``), periodic,
     and ``Kᵀ`` the exact adjoint. Stages are joined by the stored (non-invertible) transition
@@ -308,7 +322,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
 
     Attributes:
         widths: channels per stage (even, non-decreasing, even differences).
-        depth: Verlet steps per stage.
+        units: Verlet steps per stage, one entry per stage.
         operator: ``"dw_mix"`` or ``"circulant"``.
         h: step size inside the force (the convention of Chang, Meng, Haber, Ruthotto, Begert,
         Holtham 2018, arXiv:1709.03698).
@@ -325,7 +339,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
     """
 
     widths: Sequence[int] = (32, 64, 128)
-    depth: int = 4
+    units: Sequence[int] = (4, 4, 4)
     operator: str = "dw_mix"
     h: float = 0.2
     kernel_size: int = 3
@@ -335,10 +349,16 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
     frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing)."""
+        _check_hamiltonian_config(self)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        _check_hamiltonian_config(self)
-        exact = self.arithmetic == "exact"
         step = engine.Scan(
             lean.low_cost_hamiltonian_step(
                 self.operator, self.h, arithmetic=self.arithmetic, frac_bits=self.frac_bits
@@ -352,17 +372,16 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
                 layers.append(self._transition(width // 2))
                 params.append(None)
             layers.append(step)
-            params.append(self.param(f"stage{i}", self._init_stage, width // 2))
-        if exact:
-            f = self.frac_bits
-            encoded = fixed_point.encode(state, f)
-            out, aux = engine.apply_with_aux(layers, params, encoded, backprop=self.backprop)
-            sow_reconstruction_error(self, layers, params, encoded)
-            overflow = fixed_point.any_overflow(aux) | fixed_point.out_of_range(x * 2.0**f)
-            y, z = (jnp.where(overflow, jnp.nan, u) for u in fixed_point.decode(out, f))
-        else:
-            y, z = engine.apply(layers, params, state, backprop=self.backprop)
-            sow_reconstruction_error(self, layers, params, state)
+            params.append(self.param(f"stage{i}", self._init_stage, width // 2, self.units[i]))
+        (y, z), _ = fixed_point.run_body(
+            layers,
+            params,
+            state,
+            arithmetic=self.arithmetic,
+            frac_bits=self.frac_bits,
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
         return ClassifierHead(self.num_classes, dtype=self.dtype)(
             jnp.concatenate([y, z], axis=-1), train
         )
@@ -374,7 +393,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
             )
         return transitions.pool_pad_transition(half_width)
 
-    def _init_stage(self, key: jax.Array, half_width: int) -> dict:
+    def _init_stage(self, key: jax.Array, half_width: int, steps: int) -> dict:
         def one(k):
             kf, kg = jax.random.split(k)
             args = (self.operator, half_width, self.kernel_size, self.dtype)
@@ -383,7 +402,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
                 "G": lean.init_low_cost_force(kg, *args),
             }
 
-        return jax.vmap(one)(jax.random.split(key, self.depth))
+        return jax.vmap(one)(jax.random.split(key, steps))
 
 
 def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
@@ -393,14 +412,18 @@ def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
         raise ValueError(
             f"unknown operator {model.operator!r}; expected one of {lean.LOW_COST_OPERATORS}"
         )
-    if model.depth < 1:
-        raise ValueError(f"depth must be >= 1, got {model.depth}")
-    if model.arithmetic not in ("float", "exact"):
-        raise ValueError(f"unknown arithmetic {model.arithmetic!r}; expected 'float' or 'exact'")
+    fixed_point.check_arithmetic(model.arithmetic)
     fixed_point.check_frac_bits(model.frac_bits)
     widths = tuple(model.widths)
     if not widths or any(w < 2 or w % 2 for w in widths):
         raise ValueError(f"widths must be even and >= 2, got {widths}")
+    units = tuple(model.units)
+    if len(units) != len(widths) or any(int(n) < 1 for n in units):
+        raise ValueError(
+            f"units {units} must hold >= 1 Verlet steps for each of the {len(widths)} stages "
+            f"(widths {widths})"
+        )
+    integrators.check_step_size(model.h)
     for a, b in zip(widths, widths[1:]):
         if b < a or (b - a) % 4:
             raise ValueError(
@@ -413,14 +436,11 @@ def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
 
 
 def _lean_factory(network: str, step: str):
-    features, num_blocks = NETWORKS[network]
+    width, num_blocks = NETWORKS[network]
 
     def factory(**overrides) -> LeanResNet:
-        config = {"step": step, "features": features, "num_blocks": num_blocks, **overrides}
-        model = LeanResNet(**config)
-        _check_config(model.step, model.features, model.num_blocks, model.steps_per_block, model.h)
-        check_num_classes(model.num_classes)
-        return model
+        units = (STEPS_PER_BLOCK,) * num_blocks
+        return LeanResNet(**{"step": step, "width": width, "units": units, **overrides})
 
     factory.__doc__ = (
         f"LeanResNet {network.upper()} with {step} steps (Ephrath et al. 2019, Sec. 4)."
@@ -435,9 +455,7 @@ for _network in NETWORKS:
 
 def _hamiltonian_factory(operator: str):
     def factory(**overrides) -> LeanHamiltonian:
-        model = LeanHamiltonian(**{"operator": operator, **overrides})
-        _check_hamiltonian_config(model)
-        return model
+        return LeanHamiltonian(**{"operator": operator, **overrides})
 
     return factory
 
@@ -501,8 +519,8 @@ def parameter_table(image_size: int = 32) -> list[dict]:
             matches = printed_as(weights, reported)
             note = ""
             if step == "linear_mix":
-                features, num_blocks = NETWORKS[network]
-                widths = [features * 2**i for i in range(num_blocks)]
+                width, num_blocks = NETWORKS[network]
+                widths = [width * 2**i for i in range(num_blocks)]
                 undropped = weights + 8 * sum(widths)
                 note = f"{undropped:,} with the duplicated centre tap kept"
                 if printed_as(undropped, reported):
@@ -521,4 +539,3 @@ def parameter_table(image_size: int = 32) -> list[dict]:
                 }
             )
     return rows
-

@@ -3,17 +3,19 @@
 Architecture (NHWC)::
 
     x (N, H, W, C_in) -> Stem: conv3x3 -> BN -> ReLU            (N, H, W, 2c), stored
-      -> CouplingStack: `depth` additive couplings               (N, H, W, 2c), reversible
+      -> CouplingStack: n = units[0] additive couplings          (N, H, W, 2c), reversible
            y1 = x1 + F(x2),  y2 = x2 + G(y1),  F, G: u -> K2 relu(K1 u) (3x3, c -> c)
       -> ClassifierHead: BN -> ReLU -> global mean -> dense       (N, num_classes)
 
 Only the stem and head activations are stored; the coupling body is rebuilt from its output
 during the backward pass (``backprop="reversible"``), so body activation memory does not grow
-with ``depth``. The residual convolutions use ``revjax.conv.conv`` (standard-layout VJPs).
+with the number of couplings. One stage, in the zoo's vocabulary: ``widths=(2c,)`` (the state
+width) and ``units=(n,)``. The residual convolutions use ``revjax.conv.conv`` (standard-layout
+VJPs).
 
 >>> from revjax import models
->>> model = models.create("revnet_mini", depth=2, channels=8)
->>> models.summary("revnet_mini", (1, 8, 8, 1), depth=2, channels=8)  # doctest: +ELLIPSIS
+>>> model = models.create("revnet_mini", units=(2,), widths=(16,))
+>>> models.summary("revnet_mini", (1, 8, 8, 1), units=(2,), widths=(16,))  # doctest: +ELLIPSIS
 'revnet_mini: ... parameters, input (1, 8, 8, 1)'
 """
 
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from revjax import conv as conv_ops
+from revjax import engine
 from revjax.drift import ReversibleModel
 from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, check_num_classes, conv_init
@@ -54,42 +57,51 @@ class ConvResidual(nn.Module):
 
 
 class RevNetMini(ReversibleModel, nn.Module):
-    """Stem -> `depth` reversible couplings of width 2*`channels` -> classifier head.
+    """Stem -> `units[0]` reversible couplings of width `widths[0]` -> classifier head.
 
     Attributes:
       num_classes: output logits.
-      channels: width c of each coupling half (the state has 2c channels).
-      depth: number of coupling steps (one ``lax.scan``).
+      widths: (2c,): the state width, even; each coupling half has c channels. One stage.
+      units: (n,): number of coupling steps (one ``lax.scan``). One stage.
       backprop: "reversible" | "store" | "remat".
       dtype: parameter and compute dtype.
     """
 
     num_classes: int = 10
-    channels: int = 16
-    depth: int = 4
+    widths: tuple[int, ...] = (32,)
+    units: tuple[int, ...] = (4,)
     backprop: str = "reversible"
     dtype: jnp.dtype = jnp.float32
 
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing)."""
+        check_num_classes(self.num_classes)
+        engine.check_backprop(self.backprop)
+        widths, units = tuple(self.widths), tuple(self.units)
+        if len(widths) != 1 or len(units) != 1:
+            raise ValueError(
+                f"revnet_mini has one stage: widths and units are 1-tuples, got widths={widths}, "
+                f"units={units}"
+            )
+        if int(widths[0]) < 2 or int(widths[0]) % 2:
+            raise ValueError(f"widths[0] must be even and >= 2 (two halves), got {widths[0]}")
+        if int(units[0]) < 1:
+            raise ValueError(f"units[0] must be >= 1, got {units[0]}")
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_num_classes(self.num_classes)
         x = jnp.asarray(x, self.dtype)
-        x = Stem(2 * self.channels, dtype=self.dtype)(x, train=train)
+        x = Stem(self.widths[0], dtype=self.dtype)(x, train=train)
         residual = ConvResidual(dtype=self.dtype)
-        x = CouplingStack(F=residual, G=residual, depth=self.depth, backprop=self.backprop)(x)
+        x = CouplingStack(F=residual, G=residual, depth=self.units[0], backprop=self.backprop)(x)
         return ClassifierHead(self.num_classes, dtype=self.dtype)(x, train=train)
-
-
-def _check(channels: int, depth: int) -> None:
-    if int(channels) < 1:
-        raise ValueError(f"channels must be >= 1, got {channels}")
-    if int(depth) < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
 
 
 @register("revnet_mini")
 def revnet_mini(**overrides) -> RevNetMini:
-    """Small reversible classifier (defaults: 2x16 channels, 4 couplings, 10 classes)."""
-    model = RevNetMini(**overrides)
-    _check(model.channels, model.depth)
-    return model
+    """Small reversible classifier (defaults: widths (32,), units (4,), 10 classes)."""
+    return RevNetMini(**overrides)

@@ -50,6 +50,7 @@ __all__ = [
     "BasicResidual",
     "BottleneckResidual",
     "residual_module",
+    "stem_width_of",
     "ResNetUnit",
     "ResNet",
 ]
@@ -137,6 +138,11 @@ class BottleneckResidual(nn.Module):
         return Conv(self.features, 1, 1, self.dtype)(h)
 
 
+def stem_width_of(model: nn.Module) -> int:
+    """Channels out of a ResNet/RevNet stem: `model.stem_width`, or `model.widths[0]` if None."""
+    return model.widths[0] if model.stem_width is None else model.stem_width
+
+
 def residual_module(
     bottleneck: bool, features: int, strides: int = 1, preactivate: bool = True, dtype=jnp.float32
 ) -> nn.Module:
@@ -194,37 +200,44 @@ class _ScannedUnit(nn.Module):
 class ResNet(nn.Module):
     """Pre-activation CIFAR/ImageNet ResNet: Stem -> stages of ResNetUnits -> ClassifierHead.
 
-    Stage s has `units[s]` units at width `stage_widths(filters, bottleneck)[s + 1]`; its first
+    Stage s has `units[s]` units at width `widths[s]` (x4 for bottleneck units); its first
     unit applies `strides[s]` and the width change, the remaining `units[s] − 1` identical
     units run under `nn.scan` (parameters stacked on a leading axis; compile time independent of
     depth).
 
     Attributes:
       units: units per stage.
-      filters: (stem, stage 1, ...) base widths (x4 for bottleneck stages).
+      widths: base width per stage (x4 for bottleneck stages).
+      stem_width: channels out of the stem (None: widths[0]).
       strides: per-stage stride (1 or 2).
       bottleneck: bottleneck (3 convs) or basic (2 convs) units.
       num_classes: logits.
       backprop: "store" (plain autodiff) or "remat" (`jax.checkpoint` per unit); "reversible"
         is an error (a ResNet is not invertible).
-      stem_kernel, stem_strides, stem_max_pool: the stem (CIFAR 3/1/False, ImageNet 7/2/True).
+      stem_kernel, stem_strides, stem_pool: the stem (CIFAR 3/1/False, ImageNet 7/2/True).
       dtype: parameter and compute dtype.
 
     Input (N, H, W, C) -> logits (N, num_classes).
     """
 
     units: Sequence[int] = (5, 5, 5)
-    filters: Sequence[int] = (16, 16, 32, 64)
+    widths: Sequence[int] = (16, 32, 64)
+    stem_width: int | None = None
     strides: Sequence[int] = (1, 2, 2)
     bottleneck: bool = False
     num_classes: int = 10
     backprop: str = "store"
     stem_kernel: int = 3
     stem_strides: int = 1
-    stem_max_pool: bool = False
+    stem_pool: bool = False
     dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing)."""
         if self.backprop == "reversible":
             raise ValueError(
                 "ResNet is not invertible (its units are x + r(x) with unconstrained r), so "
@@ -234,18 +247,18 @@ class ResNet(nn.Module):
         if self.backprop not in ("store", "remat"):
             raise ValueError(f"unknown backprop {self.backprop!r}; use 'store' or 'remat'")
         check_classifier_config(
-            self.units, self.filters, self.strides, self.num_classes, self.bottleneck
-        )
-        super().__post_init__()
+            self.units, self.widths, self.strides, self.num_classes, self.bottleneck,
+            stem_width_of(self),
+        )  # fmt: skip
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_input_shape(x.shape, self.stem_strides, self.stem_max_pool, self.strides)
-        widths = stage_widths(self.filters, self.bottleneck)
+        check_input_shape(x.shape, self.stem_strides, self.stem_pool, self.strides)
+        widths = stage_widths(stem_width_of(self), self.widths, self.bottleneck)
         remat = self.backprop == "remat"
         unit_cls = nn.remat(ResNetUnit) if remat else ResNetUnit
         scanned_cls = nn.remat(_ScannedUnit, prevent_cse=False) if remat else _ScannedUnit
-        h = Stem(widths[0], self.stem_kernel, self.stem_strides, self.stem_max_pool, self.dtype)(
+        h = Stem(widths[0], self.stem_kernel, self.stem_strides, self.stem_pool, self.dtype)(
             x.astype(self.dtype), train
         )
         for s, (n, stride) in enumerate(zip(self.units, self.strides)):

@@ -3,7 +3,8 @@ baselines (Gomez, Ren, Urtasun, Grosse 2017, "The Reversible Residual Network",
 arXiv:1707.04585, Sec. 3 and Table 1). The block equations, transitions and body widths are in
 `revjax.families.revnet`.
 
-Filters list (stem, stage 1, ...) base widths; bottleneck nets multiply the stage widths by 4.
+`widths` are the base widths per stage (the stem outputs `stem_width`, default widths[0]);
+bottleneck nets multiply the stage widths by 4.
 Parameter counts (10 / 1000 classes) equal those of Gomez et al. 2017, Table 1:
 
     resnet32 464,154   revnet38 464,890   resnet110 1,727,962   revnet110 1,729,194
@@ -26,18 +27,32 @@ exactly once per training step, from the forward pass:
   batch statistics (the reconstructed input is the forward input) and discards any update.
 
 In eval mode the running averages are used and the step has no aux.
+
+Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20): the stem's output is
+encoded to int32 fixed-point halves (`revjax.fixed_point`) and the body runs on them. Exact
+(bit-exact reconstruction at any depth): every coupling, y1 = x1 + ⌊F(x2)⌉,
+y2 = x2 + ⌊G(y1)⌉ (`fixed_point.exact_additive_coupling_with_stats`: batch norm inside F and G
+as above, same batch statistics in the reconstruction, running averages updated once), and
+the "reversible" transitions (space-to-depth and zero channel padding, permutations). The
+"stored" transition blocks (the first block of a stage with a strided / widening shortcut)
+run in float on the decoded halves and re-encode their output
+(`fixed_point.exact_stored_transition`): the engine stores their input anyway, so they cost
+nothing in exactness. Stem and head are float (autodiff). Gradients are the straight-through
+ones. A fixed-point overflow makes the logits NaN. Affine coupling has no exact form (a
+multiplicative update is not a bijection of the grid) and is not offered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from revjax import conv as conv_ops
-from revjax import engine
+from revjax import engine, fixed_point
 from revjax.couplings import additive_coupling_with_stats, merge_halves, split_halves
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families.resnet import (
@@ -48,7 +63,7 @@ from revjax.families.resnet import (
 from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
 from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, conv_init
-from revjax.models.resnet import ResNet, residual_module
+from revjax.models.resnet import ResNet, residual_module, stem_width_of
 from revjax.nn import init_stacked, residual_with_stats
 from revjax.transitions import space_to_depth_step, zero_pad_channels_step
 
@@ -63,17 +78,33 @@ def _split_rng(rng):
     return (None, None) if rng is None else tuple(jax.random.split(rng))
 
 
-def bn_coupling(F: nn.Module, G: nn.Module, *, train: bool, name: str = "revnet_block"):
+def bn_coupling(
+    F: nn.Module,
+    G: nn.Module,
+    *,
+    train: bool,
+    name: str = "revnet_block",
+    arithmetic: str = "float",
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
+):
     """RevNet block y1 = x1 + F(x2), y2 = x2 + G(y1) with BN inside F and G.
 
     Params: {"F": {"params", "batch_stats"}, "G": {...}}. State: (x1, x2), each
     (N, H, W, C/2). In train mode the forward returns ((y1, y2), {"F": stats, "G": stats})
     (`has_aux=True`); inverse and fused backward are those of `additive_coupling` on the
     output values only, so reconstruction never updates the statistics.
+
+    `arithmetic="exact"`: the state halves are `fixed_point.Fixed` and the increments are
+    rounded to the 2^−frac_bits grid, y1 = x1 + ⌊F(x2)⌉, y2 = x2 + ⌊G(y1)⌉
+    (`fixed_point.exact_additive_coupling_with_stats`; train-mode aux
+    `fixed_point.ExactAux(overflow, {"F": stats, "G": stats})`).
     """
-    return additive_coupling_with_stats(
-        residual_with_stats(F, train), residual_with_stats(G, train), train=train, name=name
-    )
+    pair = (residual_with_stats(F, train), residual_with_stats(G, train))
+    if fixed_point.check_arithmetic(arithmetic) == "exact":
+        return fixed_point.exact_additive_coupling_with_stats(
+            *pair, train=train, frac_bits=frac_bits, name=name
+        )
+    return additive_coupling_with_stats(*pair, train=train, name=name)
 
 
 def stored_transition_block(
@@ -130,20 +161,25 @@ class RevNet(ReversibleModel, nn.Module):
 
     Attributes:
       units: blocks per stage.
-      filters: (stem, stage 1, ...) base widths (x4 for bottleneck stages); even.
+      widths: base width per stage (x4 for bottleneck stages); even.
+      stem_width: channels out of the stem (None: widths[0]); even.
       strides: per-stage stride (1 or 2).
       bottleneck: bottleneck (3 convs per F/G) or basic (2 convs) residual functions.
       num_classes: logits.
       backprop: "reversible" | "store" | "remat" (engine strategies).
       transition: "stored" | "reversible" (see module docstring).
-      stem_kernel, stem_strides, stem_max_pool: CIFAR 3/1/False, ImageNet 7/2/True.
+      stem_kernel, stem_strides, stem_pool: CIFAR 3/1/False, ImageNet 7/2/True.
+      arithmetic: "float" or "exact" (int32 fixed-point body states, bit-exact
+        reconstruction; see the module docstring).
+      frac_bits: fractional bits of the exact states.
       dtype: parameter, statistics and compute dtype.
 
     Input (N, H, W, C) -> logits (N, num_classes).
     """
 
     units: Sequence[int] = (9, 9, 9)
-    filters: Sequence[int] = (32, 32, 64, 128)
+    widths: Sequence[int] = (32, 64, 128)
+    stem_width: int | None = None
     strides: Sequence[int] = (1, 2, 2)
     bottleneck: bool = False
     num_classes: int = 10
@@ -151,7 +187,9 @@ class RevNet(ReversibleModel, nn.Module):
     transition: str = "stored"
     stem_kernel: int = 3
     stem_strides: int = 1
-    stem_max_pool: bool = False
+    stem_pool: bool = False
+    arithmetic: str = "float"
+    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
@@ -160,18 +198,21 @@ class RevNet(ReversibleModel, nn.Module):
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
-        engine._check_backprop(self.backprop)
+        engine.check_backprop(self.backprop)
+        fixed_point.check_arithmetic(self.arithmetic)
+        fixed_point.check_frac_bits(self.frac_bits)
         if self.transition not in TRANSITIONS:
             raise ValueError(f"unknown transition {self.transition!r}; use one of {TRANSITIONS}")
         check_classifier_config(
-            self.units, self.filters, self.strides, self.num_classes, self.bottleneck
-        )
-        widths = body_widths(self.filters, self.strides, self.bottleneck, self.transition)
+            self.units, self.widths, self.strides, self.num_classes, self.bottleneck,
+            stem_width_of(self),
+        )  # fmt: skip
+        widths = self._body_widths()
         odd = [w for w in widths if w % 2]
         if odd:
             raise ValueError(
                 f"RevNet widths {widths} include odd channel counts {odd}, which cannot be "
-                "split into two equal halves; use even filters"
+                "split into two equal halves; use even widths"
             )
         if self.bottleneck and any(w % 8 for w in widths[1:]):
             raise ValueError(
@@ -185,6 +226,11 @@ class RevNet(ReversibleModel, nn.Module):
                         f"basic RevNet stage {w_in} -> {w_out} channels: the zero-padding "
                         "shortcut needs w_out >= w_in with (w_out - w_in)/2 even per half"
                     )
+
+    def _body_widths(self) -> tuple[int, ...]:
+        return body_widths(
+            stem_width_of(self), self.widths, self.strides, self.bottleneck, self.transition
+        )
 
     def _residual(self, features, strides=1, preactivate=True):
         return residual_module(self.bottleneck, features, strides, preactivate, self.dtype)
@@ -228,8 +274,9 @@ class RevNet(ReversibleModel, nn.Module):
 
     def _body(self, shape, train):
         """(layers, params, stats variables per layer or None) for a stem output `shape`."""
-        widths = body_widths(self.filters, self.strides, self.bottleneck, self.transition)
+        widths = self._body_widths()
         batch, height, width = shape[:3]
+        exact = self.arithmetic == "exact"
         layers, params, stats = [], [], []
 
         def add(layer, p=None, s=None):
@@ -243,7 +290,9 @@ class RevNet(ReversibleModel, nn.Module):
             G = self._residual(c // 2)
             name = f"body_{len(layers)}"
             p, s = self._layer_variables(name, F, G, half, half, depth)
-            step = bn_coupling(F, G, train=train, name=name)
+            step = bn_coupling(
+                F, G, train=train, name=name, arithmetic=self.arithmetic, frac_bits=self.frac_bits
+            )
             add(engine.Scan(step, name=name) if depth else step, p, s)
 
         for i, (n, stride) in enumerate(zip(self.units, self.strides)):
@@ -273,15 +322,22 @@ class RevNet(ReversibleModel, nn.Module):
                     train=train,
                     name=name,
                 )
+                if exact:
+                    block = fixed_point.exact_stored_transition(block, self.frac_bits)
                 add(block, p, s)
                 remaining = n - 1
             else:
                 c = c_in
                 if stride == 2:
-                    add(space_to_depth_step())
+                    add(fixed_point.exact_space_to_depth_step() if exact else space_to_depth_step())
                     height, width, c = height // 2, width // 2, 4 * c
                 if c_out > c:
-                    add(zero_pad_channels_step((c_out - c) // 2))
+                    extra = (c_out - c) // 2
+                    add(
+                        fixed_point.exact_zero_pad_channels_step(extra)
+                        if exact
+                        else zero_pad_channels_step(extra)
+                    )
                 remaining = n
                 if i == 0:
                     add_coupling(c_out, None, preactivate=False)
@@ -292,13 +348,20 @@ class RevNet(ReversibleModel, nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_input_shape(x.shape, self.stem_strides, self.stem_max_pool, self.strides)
+        check_input_shape(x.shape, self.stem_strides, self.stem_pool, self.strides)
         h = Stem(
-            self.filters[0], self.stem_kernel, self.stem_strides, self.stem_max_pool, self.dtype
+            stem_width_of(self), self.stem_kernel, self.stem_strides, self.stem_pool, self.dtype
         )(x.astype(self.dtype), train)
         layers, params, stats = self._body(h.shape, train)
-        y, aux = engine.apply_with_aux(layers, params, split_halves(h), backprop=self.backprop)
-        sow_reconstruction_error(self, layers, params, split_halves(h))
+        y, aux = fixed_point.run_body(
+            layers,
+            params,
+            split_halves(h),
+            arithmetic=self.arithmetic,
+            frac_bits=self.frac_bits,
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
         if train and self.is_mutable_collection("batch_stats"):
             for variable, new in zip(stats, aux):
                 if variable is not None:
@@ -308,7 +371,7 @@ class RevNet(ReversibleModel, nn.Module):
 
 CIFAR = dict(strides=(1, 2, 2), num_classes=10)
 IMAGENET = dict(
-    strides=(1, 2, 2, 2), num_classes=1000, stem_kernel=7, stem_strides=2, stem_max_pool=True
+    strides=(1, 2, 2, 2), num_classes=1000, stem_kernel=7, stem_strides=2, stem_pool=True
 )
 
 
@@ -321,25 +384,25 @@ def _factory(cls, **config):
 
 
 _CONFIGS = {
-    "resnet32": (ResNet, dict(CIFAR, units=(5, 5, 5), filters=(16, 16, 32, 64))),
-    "resnet110": (ResNet, dict(CIFAR, units=(18, 18, 18), filters=(16, 16, 32, 64))),
+    "resnet32": (ResNet, dict(CIFAR, units=(5, 5, 5), widths=(16, 32, 64))),
+    "resnet110": (ResNet, dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64))),
     "resnet164": (
         ResNet,
-        dict(CIFAR, units=(18, 18, 18), filters=(16, 16, 32, 64), bottleneck=True),
+        dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64), bottleneck=True),
     ),
     "resnet101": (
         ResNet,
-        dict(IMAGENET, units=(3, 4, 23, 3), filters=(64, 64, 128, 256, 512), bottleneck=True),
+        dict(IMAGENET, units=(3, 4, 23, 3), widths=(64, 128, 256, 512), bottleneck=True),
     ),
-    "revnet38": (RevNet, dict(CIFAR, units=(3, 3, 3), filters=(32, 32, 64, 112))),
-    "revnet110": (RevNet, dict(CIFAR, units=(9, 9, 9), filters=(32, 32, 64, 128))),
+    "revnet38": (RevNet, dict(CIFAR, units=(3, 3, 3), widths=(32, 64, 112))),
+    "revnet110": (RevNet, dict(CIFAR, units=(9, 9, 9), widths=(32, 64, 128))),
     "revnet164": (
         RevNet,
-        dict(CIFAR, units=(9, 9, 9), filters=(32, 32, 64, 128), bottleneck=True),
+        dict(CIFAR, units=(9, 9, 9), widths=(32, 64, 128), bottleneck=True),
     ),
     "revnet104": (
         RevNet,
-        dict(IMAGENET, units=(2, 2, 11, 2), filters=(128, 128, 256, 512, 832), bottleneck=True),
+        dict(IMAGENET, units=(2, 2, 11, 2), widths=(128, 256, 512, 832), bottleneck=True),
     ),
 }
 

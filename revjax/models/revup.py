@@ -10,11 +10,11 @@ Layout (NHWC)::
 
 - Blocks: `revup.invertible_residual_step` over the Fixup branch (spectrally normalised 3x3
   convs, coefficient c), one `engine.Scan` per stage; gradients by fixed-point reconstruction.
-- `downsample="stored"` (default): the first block of each later stage is the Fixup strided
+- `transition="stored"` (default): the first block of each later stage is the Fixup strided
   block (an `engine.Transition`, input stored, widths exactly `widths`), so the network has
   exactly the parameters of the Fixup ResNet it replaces, as the RevUp abstract states ("no
   extra parameters"): revup20 has 268,393 (FixupResNet-20), revup110 1,720,138.
-  `downsample="reversible"`: i-RevNet space-to-depth ψ between stages (Jacobsen, Smeulders,
+  `transition="reversible"`: i-RevNet space-to-depth ψ between stages (Jacobsen, Smeulders,
   Oyallon (2018), arXiv:1802.07088; fully invertible, nothing stored). It costs parameters: the
   state has 4^s·C_0 channels in stage s and every block's W1: 4^s·C_0 -> widths[s],
   W2: widths[s] -> 4^s·C_0 are wider, so revup20 has 1,012,201 parameters (3.8x FixupResNet-20).
@@ -25,15 +25,16 @@ Layout (NHWC)::
 
 Spectral-norm power-iteration vectors (right v_i and left u_i = K_i v_i/‖K_i v_i‖ per
 convolution per block, one example's shape each) live in the "spectral_stats" collection. They
-advance `n_power_iterations` times per call, one block at a time, only when `train=True` *and*
-the collection is mutable::
+advance `n_power_iterations` times per call, one block at a time, when `train=True`, which
+therefore requires the collection to be mutable (a ValueError otherwise, as Flax's BatchNorm
+raises for an immutable "batch_stats")::
 
     y, updates = model.apply(variables, x, train=True, mutable=["spectral_stats"])
 
-Otherwise they are used as stored. Each block normalises its own raw weights inside the engine
-step with σ̂_i = u_iᵀ K_i v_i (`revup.spectral_fixup_branch`), so the reversible training step
-keeps no per-block activation for the norm estimate and no depth-stacked normalised weights:
-its compiled temp memory does not grow with depth (tested; numbers in README).
+With `train=False` they are used as stored. Each block normalises its own raw weights inside
+the engine step with σ̂_i = u_iᵀ K_i v_i (`revup.spectral_fixup_branch`), so the reversible
+training step keeps no per-block activation for the norm estimate and no depth-stacked
+normalised weights: its compiled temp memory does not grow with depth (tested; numbers in README).
 
 Nothing depends on the mini-batch (no BN): an example's logits are the same alone or in a batch.
 `model.apply(variables, x, method="fixed_point_trace")` returns the `FixedPointInfo` of every
@@ -58,9 +59,9 @@ from revjax.models.heads import check_num_classes, conv_init
 from revjax.spectral_norm import check_coefficient
 from revjax.transitions import check_halvable, space_to_depth_step
 
-__all__ = ["RevUp", "DOWNSAMPLE_MODES", "STEM_MODES"]
+__all__ = ["RevUp", "TRANSITIONS", "STEM_MODES"]
 
-DOWNSAMPLE_MODES = ("reversible", "stored")
+TRANSITIONS = ("reversible", "stored")
 STEM_MODES = ("conv", "pad")
 STATS = "spectral_stats"
 
@@ -75,74 +76,100 @@ def _stem_transition(pool: bool, stride: int) -> engine.Transition:
     return engine.Transition(apply, name="stem")
 
 
+def _check_arithmetic(arithmetic: str) -> None:
+    if arithmetic != "float":
+        raise ValueError(
+            f"RevUp supports arithmetic='float' only, got {arithmetic!r}: its i-ResNet blocks "
+            "are inverted by a fixed-point iteration, not by subtracting a recomputed "
+            "increment, so fixed-point states cannot make them exactly invertible (exact "
+            "arithmetic: revnet*, hamiltonian*, midpoint*, leapfrog*, hyperbolic*, "
+            "lean_hamiltonian*)"
+        )
+
+
 class RevUp(ReversibleModel, nn.Module):
     """RevUp classifier. Input (N, H, W, C_in) -> logits (N, num_classes).
 
     Attributes:
-      stage_sizes: residual blocks per stage (n_s ≥ 1).
+      units: residual blocks per stage (n_s ≥ 1).
       widths: branch widths per stage (CIFAR: 16, 32, 64).
       num_classes: logits.
       c: spectral-norm coefficient in (0, 1); Lip(g) < c.
       max_iter, tol: fixed-point budget of the inverse (tol relative to ‖y‖ per example).
       on_nonconvergence: "error" | "flag" (see revjax.families.revup).
-      downsample: "stored" (default: the Fixup ResNet's parameters) | "reversible" (ψ; more
+      transition: "stored" (default: the Fixup ResNet's parameters) | "reversible" (ψ; more
         parameters, see the module docstring).
-      stem: "conv" | "pad"; stem_kernel, stem_stride, stem_pool configure the conv stem.
+      stem: "conv" | "pad"; stem_kernel, stem_strides, stem_pool configure the conv stem.
       activation: "relu" | "elu".
       n_power_iterations: power-iteration steps per training call (i-ResNet block default 5;
         the CIFAR script uses 1, which lags behind W2 growing from 0 under Adam).
       n_init_power_iterations: warm-up steps at init (so σ̂ is accurate from the start).
       backprop: "reversible" | "store" | "remat".
+      arithmetic: "float" only. The field exists so that `arithmetic="exact"` (the int32
+        fixed-point states of `revjax.fixed_point`, offered by every additive family) is
+        refused with a clear error: an i-ResNet block's inverse is a fixed-point iteration,
+        not the subtraction of a recomputed increment, so rounding cannot make it exact.
       dtype: dtype of parameters, statistics and activations.
     """
 
-    stage_sizes: Sequence[int] = (3, 3, 3)
+    units: Sequence[int] = (3, 3, 3)
     widths: Sequence[int] = (16, 32, 64)
     num_classes: int = 10
     c: float = 0.9
     max_iter: int = 100
     tol: float = 1e-5
     on_nonconvergence: str = "error"
-    downsample: str = "stored"
+    transition: str = "stored"
     stem: str = "conv"
     stem_kernel: int = 3
-    stem_stride: int = 1
+    stem_strides: int = 1
     stem_pool: bool = False
     activation: str = "relu"
     n_power_iterations: int = 5
     n_init_power_iterations: int = 20
     backprop: str = "reversible"
+    arithmetic: str = "float"
     dtype: jnp.dtype = jnp.float32
 
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
+
     def check_config(self) -> None:
-        """Clear ValueErrors for a bad configuration (called before tracing anything)."""
+        """ValueError for a configuration that cannot be built (before any tracing)."""
+        _check_arithmetic(self.arithmetic)
         check_coefficient(self.c)
         revup.check_fixed_point_config(self.max_iter, self.tol, self.on_nonconvergence)
         check_num_classes(self.num_classes)
-        engine._check_backprop(self.backprop)
-        if self.downsample not in DOWNSAMPLE_MODES:
-            raise ValueError(
-                f"downsample must be one of {DOWNSAMPLE_MODES}, got {self.downsample!r}"
-            )
+        engine.check_backprop(self.backprop)
+        if self.transition not in TRANSITIONS:
+            raise ValueError(f"transition must be one of {TRANSITIONS}, got {self.transition!r}")
         if self.stem not in STEM_MODES:
             raise ValueError(f"stem must be one of {STEM_MODES}, got {self.stem!r}")
         if self.activation not in revup.ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(revup.ACTIVATIONS)}")
-        if len(self.stage_sizes) != len(self.widths) or not self.stage_sizes:
-            raise ValueError("stage_sizes and widths must be non-empty and of equal length")
-        if any(int(n) < 1 for n in self.stage_sizes) or any(int(w) < 1 for w in self.widths):
-            raise ValueError(
-                f"stage sizes and widths must be >= 1: {self.stage_sizes}, {self.widths}"
-            )
+        if len(self.units) != len(self.widths) or not self.units:
+            raise ValueError("units and widths must be non-empty and of equal length")
+        if any(int(n) < 1 for n in self.units) or any(int(w) < 1 for w in self.widths):
+            raise ValueError(f"units and widths must be >= 1: {self.units}, {self.widths}")
         if self.n_power_iterations < 0 or self.n_init_power_iterations < 0:
             raise ValueError("power-iteration counts must be >= 0")
 
     def _body(self, x: jax.Array, train: bool):
         """(layers, params, residual_fns) of the engine body, and the stats updates applied."""
-        self.check_config()
         dtype = self.dtype
-        num_branches = sum(self.stage_sizes)
-        update = train and self.is_mutable_collection(STATS) and not self.is_initializing()
+        num_branches = sum(self.units)
+        update = train and not self.is_initializing() and self.n_power_iterations > 0
+        if update and not self.is_mutable_collection(STATS):
+            raise ValueError(
+                "RevUp(train=True) advances the spectral-norm power iteration, whose state is "
+                f"the {STATS!r} collection, but that collection is not mutable here, so the "
+                "update would be silently dropped and the Lipschitz bound would rest on a stale "
+                "norm estimate. Pass it as mutable and keep the returned state:\n"
+                f"    logits, updates = model.apply(variables, x, train=True, mutable=[{STATS!r}])"
+                "\nor mutable=[k for k in variables if k != 'params'] (as revjax.train does); "
+                "use train=False to apply the model with the stored state."
+            )
         layers, params, fns = [], [], []
         n, h, w, ch = x.shape
 
@@ -152,9 +179,9 @@ class RevUp(ReversibleModel, nn.Module):
                 "w": self.param("stem_w", conv_init(k, width), (k, k, ch, width), dtype),
                 "b": self.param("stem_b", nn.initializers.zeros, (), dtype),
             }
-            layers.append(_stem_transition(self.stem_pool, self.stem_stride))
+            layers.append(_stem_transition(self.stem_pool, self.stem_strides))
             params.append(stem)
-            h, w = -(-h // self.stem_stride), -(-w // self.stem_stride)
+            h, w = -(-h // self.stem_strides), -(-w // self.stem_strides)
             if self.stem_pool:
                 h, w = -(-h // 2), -(-w // 2)
         else:
@@ -165,10 +192,10 @@ class RevUp(ReversibleModel, nn.Module):
         fns.append(None)
         ch = self.widths[0]
 
-        for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+        for s, (blocks, width) in enumerate(zip(self.units, self.widths)):
             if s > 0:
                 check_halvable((n, h, w, ch), f"stage {s} downsampling")
-                if self.downsample == "reversible":
+                if self.transition == "reversible":
                     layers.append(space_to_depth_step())
                     params.append(None)
                     ch = 4 * ch
@@ -214,7 +241,7 @@ class RevUp(ReversibleModel, nn.Module):
                     jax.random.split(self.make_rng("params"), d), r
                 ),
             )
-            if update and self.n_power_iterations > 0:
+            if update:
                 # One block at a time (lax.map, not vmap): the iteration's working set is one
                 # block's, not a depth-stacked copy.
                 stats.value = jax.lax.map(
@@ -277,7 +304,7 @@ class RevUp(ReversibleModel, nn.Module):
 
 
 def _cifar(n: int, **overrides) -> RevUp:
-    config = dict(stage_sizes=(n, n, n), widths=(16, 32, 64))
+    config = dict(units=(n, n, n), widths=(16, 32, 64))
     config.update(overrides)
     return RevUp(**config)
 
@@ -304,17 +331,17 @@ def revup110(**overrides) -> RevUp:
 def revup_imagenet(**overrides) -> RevUp:
     """ImageNet-shaped RevUp: 7x7/2 conv stem + max-pool, [2,2,2,2] blocks, widths 64..512.
 
-    Defaults to stored strided transitions (ResNet-18 layout); `downsample="reversible"` makes
+    Defaults to stored strided transitions (ResNet-18 layout); `transition="reversible"` makes
     the state 64·4^s channels wide (large).
     """
     config = dict(
-        stage_sizes=(2, 2, 2, 2),
+        units=(2, 2, 2, 2),
         widths=(64, 128, 256, 512),
         num_classes=1000,
         stem_kernel=7,
-        stem_stride=2,
+        stem_strides=2,
         stem_pool=True,
-        downsample="stored",
+        transition="stored",
     )
     config.update(overrides)
     return RevUp(**config)

@@ -7,8 +7,10 @@ shrunken run; ``--print_only`` prints the resolved config and exits. All logic i
 ``revjax.train.trainer.train_and_evaluate``.
 
 Exit statuses: 0 done; 1 error (bad config or input, dataset not prepared, non-finite loss,
-checkpoint of another config); 3 reconstruction drift above ``drift_rtol``; 75 stopped by
-SIGTERM after saving a checkpoint (requeue); 130 stopped by SIGINT (Ctrl-C) after saving.
+checkpoint of another config, processes of a multi-process job started with different
+configs); 3 reconstruction drift above ``drift_rtol``; 75 stopped by SIGTERM after saving a
+checkpoint (requeue); 76 another process of a multi-process job died (rerun the whole job: it
+resumes from the last complete checkpoint); 130 stopped by SIGINT (Ctrl-C) after saving.
 """
 
 from __future__ import annotations
@@ -97,8 +99,10 @@ def main(argv: list[str]) -> None:
     name = config.get("name", "") or Path(FLAGS["config"].config_filename).stem
     workdir = FLAGS.workdir or str(Path("workdir") / name)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    hint = f"Rerun the same command on every process to resume from {workdir}/checkpoints."
     try:
-        summary = trainer.train_and_evaluate(config, workdir)
+        with sharding.exit_on_peer_failure(hint):
+            summary = trainer.train_and_evaluate(config, workdir)
     except trainer.ReconstructionDriftError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(trainer.EXIT_RECONSTRUCTION_DRIFT)
@@ -109,7 +113,12 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(trainer.EXIT_ERROR)
-    except (ValueError, PermissionError, FloatingPointError) as error:
+    except (
+        ValueError,
+        PermissionError,
+        FloatingPointError,
+        sharding.ProcessesNotReadyError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(trainer.EXIT_ERROR)
     if summary.get("stopped_by"):

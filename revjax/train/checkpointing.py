@@ -32,6 +32,7 @@ __all__ = [
     "RUN_INDEPENDENT_FIELDS",
     "IncompatibleCheckpointError",
     "NoReadableCheckpointError",
+    "flat_config",
     "run_defining_view",
     "config_differences",
     "Checkpointer",
@@ -105,12 +106,17 @@ def _independent(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in RUN_INDEPENDENT_FIELDS)
 
 
-def run_defining_view(config: dict[str, Any]) -> dict[str, Any]:
-    """Flat {dotted field: value} of every run-defining field of a config dict."""
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat {dotted field: value} of a (nested) config dict; tuples become lists."""
     flat: dict[str, Any] = {}
     for key in sorted(config):
         flat.update(_flatten(key, config[key]))
-    return {k: v for k, v in flat.items() if not _independent(k)}
+    return flat
+
+
+def run_defining_view(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat {dotted field: value} of every run-defining field of a config dict."""
+    return {k: v for k, v in flat_config(config).items() if not _independent(k)}
 
 
 def config_differences(

@@ -20,7 +20,7 @@ __all__ = ["load", "config_from_json"]
 
 
 def _tuples(value: Any) -> Any:
-    """JSON lists back to tuples (configs write tuples, e.g. ``filters``, as lists)."""
+    """JSON lists back to tuples (configs write tuples, e.g. ``widths``, as lists)."""
     if isinstance(value, dict):
         return {k: _tuples(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -65,9 +65,7 @@ def load(
             raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; have {steps}")
         saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         config = config_from_json(dict(saved["config"]))
-        options = dict(config.get("dataset_options", {}) or {})
-        fake = int(config.get("fake_examples", 0) or 0)
-        info = data_lib.dataset_info(config.dataset, fake_examples=fake, **options)
+        info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
         model = trainer.build_model(config, info)
         steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
         tx, _ = optim.make_optimizer(config, steps_per_epoch, max(int(config.num_steps), 1))

@@ -8,9 +8,11 @@ Each process gets ``JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT``, ``JAX_NUM_PROCESSE
     python -m revjax.train.launch --num-processes 2 --cpu-devices 2 -- \\
         python -m revjax.train --config=default:smoke --workdir=/tmp/mp
 
-If any process exits with a non-zero status (or is killed), the others are terminated
-(SIGTERM, then SIGKILL after ``--grace`` seconds) and the launcher exits with that status;
-``--timeout`` bounds the whole job. A process's output lines are prefixed with ``[i]``.
+If any process exits with a non-zero status (or is killed), the launcher says which process
+and how, terminates the others (SIGTERM, then SIGKILL after ``--grace`` seconds) and exits with
+that status (a signal: 128 + its number, as a shell reports it); ``--timeout`` bounds the whole
+job. A process's output lines are prefixed with ``[i]``. Rerunning the same command after such
+a failure resumes the training run from its last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
-__all__ = ["free_port", "process_env", "launch", "main"]
+__all__ = ["free_port", "process_env", "describe_status", "launch", "main"]
 
 
 def free_port() -> int:
@@ -51,23 +54,37 @@ def process_env(
     return env
 
 
+def describe_status(status: int) -> str:
+    """Says "exited with status 3" or "was killed by SIGKILL" (negative: a Popen signal)."""
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
 def _relay(stream, prefix: str, out) -> None:
     for line in iter(stream.readline, ""):
         out.write(f"{prefix}{line}")
         out.flush()
 
 
-def _stop(procs, grace: float) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+def _stop(procs, grace: float, out) -> None:
+    """SIGTERM to every running process, SIGKILL to those still running `grace` s later; says
+    how each of them ended."""
+    running = [i for i, p in enumerate(procs) if p.poll() is None]
+    for i in running:
+        procs[i].send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
-    for p in procs:
+    for i in running:
         try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            procs[i].wait(timeout=max(0.0, deadline - time.monotonic()))
+            out.write(f"launch: process {i} {describe_status(procs[i].returncode)}\n")
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            procs[i].kill()
+            procs[i].wait()
+            out.write(f"launch: process {i} still running {grace} s after SIGTERM; killed\n")
 
 
 def launch(
@@ -80,9 +97,13 @@ def launch(
     grace: float = 10.0,
     env: dict[str, str] | None = None,
     out=None,
+    on_start: Callable[[list[subprocess.Popen]], None] | None = None,
 ) -> int:
     """Run `command` as processes 0..N-1; returns 0 when all succeed, else the first failure's
-    exit status (negative: killed by that signal; 124: the job exceeded `timeout`)."""
+    exit status (negative: killed by that signal; 124: the job exceeded `timeout`).
+
+    `on_start(processes)`, if given, is called once all N processes have started (e.g. to
+    watch or signal one of them)."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if not command:
@@ -103,13 +124,19 @@ def launch(
         t = threading.Thread(target=_relay, args=(p.stdout, f"[{i}] ", out), daemon=True)
         t.start()
         relays.append(t)
+    if on_start is not None:
+        on_start(procs)
     start, status = time.monotonic(), 0
     try:
         while True:
             codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
-                status = failed[0]
+                index, status = failed[0]
+                out.write(
+                    f"launch: process {index} {describe_status(status)}; stopping the "
+                    "other processes\n"
+                )
                 break
             if all(c == 0 for c in codes):
                 break
@@ -119,12 +146,15 @@ def launch(
                 break
             time.sleep(0.1)
     finally:
-        _stop(procs, grace)
+        _stop(procs, grace, out)
         for p, t in zip(procs, relays):
             t.join(timeout=5)
             p.stdout.close()
     if status:
-        out.write(f"launch: a process failed with status {status}; all processes stopped\n")
+        out.write(
+            f"launch: all processes stopped (status {status}); rerun the same command to resume "
+            "from the last complete checkpoint\n"
+        )
     return status
 
 
@@ -138,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command ...")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    return launch(
+    status = launch(
         command,
         args.num_processes,
         cpu_devices=args.cpu_devices,
@@ -146,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         grace=args.grace,
     )
+    return 128 - status if status < 0 else status  # killed by signal s: 128 + s, as a shell
 
 
 if __name__ == "__main__":

@@ -29,14 +29,32 @@ single process reads; `check_process_rows` checks the mesh puts them on p's devi
 `shard_batch` assembles the global array. `python -m revjax.train.launch` starts N such
 processes on one machine (CPU devices, gloo collectives) for testing what a multi-host job
 does.
+
+Failure modes of a multi-process job, each a clear error in bounded time:
+
+* coordinator unreachable: `wait_for_coordinator` / `maybe_initialize_distributed` raise
+  within ``REVJAX_DISTRIBUTED_TIMEOUT`` seconds;
+* processes launched with different configs: `check_same_across_processes` (called by the
+  trainer before anything is compiled) raises naming each differing field and its values;
+* a process dies (SIGKILL, OOM, node failure): a survivor blocked in a collective gets a
+  connection error (`is_peer_failure`) and `exit_on_peer_failure` ends it with
+  ``EXIT_PEER_LOST`` and a one-line message, skipping the distributed shutdown barrier that
+  would wait for the dead process; a survivor not in a collective is terminated by JAX's
+  coordination service once the dead process has missed heartbeats for
+  ``REVJAX_HEARTBEAT_TIMEOUT`` seconds. Rerunning the same launch resumes every process from
+  the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import socket
+import sys
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -49,6 +67,12 @@ __all__ = [
     "maybe_initialize_distributed",
     "distributed_settings",
     "wait_for_coordinator",
+    "check_same_across_processes",
+    "wait_for_all_processes",
+    "ProcessesNotReadyError",
+    "is_peer_failure",
+    "exit_on_peer_failure",
+    "EXIT_PEER_LOST",
     "is_multiprocess_env",
     "make_mesh",
     "check_batch_divisible",
@@ -87,6 +111,11 @@ def is_multiprocess_env(environ: dict[str, str] | None = None) -> bool:
 EXPLICIT_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 TIMEOUT_ENV = "REVJAX_DISTRIBUTED_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300
+HEARTBEAT_ENV = "REVJAX_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_S = 60
+SHUTDOWN_ENV = "REVJAX_SHUTDOWN_TIMEOUT"
+DEFAULT_SHUTDOWN_S = 120
+EXIT_PEER_LOST = 76  # another process of the job died; rerun the whole job to resume
 
 
 def _int_env(env, key: str) -> int:
@@ -96,24 +125,42 @@ def _int_env(env, key: str) -> int:
         raise ValueError(f"{key}={env[key]!r} is not an integer") from None
 
 
+def _seconds_env(env, key: str, default: int) -> int:
+    value = _int_env(env, key) if env.get(key) else default
+    if value < 1:
+        raise ValueError(f"{key} must be >= 1 second, got {value}")
+    return value
+
+
 def distributed_settings(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Keyword arguments for `jax.distributed.initialize`, or None for a single process.
 
     Explicit launch (all three of ``JAX_COORDINATOR_ADDRESS=host:port``,
     ``JAX_NUM_PROCESSES=N``, ``JAX_PROCESS_ID=i``, as `revjax.train.launch` sets them): they are
     passed to `initialize` (JAX itself reads only the address from the environment). SLURM
-    with several tasks or a multi-host TPU slice: {} plus the timeout, JAX detects the rest.
-    ``REVJAX_DISTRIBUTED_TIMEOUT`` (seconds, default 300) bounds the wait for the coordinator
-    and for all processes to join.
+    with several tasks or a multi-host TPU slice: only the timeouts, JAX detects the rest.
+    Timeouts (seconds, from the environment):
+
+    * ``REVJAX_DISTRIBUTED_TIMEOUT`` (default 300): the wait for the coordinator and for all
+      processes to join (``initialization_timeout``);
+    * ``REVJAX_HEARTBEAT_TIMEOUT`` (default 60; JAX's own is 100): a process silent that long
+      is declared dead and the coordination service terminates the others
+      (``heartbeat_timeout_seconds``);
+    * ``REVJAX_SHUTDOWN_TIMEOUT`` (default 120; JAX's 300): the exit barrier's wait for the
+      other processes (``shutdown_timeout_seconds``).
 
     Raises:
       ValueError: explicit variables incomplete (names the missing ones) or inconsistent
-        (non-integers, N < 1, i outside [0, N), an address without a port).
+        (non-integers, N < 1, i outside [0, N), an address without a port), or a timeout
+        that is not a positive integer.
     """
     env = os.environ if environ is None else environ
-    timeout = _int_env(env, TIMEOUT_ENV) if env.get(TIMEOUT_ENV) else DEFAULT_TIMEOUT_S
-    if timeout < 1:
-        raise ValueError(f"{TIMEOUT_ENV} must be >= 1 second, got {timeout}")
+    timeout = _seconds_env(env, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    timeouts = dict(
+        initialization_timeout=timeout,
+        heartbeat_timeout_seconds=_seconds_env(env, HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S),
+        shutdown_timeout_seconds=_seconds_env(env, SHUTDOWN_ENV, DEFAULT_SHUTDOWN_S),
+    )
     given = [k for k in EXPLICIT_ENV if env.get(k)]
     if given:
         missing = [k for k in EXPLICIT_ENV if not env.get(k)]
@@ -136,10 +183,10 @@ def distributed_settings(environ: dict[str, str] | None = None) -> dict[str, Any
             coordinator_address=address,
             num_processes=num,
             process_id=pid,
-            initialization_timeout=timeout,
+            **timeouts,
         )
     if is_multiprocess_env(env):
-        return dict(initialization_timeout=timeout)
+        return timeouts
     return None
 
 
@@ -198,6 +245,150 @@ def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
             f"running and reachable, and did all processes start? ({error})"
         ) from error
     return True
+
+
+class ProcessesNotReadyError(RuntimeError):
+    """Another process of the job did not reach a rendezvous within the timeout."""
+
+
+def _distributed_client():
+    """JAX's distributed-runtime client (its key-value store); the one orbax also uses."""
+    from jax._src import distributed  # no public accessor in jax 0.10
+
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("jax.distributed is not initialized in this multi-process job")
+    return client
+
+
+def _differences(fields: Mapping[str, Any], others: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    """Lines "field: process 0 X, process 1 Y" for each field that is not equal everywhere."""
+    everyone = {jax.process_index(): dict(fields), **{p: dict(f) for p, f in others.items()}}
+    keys = sorted(set().union(*everyone.values()))
+    lines = []
+    for key in keys:
+        values = {p: everyone[p].get(key, "<unset>") for p in sorted(everyone)}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            lines.append(f"{key}: " + ", ".join(f"process {p} {v!r}" for p, v in values.items()))
+    return lines
+
+
+def check_same_across_processes(
+    fields: Mapping[str, Any], what: str = "run config", timeout_s: float | None = None
+) -> None:
+    """Every process of the job must hold equal ``fields`` (a flat {name: JSON value} dict).
+
+    Each process publishes its fields (JSON) in the distributed runtime's key-value store under
+    ``revjax/<what>/<process index>`` and reads every other process's (no compiled collective:
+    it runs before anything is traced). A no-op in a single-process run.
+
+    Args:
+      fields: e.g. the flattened config and the workdir.
+      what: names the key and the error.
+      timeout_s: the wait for the other processes' values (default
+        ``REVJAX_DISTRIBUTED_TIMEOUT``).
+
+    Raises:
+      ValueError: some field differs; the message names each such field with every
+        process's value (the same message on every process).
+      ProcessesNotReadyError: a process did not publish its values within ``timeout_s``.
+    """
+    if jax.process_count() == 1:
+        return
+    if timeout_s is None:
+        timeout_s = _seconds_env(os.environ, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    client = _distributed_client()
+    key = "revjax/" + what.replace(" ", "_") + "/{}"
+    me = jax.process_index()
+    client.key_value_set(key.format(me), json.dumps(dict(fields), sort_keys=True, default=str))
+    others = {}
+    for p in range(jax.process_count()):
+        if p == me:
+            continue
+        try:
+            text = client.blocking_key_value_get(key.format(p), int(timeout_s * 1000))
+        except Exception as error:  # XlaRuntimeError DEADLINE_EXCEEDED
+            raise ProcessesNotReadyError(
+                f"process {p} did not publish its {what} within {timeout_s} s (did it start, "
+                f"or did it fail before?): {str(error).splitlines()[0]}"
+            ) from None
+        others[p] = json.loads(text)
+    lines = _differences(json.loads(json.dumps(dict(fields), default=str)), others)
+    if lines:
+        raise ValueError(
+            f"the processes of this job were started with different {what}s; every process "
+            "must run the same command:\n  " + "\n  ".join(lines)
+        )
+
+
+def wait_for_all_processes(name: str, timeout_s: float | None = None) -> None:
+    """Blocks until every process of the job has called this with the same ``name`` (a
+    coordination-service barrier; a no-op for one process).
+
+    JAX's CPU (gloo) collectives give a process only 30 s to meet the others at a collective;
+    processes that compile at different speeds meet here first, under ``timeout_s`` (default
+    ``REVJAX_DISTRIBUTED_TIMEOUT``).
+
+    Raises:
+      ProcessesNotReadyError: not every process arrived within ``timeout_s``.
+    """
+    if jax.process_count() == 1:
+        return
+    if timeout_s is None:
+        timeout_s = _seconds_env(os.environ, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    try:
+        _distributed_client().wait_at_barrier(f"revjax/{name}", int(timeout_s * 1000))
+    except Exception as error:  # XlaRuntimeError DEADLINE_EXCEEDED / barrier failed
+        raise ProcessesNotReadyError(
+            f"not every process reached {name!r} within {timeout_s} s (one stopped, or is far "
+            f"behind; raise {TIMEOUT_ENV}): {str(error).splitlines()[0]}"
+        ) from None
+
+
+# Substrings of the errors a process gets when another process of the job has died: gloo's
+# broken connection inside a collective (CPU), NCCL's, and the coordination service's.
+PEER_FAILURE_MARKERS = (
+    "Gloo",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "NCCL",
+    "heartbeat",
+    "CoordinationService",
+    "coordination service",
+    "Barrier failed",
+)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` says another process of a multi-process job is gone."""
+    text = f"{type(error).__name__}: {error}"
+    return jax.process_count() > 1 and any(m in text for m in PEER_FAILURE_MARKERS)
+
+
+@contextlib.contextmanager
+def exit_on_peer_failure(resume_hint: str = "") -> Iterator[None]:
+    """Ends this process with ``EXIT_PEER_LOST`` and one line on stderr when the body fails
+    because another process died (`is_peer_failure`); other errors propagate unchanged.
+
+    The exit skips Python's atexit handlers: JAX's distributed shutdown barrier would otherwise
+    wait for the dead process until the heartbeat timeout and then abort with a C++ trace.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not is_peer_failure(error):
+            raise
+        first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()}: another process "
+            f"of this job stopped or fell behind ({type(error).__name__}: {first[:300]}); "
+            "stopping too. "
+            f"{resume_hint}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(EXIT_PEER_LOST)
 
 
 def make_mesh(data: int = -1, space: int = 1, devices: list | None = None) -> Mesh:

@@ -571,9 +571,7 @@ def evaluate(eval_fn, state, config, mesh, spatial_axis=None) -> dict[str, float
         seed=config.seed,
         train=False,
         drop_remainder=False,
-        data_dir=config.get("data_dir"),
-        fake_examples=int(config.get("fake_examples", 0) or 0),
-        **dict(config.get("dataset_options", {}) or {}),
+        **data_lib.dataset_kwargs(config),
     )
     local = batch_size // jax.process_count()
     totals = np.zeros(3)
@@ -628,6 +626,30 @@ def drift_message(step: int, error: float, rtol: float, where: str) -> str:
     )
 
 
+# Config fields that may differ between the processes of one job (each host's own data copy,
+# its terminal); every other field, and the workdir, must be equal on all processes.
+PROCESS_LOCAL_FIELDS = ("data_dir", "progress_bar")
+
+
+def check_processes_agree(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """Stops a multi-process job whose processes were started with different configs.
+
+    Compares the flattened config (all fields but ``PROCESS_LOCAL_FIELDS``) and the absolute
+    workdir across processes through the distributed key-value store, before anything is
+    compiled (`sharding.check_same_across_processes`); a no-op for one process.
+
+    Raises:
+      ValueError: naming each differing field and every process's value.
+    """
+    fields = {
+        k: v
+        for k, v in checkpointing.flat_config(json.loads(config.to_json())).items()
+        if k.split(".")[0] not in PROCESS_LOCAL_FIELDS
+    }
+    fields["workdir"] = str(Path(workdir).absolute())
+    sharding.check_same_across_processes(fields, "run config")
+
+
 def _allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """Fields a resumed run may change: the run length, unless the schedule depends on it."""
     if config.optimizer.get("schedule", "constant") == "cosine":
@@ -649,7 +671,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       stopped the run after saving a checkpoint.
 
     Raises:
-      ValueError: unknown dataset/model, batch not divisible by devices, bad config.
+      ValueError: unknown dataset/model, batch not divisible by devices, bad config, or (in
+        a multi-process job) processes started with different configs or workdirs.
       PermissionError: unwritable workdir.
       revjax.data.DatasetNotPreparedError: a TFDS dataset is missing (checked before the
         workdir is created).
@@ -660,10 +683,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         different run-defining config (and ``config.force_resume`` is not set).
     """
     start_time = time.time()
+    check_processes_agree(config, workdir)
     _validate(config)
-    dataset_options = dict(config.get("dataset_options", {}) or {})
-    fake = int(config.get("fake_examples", 0) or 0)
-    info = data_lib.dataset_info(config.dataset, fake_examples=fake, **dataset_options)
+    info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
     mesh_config = dict(config.get("mesh", {}) or {})
     mesh = sharding.make_mesh(mesh_config.get("data", -1), mesh_config.get("space", 1))
     data_devices = mesh.shape[sharding.DATA_AXIS]
@@ -686,9 +708,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         global_batch_size=config.global_batch_size,
         seed=config.seed,
         train=True,
-        data_dir=config.get("data_dir"),
-        fake_examples=fake,
-        **dataset_options,
+        **data_lib.dataset_kwargs(config),
     )
     model = build_model(config, info)
     workdir = prepare_workdir(workdir)
@@ -845,6 +865,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         progress.update(at_step, values)
 
     stopped_by = None
+    sharding.wait_for_all_processes("train_loop")  # every process compiled: meet first here
     try:
         with _StopSignals() as stop:
             loop_start = time.time()
@@ -940,7 +961,7 @@ def train_step_memory(
     The step is ``make_train_step`` (optimizer update, state donated) built with
     ``backprop=mode``; nothing is trained and no data is read (``revjax.memory``).
     """
-    info = data_lib.dataset_info(config.dataset, **dict(config.get("dataset_options", {}) or {}))
+    info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
     steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
     batch = abstract_batch(config.global_batch_size, info.image_shape, _label_shape(info))
