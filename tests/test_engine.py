@@ -128,9 +128,10 @@ def test_reversible_gradients_equal_store_float64(step, form, dropout):
             (jax.random.split(k[0], 3), k[1], None, jax.random.split(k[3], 3)) if dropout else None
         )
     x = make_state(jax.random.key(4))
-    g_rev = jax.grad(loss_fn(layers, "reversible", rngs), argnums=(0, 1))(params, x)
-    g_store = jax.grad(loss_fn(layers, "store", rngs), argnums=(0, 1))(params, x)
-    g_remat = jax.grad(loss_fn(layers, "remat", rngs), argnums=(0, 1))(params, x)
+    # jitted: eager op-by-op execution of the dropout chains took 20-45 s per case
+    g_rev = jax.jit(jax.grad(loss_fn(layers, "reversible", rngs), argnums=(0, 1)))(params, x)
+    g_store = jax.jit(jax.grad(loss_fn(layers, "store", rngs), argnums=(0, 1)))(params, x)
+    g_remat = jax.jit(jax.grad(loss_fn(layers, "remat", rngs), argnums=(0, 1)))(params, x)
     assert_trees_close(g_rev, g_store, 1e-9)
     assert_trees_close(g_remat, g_store, 1e-12)
 

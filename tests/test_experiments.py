@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_memory_vs_depth_quick(tmp_path):
     """--quick writes one record per (depth, mode); reversible temp bytes grow with depth only by
     the gradient buffer (one parameter-sized array: half the growth of the arguments, which are

@@ -161,7 +161,9 @@ def test_branch_is_a_contraction_and_fixed_point_converges_at_the_predicted_rate
 
 
 @pytest.mark.parametrize(
-    "transition, stem", [("reversible", "pad"), ("stored", "conv")], ids=["psi", "stored"]
+    "transition, stem",
+    [pytest.param("reversible", "pad", marks=pytest.mark.slow), ("stored", "conv")],
+    ids=["psi", "stored"],
 )
 def test_reversible_gradients_equal_stored_gradients(transition, stem):
     """grad(reversible) = grad(store) to 1e-9 (tol 1e-13), to ~tol at the default tol 1e-5."""

@@ -17,13 +17,29 @@ from revjax.train import sharding
 CHECK_SCRIPT = Path(__file__).with_name("sharded_training_check.py")
 
 
-@pytest.fixture(scope="module")
-def sharded_results():
-    """Run every (model, mode) case once on 8 fake CPU devices in a subprocess."""
+# One case per model and per mesh kind in the default suite; the other pairs are `slow`.
+FAST_CASES = [
+    ("revnet", "data"),
+    ("hamiltonian", "fsdp"),
+    ("revup", "data"),
+    ("hyperbolic3d", "spatial"),
+]
+SLOW_CASES = [
+    ("revnet", "fsdp"),
+    ("hamiltonian", "data"),
+    ("revup", "fsdp"),
+    ("hyperbolic3d", "data"),
+    ("hyperbolic3d", "fsdp"),
+]
+
+
+def _run_sharded_cases(cases) -> dict:
+    """Run the (model, mode) cases (and the FFT case) once on 8 fake CPU devices in a
+    subprocess."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     env.pop("JAX_ENABLE_X64", None)
     out = subprocess.run(
-        [sys.executable, str(CHECK_SCRIPT)],
+        [sys.executable, str(CHECK_SCRIPT), *(f"{m}:{mode}" for m, mode in cases)],
         env=env,
         capture_output=True,
         text=True,
@@ -35,22 +51,34 @@ def sharded_results():
     return {(r["model"], r["mode"]): r for r in results}
 
 
-@pytest.mark.parametrize(
-    "model,mode",
-    [
-        (m, mode)
-        for m in ("revnet", "hamiltonian", "revup", "hyperbolic3d")
-        for mode in ("data", "fsdp")
-    ]
-    + [("hyperbolic3d", "spatial")],
-)
-def test_sharded_training_equals_single_device(sharded_results, model, mode):
-    """Parameters after 3 sharded SGD steps equal the single-device ones (float32 tolerance);
-    FSDP really shards parameters; spatial mode splits H of each clip over 4 devices."""
-    result = sharded_results[(model, mode)]
+@pytest.fixture(scope="module")
+def sharded_results():
+    return _run_sharded_cases(FAST_CASES)
+
+
+@pytest.fixture(scope="module")
+def slow_sharded_results():
+    return _run_sharded_cases(SLOW_CASES)
+
+
+def _check_sharded_result(result: dict, mode: str) -> None:
     assert result["max_rel_diff"] < 1e-4, result
     if mode == "fsdp":
         assert result["sharded_leaves"] > 0, result
+
+
+@pytest.mark.parametrize("model,mode", FAST_CASES)
+def test_sharded_training_equals_single_device(sharded_results, model, mode):
+    """Parameters after 3 sharded SGD steps equal the single-device ones (float32 tolerance);
+    FSDP really shards parameters; spatial mode splits H of each clip over 4 devices."""
+    _check_sharded_result(sharded_results[(model, mode)], mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,mode", SLOW_CASES)
+def test_sharded_training_equals_single_device_other_meshes(slow_sharded_results, model, mode):
+    """The remaining (model, mesh) pairs of the test above."""
+    _check_sharded_result(slow_sharded_results[(model, mode)], mode)
 
 
 def test_fft_axis_sharded_is_gathered_and_exact(sharded_results):

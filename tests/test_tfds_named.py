@@ -115,7 +115,7 @@ def test_trainer_runs_two_steps_with_the_users_preprocessing(data_dir, tmp_path)
     records (with an rng) and every validation record (without)."""
     tfds_named.register_preprocess("revjax_test_crop", crop_and_scale)
     config = configs.load_config("default")
-    config.model_kwargs.channels, config.model_kwargs.depth = 4, 1
+    config.model_kwargs.widths, config.model_kwargs.units = (8,), (1,)
     config.dataset, config.data_dir = "tfds:revjax_tiny_shapes", data_dir
     config.dataset_options = {"preprocess": "revjax_test_crop"}
     config.global_batch_size, config.eval_batch_size, config.num_steps = 8, 5, 2
