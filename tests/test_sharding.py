@@ -252,24 +252,18 @@ def test_launcher_stops_every_process_when_one_dies():
     assert time.monotonic() - start < 60
 
 
-def test_survivor_of_a_killed_process_exits_in_bounded_time():
-    """Process 1 of 2 is SIGKILLed between all-reduces. Process 0 (started without the
-    launcher, which would stop it anyway) leaves by itself within seconds with EXIT_PEER_LOST
-    and one line saying another process stopped, instead of waiting in JAX's shutdown barrier
-    until the heartbeat timeout and aborting with a C++ trace (about 110 s measured before)."""
-    import time
-
+def _start_peer_death_pair(**env_extra) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of a 2-process job running PEER_DEATH_SCRIPT (which SIGKILLs 1)."""
     from revjax.train.launch import free_port
 
     port = free_port()
     procs = []
-    start = time.monotonic()
     for pid in (0, 1):
         env = _subprocess_env(
             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
             JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(pid),
-            REVJAX_HEARTBEAT_TIMEOUT="100",  # JAX's default: not what ends the survivor
+            **env_extra,
         )
         procs.append(
             subprocess.Popen(
@@ -280,6 +274,19 @@ def test_survivor_of_a_killed_process_exits_in_bounded_time():
                 text=True,
             )
         )
+    return procs
+
+
+def test_survivor_of_a_killed_process_exits_in_bounded_time():
+    """Process 1 of 2 is SIGKILLed between all-reduces. Process 0 (started without the
+    launcher, which would stop it anyway) leaves by itself within seconds with EXIT_PEER_LOST
+    and one line saying another process stopped, instead of waiting in JAX's shutdown barrier
+    until the heartbeat timeout and aborting with a C++ trace (about 110 s measured before)."""
+    import time
+
+    start = time.monotonic()
+    # REVJAX_HEARTBEAT_TIMEOUT=100 (JAX's default): not what ends the survivor
+    procs = _start_peer_death_pair(REVJAX_HEARTBEAT_TIMEOUT="100")
     try:
         out0, err0 = procs[0].communicate(timeout=90)
         procs[1].communicate(timeout=30)
@@ -301,27 +308,7 @@ def test_idle_survivor_is_ended_after_the_heartbeat_timeout():
     (here 10 s) after the kill, long before its 300 s sleep would end (JAX's default: 100 s)."""
     import time
 
-    from revjax.train.launch import free_port
-
-    port = free_port()
-    procs = []
-    for pid in (0, 1):
-        env = _subprocess_env(
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(pid),
-            REVJAX_HEARTBEAT_TIMEOUT="10",
-            PEER_DEATH_IDLE="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(PEER_DEATH_SCRIPT)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+    procs = _start_peer_death_pair(REVJAX_HEARTBEAT_TIMEOUT="10", PEER_DEATH_IDLE="1")
     try:
         procs[1].communicate(timeout=120)
         killed = time.monotonic()
