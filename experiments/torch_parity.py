@@ -1,4 +1,4 @@
-"""CPU training-step time of one additive-coupling stack: PyTorch (stored) vs revjax (issue #15.3).
+"""CPU training-step time of one additive-coupling stack: PyTorch (stored) vs revjax.
 
 The block (RevNet additive coupling, Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585,
 Sec. 3.1), `depth` times, on a state (x1, x2) of two (N, C, H, W) halves::
