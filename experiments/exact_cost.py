@@ -72,15 +72,9 @@ def measure(name, arithmetics, backprops, batch, size, rounds, **overrides):
     fns = {}
     for label, (step, params, data) in compiled.items():
         p = concrete(params, jax.random.key(0))
-        images, labels, state = concrete(data, jax.random.key(1))
         # Train mode normalises with batch statistics: the running averages' values are unused.
-        holder = [p, OPTIMIZER.init(p)]
-
-        def run(step=step, holder=holder, batch=(images, labels, state)):
-            holder[0], holder[1], loss = step(holder[0], holder[1], batch)
-            return loss
-
-        fns[label] = run
+        batch = concrete(data, jax.random.key(1))
+        fns.update(benchmark.update_step_calls({label: step}, p, OPTIMIZER.init(p), batch))
     times = benchmark.interleaved_times(fns, rounds)
     for backprop in backprops:
         base = f"float/{backprop}"
