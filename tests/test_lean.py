@@ -5,6 +5,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 from jax.test_util import check_grads
@@ -12,6 +13,7 @@ from jax.test_util import check_grads
 from revjax import engine, fft, models
 from revjax.families import lean
 from revjax.models import lean as lean_models
+from revjax.models.heads import BN_EPSILON
 
 C = 4
 F64 = jnp.float64
@@ -273,7 +275,8 @@ def test_reference_network_trains_one_step(step):
 def _diffusion_lambda_max(step_params, size: int) -> float:
     """``λ_max(KᵀK)`` of one RD step's diffusion operator on ``size x size`` images."""
     if "circ_kernel" in step_params:
-        spectrum = fft.circulant_spectrum(step_params["circ_kernel"], (size, size))
+        stencils = lean.circulant_stencils(step_params["circ_kernel"])
+        spectrum = fft.circulant_spectrum(stencils, (size, size))
     else:
         spectrum = fft.depthwise_spectrum(step_params["dw_kernel"], (size, size))
     return float(jnp.max(jnp.abs(spectrum) ** 2))
@@ -293,3 +296,43 @@ def test_explicit_rd_steps_are_stable_at_init(step, channels):
         params = init(jax.random.key(seed), x)["params"]
         h_lambda = module.h * _diffusion_lambda_max(params, 8)
         assert h_lambda <= 2.0, (step, channels, seed, h_lambda)
+
+
+def test_circular_rd_applies_the_scaled_stencils():
+    """CircularRDStep is ``y + h(σ(N(M y)) − K_circᵀK_circ y)`` with ``K_circ`` built from
+    ``circulant_stencils(circ_kernel) = circ_kernel / √c``, the stencils the stability tests
+    inspect."""
+    x = image(13)
+    module, variables = init_step("circular_rd", x)
+    p = variables["params"]
+    stencils = lean.circulant_stencils(p["circ_kernel"])
+    np.testing.assert_allclose(stencils, p["circ_kernel"] / np.sqrt(C), rtol=1e-15)
+    bn = variables["batch_stats"]["bn"]
+    pre = lean.channel_mix(x, p["mix"])
+    reaction = jax.nn.relu(
+        (pre - bn["mean"]) / jnp.sqrt(bn["var"] + BN_EPSILON) * p["bn"]["scale"] + p["bn"]["bias"]
+    )
+    diffusion = fft.circulant_conv_adjoint(fft.circulant_conv(x, stencils), stencils)
+    expected = x + module.h * (reaction - diffusion)
+    np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", (48, 192))
+def test_circular_rd_stays_stable_after_one_adam_step(channels):
+    """One Adam step at the paper's learning rate 1e-2 (Ephrath et al. 2019, Sec. 4) along the
+    direction that grows ``K_circ``'s constant mode fastest (every stored weight up by the
+    learning rate) keeps ``h λ_max(K_circᵀK_circ) ≤ 2``.
+
+    With the stencils stored at std ``1/(m√c)`` and applied unscaled, that step raised the mode's
+    root ``|F₃(K_circ e₁)|`` by ``lr c m²`` (4.3 / 17 at c = 48 / 192): ``h λ_max`` = 3.2 / 31
+    after the step, and in training LeanResNet B's circular steps reached ``h λ_max`` = 26 to 266
+    after 30 steps."""
+    module = lean_models.STEP_MODULES["circular_rd"](dtype=jnp.float32)
+    x = jnp.zeros((1, 8, 8, channels), jnp.float32)
+    params = jax.jit(module.init)(jax.random.key(0), x)["params"]
+    optimizer = optax.adam(1e-2)
+    descent = jax.tree.map(jnp.ones_like, params)  # gradient -1: Adam adds +lr to every weight
+    updates, _ = optimizer.update(jax.tree.map(jnp.negative, descent), optimizer.init(params))
+    stepped = optax.apply_updates(params, updates)
+    h_lambda = module.h * _diffusion_lambda_max(stepped, 8)
+    assert h_lambda <= 2.0, (channels, h_lambda)

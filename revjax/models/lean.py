@@ -57,7 +57,7 @@ from revjax.families.lean import (
     DEFAULT_H,
     channel_mix,
     check_step_input,
-    circulant_init,
+    circulant_stencils,
     depthwise_init,
     depthwise_zero_pad,
     mix_init,
@@ -204,9 +204,11 @@ class ImplicitRDStep(_ReactionDiffusion):
 class CircularRDStep(_ReactionDiffusion):
     """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``.
 
-    ``K_circ``'s stencils start at std ``1/(m√c)`` (:func:`revjax.families.lean.circulant_init`)
-    so that ``h λ_max(K_circᵀK_circ) ≤ 2``, the explicit stability bound, holds at
-    initialisation.
+    ``K_circ``'s stencils are the stored weights ``circ_kernel`` (std ``1/m`` at init) times
+    ``1/√c`` (:func:`revjax.families.lean.circulant_stencil_scale`): the applied stencils start
+    at std ``1/(m√c)``, so ``h λ_max(K_circᵀK_circ) ≤ 2``, the explicit stability bound, holds at
+    initialisation, and an Adam step moves ``K_circ`` no more than it moves a depthwise ``K_dw``
+    per unit of ``√c`` (instead of ``c``), so the bound keeps holding in training.
     """
 
     @nn.compact
@@ -214,7 +216,8 @@ class CircularRDStep(_ReactionDiffusion):
         h = self.h
         c = check_step_input(y, self.kernel_size, self.dtype, "CircularRDStep")
         m = self.kernel_size
-        circ = self.param("circ_kernel", circulant_init(m, c), (m, m, c), self.dtype)
+        weights = self.param("circ_kernel", depthwise_init(m), (m, m, c), self.dtype)
+        circ = circulant_stencils(weights)
         diffusion = fft.circulant_conv_adjoint(fft.circulant_conv(y, circ), circ)
         return y + h * (self._reaction(y, c, train) - diffusion)
 
