@@ -28,7 +28,7 @@ Two results:
    2**levels. The extrapolation is an estimate; the full run re-compiles at the predicted
    16 GiB size and reports the compiled total as a check.
 
-Run:  python experiments/hyperbolic_memory.py [--quick] [--out results/hyperbolic_memory.json]
+Run:  python experiments/hyperbolic_memory.py [--quick] [--out PATH]
 
 Expected (full settings): (a) far below (b), the gap growing with depth. (Earlier versions
 measured the gradient only, without the optimizer update; re-measure before comparing.)
@@ -37,15 +37,14 @@ measured the gradient only, without the optimizer update; re-measure before comp
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import time
 
 import jax
 import ml_collections
 import optax
 from hyperbolic_variants import COMPARISON_VARIANTS
+from result_files import default_out, write_json
 
 from revjax import memory, models
 
@@ -177,14 +176,15 @@ def markdown(depth_rows: list[dict], clip_rows: list[dict], config) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, < 1 min")
-    parser.add_argument("--out", default="results/hyperbolic_memory.json")
+    parser.add_argument("--out", default=default_out("hyperbolic_memory.json"))
     args = parser.parse_args(argv)
     config = get_config(args.quick)
     start = time.perf_counter()
     depth_rows = depth_sweep(config)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:  # the depth sweep so far, in case the fit is cut short
-        json.dump({"config": config.to_dict(), "depth_sweep_temp_bytes": depth_rows}, f, indent=2)
+    # the depth sweep so far, in case the fit is cut short
+    write_json(
+        args.out, {"config": config.to_dict(), "depth_sweep_temp_bytes": depth_rows}, quiet=True
+    )
     clip_rows = largest_clips(config)
     table = markdown(depth_rows, clip_rows, config)
     print(table)
@@ -195,9 +195,7 @@ def main(argv=None) -> dict:
         "largest_clip": clip_rows,
         "seconds": time.perf_counter() - start,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 
