@@ -38,15 +38,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
-import jax
-import ml_collections
-import optax
-from hyperbolic_variants import COMPARISON_VARIANTS
-from result_files import default_out, write_json
+# Compile only, nothing runs: XLA CPU backend at -O0 (JAX's "disable most optimizations")
+# keeps every HLO pass, so buffer assignment and memory_analysis() bytes are the same as
+# fully optimised (checked: the --quick sweep reproduces its committed bytes exactly), and
+# compiles several times faster. JAX_DISABLE_MOST_OPTIMIZATIONS=0 turns it off.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-from revjax import memory, models
+import jax  # noqa: E402  (after the environment it reads)
+import ml_collections  # noqa: E402
+import optax  # noqa: E402
+from hyperbolic_variants import COMPARISON_VARIANTS  # noqa: E402
+from result_files import default_out, write_json  # noqa: E402
+
+from revjax import memory, models  # noqa: E402
 
 GIB = 2**30
 

@@ -1,6 +1,7 @@
 """The engine benchmark runs in --quick mode and its JSON shows the memory property it reports."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,8 @@ def test_every_experiment_writes_under_experiments_results_by_default(monkeypatc
     import argparse
 
     monkeypatch.chdir(tmp_path)
+    for var in ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS"):  # some scripts set these on import
+        monkeypatch.setenv(var, os.environ.get(var, ""))  # restored after the test
     results = (ROOT / "experiments" / "results").resolve()
     seen = {}
     original = argparse.ArgumentParser.parse_args
