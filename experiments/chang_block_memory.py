@@ -7,16 +7,15 @@ arXiv:1709.03698, Eq. 5). revjax defaults to the BN block; this script shows wha
 in a training step's compiled temp memory (XLA's memory analysis, nothing run), reversible and
 stored, in one process.
 
-Run:  python experiments/chang_block_memory.py [--batch 32] [--out results/chang_block_memory.json]
+Run:  python experiments/chang_block_memory.py [--batch 32] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import optax
+from result_files import default_out, write_json
 
 from revjax import memory, models
 
@@ -47,12 +46,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="hamiltonian218")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "chang_block_memory.json")
-    )
+    parser.add_argument("--out", default=default_out("chang_block_memory.json"))
     args = parser.parse_args(argv)
     rows = measure(args.model, args.batch)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

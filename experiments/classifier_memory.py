@@ -25,17 +25,16 @@ Usage::
     python experiments/classifier_memory.py             # all models, depths 3/9/18
     python experiments/classifier_memory.py --sections depth --units 3 18  # one table
 
-Writes `<out>` JSON (default results/classifier_memory.json).
+Writes `--out` (default experiments/results/classifier_memory.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import optax
+from result_files import default_out, write_json
 
 from revjax import memory, models
 
@@ -75,19 +74,13 @@ def supported_backprops(name: str) -> tuple[str, ...]:
     return ("store", "remat") if name.startswith("resnet") else BACKPROPS
 
 
-def save(results: dict, out: str) -> None:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-
-
 def run(args) -> dict:
     """All three tables; the JSON at `args.out` is rewritten after every record."""
     results = {"batch": args.batch, "size": args.size, "models": [], "transitions": [], "depth": []}
 
     def add(section, record):
         results[section].append(record)
-        save(results, args.out)
+        write_json(args.out, results, quiet=True)
 
     print("1. registry models")
     for name in args.models if "models" in args.sections else ():
@@ -130,7 +123,7 @@ def format_table(results) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="sub-minute subset")
-    parser.add_argument("--out", default="results/classifier_memory.json")
+    parser.add_argument("--out", default=default_out("classifier_memory.json"))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--models", nargs="*", default=["revnet110", "resnet110", "hamiltonian218"])
@@ -168,8 +161,7 @@ def main(argv=None):
     for key, value in results["ratios"].items():
         if value is not None:
             print(f"{key}: {value:.3f}")
-    save(results, args.out)
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

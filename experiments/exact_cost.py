@@ -17,19 +17,18 @@ carrier, and every update tests for overflow.
 
     python experiments/exact_cost.py --model hamiltonian74 --batch 16 --rounds 5
 
-Writes `--json` (default experiments/results/exact_cost.json).
+Writes `--out` (default experiments/results/exact_cost.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
+from result_files import default_out, write_json
 
 from revjax import benchmark, memory, models
 
@@ -111,7 +110,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--backprops", default="reversible", help="comma-separated")
-    parser.add_argument("--json", default="experiments/results/exact_cost.json")
+    parser.add_argument("--out", default=default_out("exact_cost.json"))
     args = parser.parse_args(argv)
     backprops = tuple(args.backprops.split(","))
     records = measure(args.model, ("float", "exact"), backprops, args.batch, args.size, args.rounds)
@@ -120,10 +119,7 @@ def main(argv=None):
         f"{jax.devices()[0].platform}, {args.rounds} interleaved rounds"
     )
     print(format_table(records))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, records)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ accuracy and loss of each.
 the row reports the test accuracy, the last losses and the body's reconstruction error after
 training.
 
-    python experiments/exact_training.py --epochs 10 --json results/exact_training.json
+    python experiments/exact_training.py --epochs 10 --out experiments/results/exact_training.json
     python experiments/exact_training.py --zoo revnet38 --steps 60 --batch 32 \
-        --json experiments/results/exact_training_revnet38.json
+        --out experiments/results/exact_training_revnet38.json
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import ml_collections
+from result_files import default_out, write_json
 
 from revjax.configs import default
 from revjax.train import trainer
@@ -53,7 +53,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--json", default="results/exact_training.json")
+    parser.add_argument("--out", default=default_out("exact_training.json"))
     parser.add_argument("--zoo", default=None, help="a zoo classifier instead (e.g. revnet38)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=32)
@@ -84,10 +84,7 @@ def main(argv=None):
         metrics["wall_seconds"] = time.perf_counter() - start
         results[arithmetic] = metrics
         print(arithmetic, json.dumps(metrics), flush=True)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,12 @@ Usage::
     python experiments/fft_conv_benchmark.py --batch 8 --channels 64 128 256 512
     python experiments/fft_conv_benchmark.py                        # paper settings (slow on CPU)
 
-Writes ``<out>.json`` and ``<out>.png`` (default ``results/fft_conv_benchmark``).
+Writes ``<out>.json`` and ``<out>.png`` (default ``experiments/results/fft_conv_benchmark``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from jax import lax
+from result_files import default_out, write_json
 
 from revjax import benchmark, fft
 
@@ -198,7 +198,7 @@ def parse_args(argv=None):
     p.add_argument("--kernels", type=int, nargs="+", default=None)
     p.add_argument("--channels", type=int, nargs="+", default=None)
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds per point")
-    p.add_argument("--out", default="results/fft_conv_benchmark", help="output path stem")
+    p.add_argument("--out", default=default_out("fft_conv_benchmark"), help="output path stem")
     args = p.parse_args(argv)
     if args.quick:
         defaults = dict(batch=2, size=32, default_channels=64, sizes=[16, 32], kernels=[3, 5, 7],
@@ -223,11 +223,9 @@ def main(argv=None) -> dict:
     print()
     print(format_table(result))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    write_json(out.with_suffix(".json"), result)
     plot(result, out.with_suffix(".png"))
-    print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.png')} "
-          f"({result['wall_seconds']:.0f} s)")  # fmt: skip
+    print(f"wrote {out.with_suffix('.png')} ({result['wall_seconds']:.0f} s)")
     return result
 
 

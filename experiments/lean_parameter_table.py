@@ -1,18 +1,19 @@
 """Table 2 parameter counts of LeanResNet (Ephrath, Eliasof, Ruthotto, Haber, Treister 2019,
 "LeanResNet: Low-cost parameterizations of deep convolutional neural networks",
-arXiv:1805.07821, Table 2), as a fixed-width text table (and JSON with `--json`).
+arXiv:1805.07821, Table 2), as a fixed-width text table (and JSON to `--out`).
 
 The counts come from `revjax.models.lean.parameter_table()` (parameter shapes by
 `jax.eval_shape`, nothing is computed); the module docstring of `revjax.models.lean` explains
 the documented differences from the paper.
 
-Run:  python experiments/lean_parameter_table.py [--json results/lean_parameter_table.json]
+Run:  python experiments/lean_parameter_table.py [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+
+from result_files import default_out, write_json
 
 from revjax.models.lean import parameter_table
 
@@ -32,13 +33,11 @@ def format_parameter_table(rows: list[dict] | None = None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--out", default=default_out("lean_parameter_table.json"))
     args = parser.parse_args()
     rows = parameter_table()
     print(format_parameter_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

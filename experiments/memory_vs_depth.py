@@ -22,21 +22,20 @@ machine load affects float and exact alike.
 Expected (issue targets): reversible temp bytes flat in depth and >= 10x below "store" at
 depth 64; reversible time <= 1.4x "store" and no slower than "remat".
 
-    python experiments/memory_vs_depth.py --quick --json results/memory_vs_depth.json
+    python experiments/memory_vs_depth.py --quick --out experiments/results/memory_vs_depth.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from result_files import default_out, write_json
 
 from revjax import benchmark, engine, memory
 from revjax import fixed_point as fp
@@ -217,7 +216,7 @@ def format_table(records, columns=DEPTH_COLUMNS) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="sub-minute run")
-    parser.add_argument("--json", default="results/memory_vs_depth.json")
+    parser.add_argument("--out", default=default_out("memory_vs_depth.json"))
     parser.add_argument("--depths", type=int, nargs="*")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=32)
@@ -235,10 +234,7 @@ def main(argv=None):
             f"{args.batch}, {jax.devices()[0].platform}, float vs exact (interleaved timing)"
         )
         print(format_table(records, EXACT_COLUMNS))
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(records, indent=2))
-        print(f"wrote {out}")
+        write_json(args.out, records)
         return
     if args.quick:
         depths = args.depths or [4, 16]
@@ -266,10 +262,7 @@ def main(argv=None):
         f"{jax.devices()[0].platform}"
     )
     print(format_table(records))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, records)
 
 
 if __name__ == "__main__":

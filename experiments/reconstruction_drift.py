@@ -36,19 +36,19 @@ Bodies (one stage, no transitions):
 
 Expected: float error ≈ amplification × 1e-7 (the float32 unit round-off); exact error 0.
 
-Usage: python experiments/reconstruction_drift.py [--quick] [--out results/reconstruction_drift]
+Usage: python experiments/reconstruction_drift.py [--quick] [--out STEM]
 Writes <out>.json and <out>.png (a trailing ".json" on --out is dropped).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 
 import jax
 import jax.numpy as jnp
+from result_files import default_out, write_json
 
 from revjax import couplings, engine, spectral_norm
 from revjax import fixed_point as fp
@@ -380,7 +380,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="depths 10 and 100 only")
     parser.add_argument(
-        "--out", default="results/reconstruction_drift", help="output stem (<out>.json, .png)"
+        "--out", default=default_out("reconstruction_drift"), help="output stem (<out>.json, .png)"
     )
     parser.add_argument("--depths", type=int, nargs="*", help="override the depths")
     args = parser.parse_args(argv)
@@ -389,7 +389,6 @@ def main(argv=None):
     depths = tuple(args.depths) if args.depths else depths
     rows = [measure(f, d, r) for r in REGIMES for f in FAMILIES for d in depths]
     print_table(rows)
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     setup = {
         "batch": BATCH,
         "size": SIZE,
@@ -404,20 +403,12 @@ def main(argv=None):
         },
         "devices": str(jax.devices()),
     }
-    with open(out + ".json", "w") as f:
-        json.dump(
-            {
-                "setup": setup,
-                "rows": [
-                    {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in r.items()}
-                    for r in rows
-                ],
-            },
-            f,
-            indent=2,
-        )
+    rows_json = [
+        {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows
+    ]
+    write_json(out + ".json", {"setup": setup, "rows": rows_json})
     plot(rows, out + ".png")
-    print(f"wrote {out}.json and {out}.png")
+    print(f"wrote {out}.png")
 
 
 if __name__ == "__main__":

@@ -21,19 +21,18 @@ growing linearly; remat in between. Usage::
 
     python experiments/revup_memory.py --quick          # < 1 min
     python experiments/revup_memory.py --memory-only    # no timing, no fixed-point trace
-    python experiments/revup_memory.py --out results/revup_memory.json
+    python experiments/revup_memory.py --out experiments/results/revup_memory.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from result_files import default_out, write_json
 
 from revjax import benchmark, memory, models
 
@@ -112,11 +111,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 min)")
     parser.add_argument("--memory-only", action="store_true", help="compile-only memory")
-    parser.add_argument("--out", default="results/revup_memory.json")
+    parser.add_argument("--out", default=default_out("revup_memory.json"))
     args = parser.parse_args()
     config = get_config(args.quick)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in config["names"]:
         row = {"model": name}
@@ -127,7 +124,7 @@ def main():
         if args.memory_only:
             rows.append(row)
             print(row, flush=True)
-            out.write_text(json.dumps({"config": config, "rows": rows}, indent=2))  # so far
+            write_json(args.out, {"config": config, "rows": rows}, quiet=True)  # so far
             continue
         model = models.create(name)
         x0 = jnp.zeros((1, 32, 32, 3))
@@ -140,7 +137,7 @@ def main():
         )
         rows.append(row)
         print(row, flush=True)
-        out.write_text(json.dumps({"config": config, "rows": rows}, indent=2))  # so far
+        write_json(args.out, {"config": config, "rows": rows}, quiet=True)  # so far
     header = ["model"] + [f"temp_MiB_reversible_b{b}" for b in config["reversible_batches"]]
     header += [f"temp_MiB_{m}" for m in MODES]
     header += [f"time_ratio_{m}" for m in MODES] + ["fp_iter_mean", "fp_iter_max", "fp_converged"]
@@ -151,7 +148,7 @@ def main():
             value = row.get(key, "-")
             cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
         print(" | ".join(cells))
-    print(f"wrote {out}")
+    write_json(args.out, {"config": config, "rows": rows})
 
 
 if __name__ == "__main__":

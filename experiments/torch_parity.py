@@ -29,7 +29,7 @@ PyTorch is a measurement-only dependency (not one of revjax's); install the CPU 
 
 and run
 
-    python experiments/torch_parity.py --json experiments/results/torch_parity.json
+    python experiments/torch_parity.py --out experiments/results/torch_parity.json
 
 (`taskset -c 1 python ...` pins one core: one thread each, the stable setting on a shared
 machine; `--ops` adds one conv layer's forward / input-gradient / kernel-gradient timings.)
@@ -40,17 +40,16 @@ times the revjax variants alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from result_files import default_out, write_json
 
 from revjax import benchmark, engine, memory
 from revjax.conv import conv
@@ -370,7 +369,7 @@ def main(argv=None):
     parser.add_argument(
         "--ops", action="store_true", help="also time one conv layer's three convolutions"
     )
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--out", default=default_out("torch_parity.json"))
     args = parser.parse_args(argv)
     result = run(args)
     print(
@@ -383,11 +382,7 @@ def main(argv=None):
         print("one 3x3 conv layer, ms per call (ratio to the PyTorch forward):")
         for op, r in result["conv_ops"].items():
             print(f"  {op:18s} {1e3 * r['median_seconds']:8.3f}  {r['ratio_to_baseline']:.2f}")
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
+    write_json(args.out, result)
     return result
 
 

@@ -17,7 +17,7 @@ from disjoint seeds) or ``--dataset davis`` (TFDS DAVIS prepared under ``--data_
 binarised: the DAVIS-2016 single-object task).
 
 Run:  python experiments/video_segmentation.py [--quick] [--steps N] [--workdir DIR]
-      [--dataset davis --data_dir DIR] [--out results/video_segmentation.json]
+      [--dataset davis --data_dir DIR] [--out PATH]
 
 Expected: IoU above the all-background baseline; the numbers of a run are printed and
 written to the JSON, never hard-coded here.
@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 
 import numpy as np
 import optax
 from hyperbolic_variants import COMPARISON_VARIANTS
+from result_files import default_out, write_json
 
 from revjax import configs, data
 from revjax.memory import model_step_memory
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="trainer workdir (default: temporary)")
     parser.add_argument("--no_memory", action="store_true", help="skip the memory variants")
-    parser.add_argument("--out", default="results/video_segmentation.json")
+    parser.add_argument("--out", default=default_out("video_segmentation.json"))
     args = parser.parse_args(argv)
     config = get_config(args.quick, args.dataset, args.data_dir)
     if args.steps is not None:
@@ -139,10 +139,7 @@ def main(argv=None) -> dict:
         result["train_step_memory"] = memory_variants(config)
     result["num_params"] = summary["num_params"]
     print(markdown(result))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

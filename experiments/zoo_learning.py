@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from result_files import default_out
 
 from revjax import models
 from revjax.data import digits
@@ -218,7 +219,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="experiments/results/zoo_learning.json")
+    parser.add_argument("--out", default=default_out("zoo_learning.json"))
     parser.add_argument(
         "--merge",
         nargs="*",

@@ -7,7 +7,12 @@ integers ``q`` with value ``q · 2^−f`` (``f`` = `frac_bits`), and rounding ev
 that grid before adding it makes each update an integer addition, which is exact and exactly
 undone (even modulo 2³² on overflow). The increment is recomputed from a bit-identical input,
 so reconstruction is **bit-exact at every depth**, whatever dtype the residual functions
-compute in. (Fixed-point states for exact reversal: MacKay, Vicol, Ba, Grosse (2018),
+compute in. This assumes the residual function is bit-reproducible: the same input bits give the
+same output bits in the forward pass and in the backward pass's recomputation. XLA compiles
+both alike at its default optimisation level (tested); at CPU -O0 they were seen to differ in
+the last bit, and on GPU autotuned kernels or atomic reductions can differ
+(`--xla_gpu_deterministic_ops=true` rules that out). `engine.reconstruction_error` shows any
+such loss of exactness. (Fixed-point states for exact reversal: MacKay, Vicol, Ba, Grosse (2018),
 "Reversible Recurrent Neural Networks", arXiv:1810.10999; the bit-reversible Verlet
 integrator of Levesque & Verlet (1993), J. Stat. Phys. 72:519.)
 

@@ -1,6 +1,7 @@
 """The engine benchmark runs in --quick mode and its JSON shows the memory property it reports."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def test_memory_vs_depth_quick(tmp_path):
             sys.executable,
             str(ROOT / "experiments" / "memory_vs_depth.py"),
             "--quick",
-            "--json",
+            "--out",
             str(out),
         ],
         check=True,
@@ -40,20 +41,22 @@ def test_memory_vs_depth_quick(tmp_path):
     assert rev[deepest]["time_ratio_this_over_store"] > 0
 
 
-def _load_script(name: str):
-    """An experiments/ script as a module (its main() is not run)."""
+def _load_script(name: str, monkeypatch: pytest.MonkeyPatch):
+    """An experiments/ script as a module (its main() is not run), with experiments/ on
+    sys.path as when the script runs (its sibling imports, e.g. `result_files`, resolve)."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_lean_parameter_table_formats_one_line_per_row():
+def test_lean_parameter_table_formats_one_line_per_row(monkeypatch):
     """The Table-2 report: a header, a rule, then name, classes, counts with thousands
     separators, paper figure, yes/no and the note, one row per line."""
-    script = _load_script("lean_parameter_table")
+    script = _load_script("lean_parameter_table", monkeypatch)
     rows = [
         dict(name="lean_a_mobilenet", num_classes=10, params=102_538, weights=101_066,
              paper=101_000, matches=True, note=""),
@@ -69,11 +72,11 @@ def test_lean_parameter_table_formats_one_line_per_row():
     ]
 
 
-def test_hyperbolic_variants_are_valid_model_overrides():
+def test_hyperbolic_variants_are_valid_model_overrides(monkeypatch):
     """Each comparison variant builds hyperbolic3d with exactly its overrides."""
     from revjax import models
 
-    variants = _load_script("hyperbolic_variants")
+    variants = _load_script("hyperbolic_variants", monkeypatch)
     assert set(variants.COMPARISON_VARIANTS) == {"reversible", "store", "block"}
     for overrides in variants.COMPARISON_VARIANTS.values():
         model = models.create("hyperbolic3d", **overrides)
@@ -86,7 +89,7 @@ def test_torch_parity_runs_without_torch_and_every_variant_does_the_same_step(
     """experiments/torch_parity.py: with torch unavailable it says so in one line; --jax-only
     still times store / reversible / an unrolled reversible variant round-robin, and all of them
     start from the same loss (same parameters, same block), with ratios from the same rounds."""
-    script = _load_script("torch_parity")
+    script = _load_script("torch_parity", monkeypatch)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     small = ["--depth", "2", "--batch", "1", "--size", "8", "--channels", "2"]
     with pytest.raises(SystemExit) as exit_info:
@@ -94,7 +97,7 @@ def test_torch_parity_runs_without_torch_and_every_variant_does_the_same_step(
     assert exit_info.value.code == 1
     assert "PyTorch is not installed" in capsys.readouterr().err
     out = tmp_path / "parity.json"
-    args = [*small, "--rounds", "2", "--warmup", "1", "--jax-only", "--json", str(out)]
+    args = [*small, "--rounds", "2", "--warmup", "1", "--jax-only", "--out", str(out)]
     script.main([*args, "--extra", "reversible_unroll2:reversible:2"])
     result = json.loads(out.read_text())
     variants = result["variants"]
@@ -106,9 +109,9 @@ def test_torch_parity_runs_without_torch_and_every_variant_does_the_same_step(
     assert variants["reversible_unroll2"]["unroll"] == 2
 
 
-def test_torch_parity_extra_variant_spec():
+def test_torch_parity_extra_variant_spec(monkeypatch):
     """name:backprop:unroll[:flag=value,...] -> compiler options with booleans parsed."""
-    script = _load_script("torch_parity")
+    script = _load_script("torch_parity", monkeypatch)
     name, (backprop, unroll, options) = script.parse_extra(
         "x:store:4:xla_cpu_use_onednn=true,xla_cpu_enable_fast_math=False"
     )
@@ -118,3 +121,38 @@ def test_torch_parity_extra_variant_spec():
         script.parse_extra("x:stored:1")
     with pytest.raises(ValueError, match="expected name:backprop:unroll"):
         script.parse_extra("x:store")
+
+
+def test_every_experiment_writes_under_experiments_results_by_default(monkeypatch, tmp_path):
+    """The command printed beside a README figure writes the file committed beside it: every
+    script's default `--out` is under experiments/results/, whatever the working directory."""
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS"):  # some scripts set these on import
+        monkeypatch.setenv(var, os.environ.get(var, ""))  # restored after the test
+    results = (ROOT / "experiments" / "results").resolve()
+    seen = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        parsed = original(self, args, namespace)
+        raise _Parsed(parsed)
+
+    class _Parsed(Exception):
+        def __init__(self, parsed):
+            self.parsed = parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    for path in sorted((ROOT / "experiments").glob("*.py")):
+        module = _load_script(path.stem, monkeypatch)
+        if not hasattr(module, "main") or path.stem == "plot_curves":
+            continue  # helpers; plot_curves writes into the workdir it plots
+        monkeypatch.setattr(sys, "argv", [str(path)])
+        try:
+            module.main([]) if "argv" in module.main.__code__.co_varnames else module.main()
+        except _Parsed as parsed:
+            seen[path.stem] = parsed.parsed.out
+    assert len(seen) >= 12, sorted(seen)
+    for name, out in seen.items():
+        assert Path(out).resolve().parent == results, (name, out)

@@ -10,6 +10,10 @@ import pytest
 from revjax import engine, integrators
 from revjax import fixed_point as fp
 
+# Bit-exactness assumes the recomputed residual gives the same bits as the forward one: test
+# it at the optimisation level users compile with (tests/conftest.py).
+pytestmark = pytest.mark.full_optimization
+
 DEPTH = 1000
 WIDTH = 8
 
