@@ -11,8 +11,9 @@ Fixup's CIFAR-10 recipe (Zhang et al. 2019, Sec. 4.1): batch 128, SGD momentum 0
 divided by 10 at epochs 100 and 150, 200 epochs, weight decay 5e-4 (Fixup's mixup is not
 used), and the scalar biases and multipliers at a tenth of the rate (``scalar_lr_factor``, the
 parameter groups of the Fixup authors' script github.com/hongyi-zhang/Fixup,
-cifar/cifar_train.py; without them Adam left revup20 at chance on the digits task,
-experiments/zoo_learning.py). Data: pad-4 random crop + flip + per-image standardisation.
+cifar/cifar_train.py; in RevUp the scalars are not spectrally normalised, so at the full rate
+they can outpace the normalised kernels, see experiments/zoo_learning.py). Data: pad-4 random
+crop + flip + per-image standardisation.
 
 Expected result: none stated (no source for RevUp's CIFAR numbers in our copy of the paper).
 Needs CIFAR-10 prepared as TFDS array_record (see ``revjax.data.tfds_pipeline``).
