@@ -156,3 +156,35 @@ def test_every_experiment_writes_under_experiments_results_by_default(monkeypatc
     assert len(seen) >= 12, sorted(seen)
     for name, out in seen.items():
         assert Path(out).resolve().parent == results, (name, out)
+
+
+def test_zoo_learning_trains_revup_with_fixup_parameter_groups(monkeypatch):
+    """revup20's recipe: Adam on kernels, a tenth of it on every scalar bias and
+    multiplier (Fixup's parameter groups); other models keep one rate for all parameters."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    script = _load_script("zoo_learning", monkeypatch)
+    params = {
+        "stem_w": jnp.ones(3),
+        "stem_b": jnp.ones(()),
+        "stage0": {"w1": jnp.ones(2), "b1b": jnp.ones(()), "scale_raw": jnp.ones(())},
+        "head": {"kernel": jnp.ones(2), "bias": jnp.ones(2)},
+    }
+    grads = jax.tree.map(jnp.ones_like, params)
+    for name, scalar_factor in (("revup20", 0.1), ("revnet38", 1.0)):
+        tx = script.make_optimizer(name, steps=10)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        kernel = float(updates["stem_w"][0])
+        assert kernel < 0
+        for leaf in (updates["stem_w"], updates["stage0"]["w1"], updates["head"]["kernel"]):
+            np.testing.assert_allclose(leaf, kernel, rtol=1e-6)
+        scalars = (
+            updates["stem_b"],
+            updates["stage0"]["b1b"],
+            updates["stage0"]["scale_raw"],
+            updates["head"]["bias"],
+        )
+        for leaf in scalars:
+            np.testing.assert_allclose(leaf, scalar_factor * kernel, rtol=1e-6)

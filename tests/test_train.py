@@ -141,6 +141,35 @@ def test_weight_decay_and_schedules():
     np.testing.assert_allclose([schedule(9), schedule(10), schedule(20)], [0.01, 0.005, 0.0025])
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_scalar_lr_factor_slows_biases_and_scales_only(name):
+    """Fixup's parameter groups: biases and scalar multipliers step f*eta, kernels eta."""
+    config = tiny_config(
+        optimizer__name=name,
+        optimizer__momentum=0.0,
+        optimizer__weight_decay=0.0,
+        optimizer__schedule="constant",
+        optimizer__learning_rate=0.1,
+        optimizer__scalar_lr_factor=0.1,
+    )
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=10, total_steps=10)
+    params = {
+        "stage0": {"w1": jnp.ones(2), "b1a": jnp.ones(()), "scale_raw": jnp.ones(())},
+        "head": {"kernel": jnp.ones(2), "bias": jnp.ones(2)},
+    }
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # SGD: -eta g; Adam's first step: -eta m/(sqrt(v) + eps) = -eta (1 - 1e-8) for g = 1.
+    np.testing.assert_allclose(updates["stage0"]["w1"], -0.1, rtol=1e-6)
+    np.testing.assert_allclose(updates["head"]["kernel"], -0.1, rtol=1e-6)
+    for leaf in (updates["stage0"]["b1a"], updates["stage0"]["scale_raw"], updates["head"]["bias"]):
+        np.testing.assert_allclose(leaf, -0.01, rtol=1e-6)
+    with pytest.raises(ValueError, match="scalar_lr_factor must be > 0"):
+        optim.make_optimizer(
+            tiny_config(optimizer__scalar_lr_factor=0.0), steps_per_epoch=10, total_steps=10
+        )
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -9,7 +9,11 @@ arXiv:1811.00995).
 Optimisation: the RevUp paper's training values are not in the text we have, so this follows
 Fixup's CIFAR-10 recipe (Zhang et al. 2019, Sec. 4.1): batch 128, SGD momentum 0.9, lr 0.1
 divided by 10 at epochs 100 and 150, 200 epochs, weight decay 5e-4 (Fixup's mixup is not
-used). Data: pad-4 random crop + flip + per-image standardisation.
+used), and the scalar biases and multipliers at a tenth of the rate (``scalar_lr_factor``, the
+parameter groups of the Fixup authors' script github.com/hongyi-zhang/Fixup,
+cifar/cifar_train.py; in RevUp the scalars are not spectrally normalised, so at the full rate
+they can outpace the normalised kernels, see experiments/zoo_learning.py). Data: pad-4 random
+crop + flip + per-image standardisation.
 
 Expected result: none stated (no source for RevUp's CIFAR numbers in our copy of the paper).
 Needs CIFAR-10 prepared as TFDS array_record (see ``revjax.data.tfds_pipeline``).
@@ -42,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.schedule = "piecewise"
     config.optimizer.boundaries_steps = (100 * STEPS_PER_EPOCH, 150 * STEPS_PER_EPOCH)
     config.optimizer.decay_factor = 0.1
+    config.optimizer.scalar_lr_factor = 0.1
     config.log_every_steps = 100
     config.checkpoint_every_steps = 2_000
     config.eval_every_steps = 5_000

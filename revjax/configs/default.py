@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.decay_factor = 0.1
     config.optimizer.halve_every_epochs = 0.0
     config.optimizer.grad_clip_norm = 0.0
+    config.optimizer.scalar_lr_factor = 1.0  # rate factor of biases/scales (Fixup recipe: 0.1)
     config.optimizer.warmup_steps = 0  # linear warm-up multiplying the schedule
     config.optimizer.accumulate_steps = 1  # > 1: optax.MultiSteps gradient accumulation
     config.weight_smoothness = 0.0  # Chang et al. smoothness-in-depth penalty weight

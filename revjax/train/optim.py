@@ -21,13 +21,19 @@
     warmup_steps:    W > 0 multiplies the schedule by a linear warm-up,
                      eta(t) = schedule(t) * min(1, (t + 1) / W); the schedule keeps its own
                      (absolute) step boundaries
+    scalar_lr_factor: f (default 1) multiplies the learning rate of every non-kernel leaf
+                     (biases, scalar multipliers, see ``is_kernel``) by f. Fixup's recipe uses
+                     f = 0.1: its reference training script gives the scalar biases and
+                     multipliers a tenth of the base rate (Zhang, Dauphin, Ma 2019,
+                     arXiv:1901.09321; github.com/hongyi-zhang/Fixup, cifar/cifar_train.py)
     grad_clip_norm:  > 0 clips the global gradient norm first
     accumulate_steps: k > 1 accumulates (averages) the gradients of k consecutive batches
                      and applies one update every k train steps (``optax.MultiSteps``); the
                      schedule then counts updates, t = train step // k
 
-The update is ``chain(clip?, add_decayed_weights(mask=kernels)?, sgd|adam(schedule))`` or
-``chain(clip?, adamw(schedule, mask=kernels))``, wrapped in ``MultiSteps`` when k > 1.
+The update is ``chain(clip?, add_decayed_weights(mask=kernels)?, sgd|adam(schedule),
+scale_non_kernels?)`` or ``chain(clip?, adamw(schedule, mask=kernels), scale_non_kernels?)``,
+wrapped in ``MultiSteps`` when k > 1.
 """
 
 from __future__ import annotations
@@ -38,7 +44,14 @@ from typing import Any
 import jax
 import optax
 
-__all__ = ["SCHEDULES", "OPTIMIZERS", "kernel_mask", "make_schedule", "make_optimizer"]
+__all__ = [
+    "SCHEDULES",
+    "OPTIMIZERS",
+    "kernel_mask",
+    "scale_non_kernels",
+    "make_schedule",
+    "make_optimizer",
+]
 
 SCHEDULES = ("constant", "piecewise", "halving", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -67,6 +80,23 @@ def is_kernel(path) -> bool:
 def kernel_mask(params: Any) -> Any:
     """Pytree of bools: True on conv/dense kernels (see ``is_kernel``), else False."""
     return jax.tree_util.tree_map_with_path(lambda path, _: is_kernel(path), params)
+
+
+def scale_non_kernels(factor: float) -> optax.GradientTransformation:
+    """Multiplies the updates of the non-kernel leaves (biases, scales) by `factor`.
+
+    Placed after the optimizer (sgd with momentum, adam, adamw), whose update is linear in its
+    learning rate eta, it gives those leaves the rate factor * eta(t) and leaves kernels at
+    eta(t): the parameter groups of Fixup's reference recipe (factor 0.1).
+    """
+    factor = float(factor)
+    if not factor > 0.0:
+        raise ValueError(f"scalar_lr_factor must be > 0, got {factor!r}")
+
+    def non_kernels(params):
+        return jax.tree.map(lambda kernel: not kernel, kernel_mask(params))
+
+    return optax.masked(optax.scale(factor), non_kernels)
 
 
 def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -163,6 +193,9 @@ def make_optimizer(
                 eps=float(opt.get("eps", 1e-8)),
             )
         )
+    scalar_factor = float(opt.get("scalar_lr_factor", 1.0))
+    if scalar_factor != 1.0:
+        parts.append(scale_non_kernels(scalar_factor))
     tx = optax.chain(*parts)
     if accumulate == 1:
         return tx, schedule
