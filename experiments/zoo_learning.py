@@ -9,9 +9,9 @@ the strokes; `digits.segmentation_labels`), scored by mean IoU over the 11 class
 Every model is created at its registered defaults (`revjax.models.create(name)`; reversible
 models in `backprop="reversible"`) and trained with one plain optax loop: SGD with momentum
 0.9 and a cosine-decayed learning rate (RevUp and the LeanResNet step types other than
-lean_b_resnet: Adam 1e-2, see `ADAM`; RevUp's scalar biases and multipliers at a tenth of
-that rate, see `SCALAR_LR_FACTOR`), `--batch`, `--steps`, float32, batch norm in train
-mode. Per model the table gives the test
+lean_b_resnet: Adam, RevUp at 2e-3 and LeanResNet at 1e-2, see `ADAM`; RevUp's scalar biases
+and multipliers at a tenth of that rate, see `SCALAR_LR_FACTOR`), `--batch`, `--steps`,
+float32, batch norm in train mode. Per model the table gives the test
 accuracy (or mean IoU), steps, wall time of the training loop (compilation excluded), the
 body's float32 reconstruction error after training (`model.reconstruction_error`), and the
 compiled temporary memory of one training step (XLA `memory_analysis()`, value_and_grad +

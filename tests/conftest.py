@@ -25,8 +25,12 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import jax  # noqa: E402  (after the environment it reads)
 import pytest  # noqa: E402
 
+# JAX reads the variable when it is imported; set the flag too, with JAX's reading of it
+# (0/false/no/off), in case something imported jax before this file.
+_OFF = ("0", "false", "no", "off", "f", "n")
 jax.config.update(
-    "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] != "0"
+    "jax_disable_most_optimizations",
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() not in _OFF,
 )
 jax.config.update("jax_enable_x64", True)
 

@@ -74,7 +74,6 @@ __all__ = [
     "mix_init",
     "depthwise_init",
     "circulant_init",
-    "circulant_stencil_scale",
     "circulant_stencils",
     "depthwise_zero_pad",
     "channel_mix",
@@ -145,36 +144,29 @@ def circulant_init(kernel_size: int, channels: int):
     return jax.nn.initializers.truncated_normal(stddev=1.0 / (kernel_size * channels**0.5))
 
 
-def circulant_stencil_scale(channels: int) -> float:
-    """``1/√c``: the circular RD step applies ``K_circ`` with stencils ``w / √c`` where ``w`` are
-    its stored weights (:class:`revjax.models.lean.CircularRDStep`).
-
-    ``w`` starts at the depthwise std ``1/m`` (:func:`depthwise_init`), so the applied stencils
-    have the std ``1/(m√c)`` of :func:`circulant_init` and ``h λ_max(K_circᵀK_circ) ≤ 2`` holds at
-    initialisation. Storing ``w`` rather than ``w / √c`` matters under Adam, the paper's optimiser
-    (Ephrath et al. 2019, arXiv:1805.07821, Sec. 4): Adam moves every weight by about its learning
-    rate whatever the weight's size, and ``K_circ`` sums ``c m²`` weights per output, so a step
-    aligned with one Fourier mode moves that eigenvalue's root ``|F₃(K_circ e₁)|`` by up to
-    ``lr c m²`` on the applied stencils (4.3 at lr 1e-2, c = 48) but ``lr √c m²`` (0.6) on the
-    stored ones. With the stencils stored at std ``1/(m√c)``, ``h λ_max`` of LeanResNet B's
-    circular steps went from < 1 at initialisation to 2 to 64 after 10 Adam steps (lr 1e-2,
-    ``h = 0.1``) and 26 to 266 after 30: the explicit step turned unstable and the training loss
-    stayed at 2.23 (measured on the built-in digits task, batch 32).
-    """
-    return 1.0 / channels**0.5
-
-
 def circulant_stencils(weights: jax.Array) -> jax.Array:
     """Applied ``K_circ`` stencils of the circular RD step: ``weights / √c``.
+
+    The stored weights start at the depthwise std ``1/m`` (:func:`depthwise_init`), so the
+    applied stencils have the std ``1/(m√c)`` of :func:`circulant_init` and
+    ``h λ_max(K_circᵀK_circ) ≤ 2`` holds at initialisation. Storing ``w`` rather than ``w / √c``
+    matters under Adam, the paper's optimiser (Ephrath et al. 2019, arXiv:1805.07821, Sec. 4):
+    Adam moves every weight by about its learning rate whatever the weight's size, and
+    ``K_circ`` sums ``c m²`` weights per output, so a step aligned with one Fourier mode moves
+    that eigenvalue's root ``|F₃(K_circ e₁)|`` by up to ``lr c m²`` on the applied stencils (4.3
+    at lr 1e-2, c = 48) but ``lr √c m²`` (0.6) on the stored ones. With the stencils stored at
+    std ``1/(m√c)``, ``h λ_max`` of LeanResNet B's circular steps went from < 1 at
+    initialisation to 2 to 64 after 10 Adam steps (lr 1e-2, ``h = 0.1``) and 26 to 266 after
+    30: the explicit step turned unstable and the training loss stayed at 2.23 (measured on the
+    built-in digits task, batch 32).
 
     Args:
         weights: stored ``(m, m, c)`` weights (std ``1/m`` at init).
 
     Returns:
-        ``(m, m, c)`` stencils ``C_d = weights[..., d] / √c`` (see
-        :func:`circulant_stencil_scale`).
+        ``(m, m, c)`` stencils ``C_d = weights[..., d] / √c``.
     """
-    return weights * jnp.asarray(circulant_stencil_scale(weights.shape[-1]), weights.dtype)
+    return weights * jnp.asarray(1.0 / weights.shape[-1] ** 0.5, weights.dtype)
 
 
 def mix_init(channels: int):

@@ -205,7 +205,7 @@ class CircularRDStep(_ReactionDiffusion):
     """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``.
 
     ``K_circ``'s stencils are the stored weights ``circ_kernel`` (std ``1/m`` at init) times
-    ``1/√c`` (:func:`revjax.families.lean.circulant_stencil_scale`): the applied stencils start
+    ``1/√c`` (:func:`revjax.families.lean.circulant_stencils`): the applied stencils start
     at std ``1/(m√c)``, so ``h λ_max(K_circᵀK_circ) ≤ 2``, the explicit stability bound, holds at
     initialisation, and an Adam step moves ``K_circ`` no more than it moves a depthwise ``K_dw``
     per unit of ``√c`` (instead of ``c``), so the bound keeps holding in training.
