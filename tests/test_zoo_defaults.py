@@ -5,9 +5,22 @@ For each reversible model at its registered configuration and paper depth:
 - the outputs are finite;
 - the body's float32 reconstruction error (`model.reconstruction_error`, training mode) is
   at most 1e-4;
-- the reversible gradient equals the stored-activation gradient within 1e-3 relative;
+- the float32 gradients, reversible and stored, are each compared with the float64 gradient
+  of the same parameters and inputs (the reference: `backprop="store"`, `dtype=float64`). The
+  reversible gradient may be no worse than `REVERSIBLE_VS_STORE` times the stored one's error
+  (floor `GRADIENT_FLOOR`): reconstruction adds round-off of its own, but a reconstruction that
+  is wrong (drift, a recomputed reduction that differs) shows up as a reversible error far above
+  the stored one. Comparing reversible with stored float32 gradients alone is not a check: at
+  some points both are percent-level off float64 (revnet110: a ~6e-8 relative change of its
+  first block's parameters, float32's rounding, moves the float64 gradient by 1.3%, so
+  no float32 computation of it can be closer; docs "Numerics");
 - the reversible training step really reconstructs: its compiled temporary memory is below
   the stored one (a model that ignored `backprop` would compare a mode with itself).
+
+These tests compile at XLA's default optimisation level (`full_optimization`), as users run:
+the float32 rounding of a fused reduction depends on the compiled code, and at CPU -O0 flax's
+one-pass batch-norm variance once gave hamiltonian74 a reversible gradient 0.8% off float64
+while the reconstruction looked fine.
 
 An unstable default (e.g. the bias-only Hamiltonian block at h = 1, whose state grows ~10¹²
 over hamiltonian218's depth) fails all three of the last checks. Inputs are small
@@ -26,6 +39,8 @@ from revjax import models
 
 BATCH = 4
 SLOW = pytest.mark.slow
+REVERSIBLE_VS_STORE = 4.0  # reversible error <= this x stored error (vs float64) ...
+GRADIENT_FLOOR = 1e-5  # ... or this, whichever is larger (float32 round-off of a deep net)
 
 # name -> input shape (one example) for every reversible model of the zoo. The default suite
 # runs the flagship depths (and lean_hamiltonian_circulant, whose unscaled block-circulant init
@@ -71,11 +86,39 @@ def _grad_and_temp_bytes(model, variables, x, labels):
 
 
 def _relative(a, b) -> float:
-    num = sum(
-        float(jnp.sum(jnp.square(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
-    den = sum(float(jnp.sum(jnp.square(v))) for v in jax.tree.leaves(b))
+    """‖a − b‖/‖b‖ over all leaves, computed in float64."""
+    pairs = [(jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64))
+             for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    num = sum(float(jnp.sum(jnp.square(u - v))) for u, v in pairs)
+    den = sum(float(jnp.sum(jnp.square(v))) for _, v in pairs)
     return (num / den) ** 0.5
+
+
+def _to_float64(tree):
+    return jax.tree.map(
+        lambda u: u.astype(jnp.float64) if jnp.issubdtype(u.dtype, jnp.floating) else u, tree
+    )
+
+
+def float64_gradient(name, variables, x, labels, **overrides):
+    """The reference: stored-activation gradient of the float64 model at the same values."""
+    model = models.create(name, dtype=jnp.float64, backprop="store", **overrides)
+    variables, x = _to_float64(variables), x.astype(jnp.float64)
+    return jax.jit(jax.grad(_loss_fn(model, variables, x, labels)))(variables["params"])
+
+
+def gradient_errors(name, variables, x, labels, reversible, stored, **overrides):
+    """(reversible, stored) float32 gradient errors relative to the float64 reference."""
+    reference = float64_gradient(name, variables, x, labels, **overrides)
+    return _relative(reversible, reference), _relative(stored, reference)
+
+
+def check_gradient_errors(label, rev_error, store_error):
+    bound = REVERSIBLE_VS_STORE * max(store_error, GRADIENT_FLOOR)
+    assert rev_error <= bound, (
+        f"{label}: reversible float32 gradient is {rev_error:.2e} off float64, the stored one "
+        f"{store_error:.2e} (bound {bound:.2e})"
+    )
 
 
 def check_defaults(name, shape):
@@ -94,17 +137,18 @@ def check_defaults(name, shape):
     labels = _labels(logits)
     reversible, rev_bytes = _grad_and_temp_bytes(model, variables, x, labels)
     stored, store_bytes = _grad_and_temp_bytes(model.clone(backprop="store"), variables, x, labels)
-    error = _relative(reversible, stored)
-    assert error <= 1e-3, f"{name}: reversible vs stored gradients differ by {error:.2e}"
+    check_gradient_errors(name, *gradient_errors(name, variables, x, labels, reversible, stored))
     assert rev_bytes < store_bytes, (name, rev_bytes, store_bytes)
 
 
+@pytest.mark.full_optimization
 @pytest.mark.parametrize("name", sorted(REVERSIBLE))
 def test_registered_model_is_stable_at_defaults(name):
     check_defaults(name, REVERSIBLE[name])
 
 
 @SLOW
+@pytest.mark.full_optimization
 @pytest.mark.parametrize("name", sorted(REVERSIBLE_SLOW))
 def test_deep_registered_model_is_stable_at_defaults(name):
     check_defaults(name, REVERSIBLE_SLOW[name])
