@@ -13,9 +13,14 @@ For each reversible model at its registered configuration and paper depth:
   the stored one. Comparing reversible with stored float32 gradients alone is not a check: at
   some points both are percent-level off float64 (revnet110: a ~6e-8 relative change of its
   first block's parameters, float32's rounding, moves the float64 gradient by 1.3%, so
-  no float32 computation of it can be closer; docs "Numerics");
+  no float32 computation of it can be closer);
 - the reversible training step really reconstructs: its compiled temporary memory is below
   the stored one (a model that ignored `backprop` would compare a mode with itself).
+
+The gradient comparison takes the median over three input batches: at initialisation a
+float32 gradient can sit within round-off of a kink, where its error jumps (leapfrog62, one
+batch in three: reversible 2.3e-3, stored 1.1e-6 off float64, while a 1e-6 relative change of
+that input moves the float64 gradient itself by 2.0e-3; the other two: 1.3e-6 and 1.1e-6).
 
 These tests compile at XLA's default optimisation level (`full_optimization`), as users run:
 the float32 rounding of a fused reduction depends on the compiled code, and at CPU -O0 flax's
@@ -32,10 +37,9 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from revjax import models
+from revjax import models, precision
 
 BATCH = 4
 SLOW = pytest.mark.slow
@@ -69,55 +73,14 @@ def _labels(logits):
     return jax.random.randint(key, logits.shape[:-1], 0, logits.shape[-1])
 
 
-def _loss_fn(model, variables, x, labels):
-    def loss(params):
-        mutable = [k for k in variables if k != "params"] or False
-        out = model.apply({**variables, "params": params}, x, train=True, mutable=mutable)
-        logits = out[0] if mutable else out
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    return loss
-
-
-def _grad_and_temp_bytes(model, variables, x, labels):
-    grad = jax.jit(jax.grad(_loss_fn(model, variables, x, labels)))
-    compiled = grad.lower(variables["params"]).compile()
-    return compiled(variables["params"]), compiled.memory_analysis().temp_size_in_bytes
-
-
-def _relative(a, b) -> float:
-    """‖a − b‖/‖b‖ over all leaves, computed in float64."""
-    pairs = [(jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64))
-             for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
-    num = sum(float(jnp.sum(jnp.square(u - v))) for u, v in pairs)
-    den = sum(float(jnp.sum(jnp.square(v))) for _, v in pairs)
-    return (num / den) ** 0.5
-
-
-def _to_float64(tree):
-    return jax.tree.map(
-        lambda u: u.astype(jnp.float64) if jnp.issubdtype(u.dtype, jnp.floating) else u, tree
-    )
-
-
-def float64_gradient(name, variables, x, labels, **overrides):
-    """The reference: stored-activation gradient of the float64 model at the same values."""
-    model = models.create(name, dtype=jnp.float64, backprop="store", **overrides)
-    variables, x = _to_float64(variables), x.astype(jnp.float64)
-    return jax.jit(jax.grad(_loss_fn(model, variables, x, labels)))(variables["params"])
-
-
-def gradient_errors(name, variables, x, labels, reversible, stored, **overrides):
-    """(reversible, stored) float32 gradient errors relative to the float64 reference."""
-    reference = float64_gradient(name, variables, x, labels, **overrides)
-    return _relative(reversible, reference), _relative(stored, reference)
-
-
-def check_gradient_errors(label, rev_error, store_error):
-    bound = REVERSIBLE_VS_STORE * max(store_error, GRADIENT_FLOOR)
-    assert rev_error <= bound, (
-        f"{label}: reversible float32 gradient is {rev_error:.2e} off float64, the stored one "
-        f"{store_error:.2e} (bound {bound:.2e})"
+def check_gradient_errors(label, errors):
+    """Median over input batches: reversible within REVERSIBLE_VS_STORE x stored (vs float64)."""
+    rev = float(np.median([e["reversible"] for e in errors]))
+    store = float(np.median([e["store"] for e in errors]))
+    bound = REVERSIBLE_VS_STORE * max(store, GRADIENT_FLOOR)
+    assert rev <= bound, (
+        f"{label}: reversible float32 gradient is {rev:.2e} off float64 (median), the stored "
+        f"one {store:.2e} (bound {bound:.2e}); per batch: {errors}"
     )
 
 
@@ -135,10 +98,12 @@ def check_defaults(name, shape):
     assert drift <= 1e-4, f"{name}: float32 reconstruction error {drift:.2e} at init"
 
     labels = _labels(logits)
-    reversible, rev_bytes = _grad_and_temp_bytes(model, variables, x, labels)
-    stored, store_bytes = _grad_and_temp_bytes(model.clone(backprop="store"), variables, x, labels)
-    check_gradient_errors(name, *gradient_errors(name, variables, x, labels, reversible, stored))
-    assert rev_bytes < store_bytes, (name, rev_bytes, store_bytes)
+    batches = [(x, labels)] + [
+        (jax.random.normal(jax.random.key(seed), x.shape, x.dtype), labels) for seed in (3, 4)
+    ]
+    result = precision.gradient_errors(model, variables, batches)
+    check_gradient_errors(name, result.errors)
+    assert result.temp_bytes["reversible"] < result.temp_bytes["store"], (name, result.temp_bytes)
 
 
 @pytest.mark.full_optimization
