@@ -540,8 +540,9 @@ def reconstruction_error(
     """Relative drift ‖x̂ − x‖/‖x‖ of each reconstructed step input, as the backward pass sees it.
 
     The forward pass stores every intermediate state; the reconstruction then runs from the
-    final output backwards exactly as `backprop="reversible"` does (restarting from the stored
-    input at each Transition), and compares. Returns one entry per layer: a scalar for a step,
+    final output backwards exactly as `backprop="reversible"` does (each step's fused
+    `backward` rule when it has one, with a zero cotangent, else its `inverse`; restarting from
+    the stored input at each Transition), and compares. Returns one entry per layer: a scalar for a step,
     a (depth,) array for a Scan (entry j = error of step j's reconstructed input), and 0 for a
     Transition. Errors accumulate towards the network input, so `errors[0]` is the worst.
     """
@@ -550,7 +551,12 @@ def reconstruction_error(
     y, _, inputs = forward_sweep(layers, params, x, rngs, record_steps=True)
 
     def error_rule(step, p, h, r, true_x):
-        x_hat = step.inverse(p, h, r)
+        # The input exactly as the backward pass rebuilds it: the fused rule when the step has
+        # one (its reconstruction may be computed differently from `inverse`), else `inverse`.
+        if step.backward is None:
+            x_hat = step.inverse(p, h, r)
+        else:
+            x_hat = step.backward(p, h, jax.tree.map(_zero_cotangent, h), r)[0]
         return x_hat, _relative_error(x_hat, true_x)
 
     def transition_rule(layer, p, h, r, stored_x):

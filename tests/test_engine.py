@@ -210,6 +210,22 @@ def test_reconstruction_error_reports_float32_drift():
         engine.check_reconstruction(layers, p32, x32, rtol=1e-12)
 
 
+def test_reconstruction_error_measures_the_fused_backward():
+    """reconstruction_error rebuilds inputs as the backward pass does: a step whose fused
+    backward reconstructs wrongly (while its `inverse` is right) is reported, not hidden."""
+
+    def skewed_backward(params, y, y_bar, rng):
+        x, params_bar, x_bar = ADDITIVE.backward(params, y, y_bar, rng)
+        return (x[0] * (1 + 1e-3), x[1]), params_bar, x_bar
+
+    layers = (engine.Scan(ADDITIVE._replace(backward=skewed_backward)),)
+    params = (init_coupling(jax.random.key(1), depth=4),)
+    x = make_state(jax.random.key(2))
+    assert float(jnp.max(engine.reconstruction_error(layers, params, x)[0])) > 1e-4
+    honest = (engine.Scan(ADDITIVE),)
+    assert float(jnp.max(engine.reconstruction_error(honest, params, x)[0])) < 1e-12
+
+
 def test_float32_gradients_close_to_float64():
     """Reversible float32 gradients stay within 1e-4 of the float64 ones."""
     layers = (engine.Scan(ADDITIVE),)
