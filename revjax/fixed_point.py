@@ -49,19 +49,16 @@ map contracts the phase-space volume by ((1 − γh/2)/(1 + γh/2))^n, so on a f
 cannot be injective and no rounding makes it exactly invertible. Affine coupling (a
 multiplicative update) and RevUp's fixed-point inverse are out of scope for the same reason.
 
-Batch norm inside residual functions: `exact_additive_coupling_with_stats` and
-`exact_verlet_step_with_stats` (the exact twins of `revjax.couplings.additive_coupling_with_
-stats` and `revjax.families.chang.verlet_step_with_stats`) return the forward's batch
-statistics next to the overflow flag, as `ExactAux(overflow, stats)`. The reconstruction
-recomputes F and G from bit-identical inputs, hence from the same batch statistics.
-Non-invertible maps between exact stages (pooling, strided projection blocks) are
-`exact_stored_transition`s: float on the decoded state, re-encoded output, input stored.
+Batch norm inside residual functions: `exact_additive_coupling_with_stats` (the exact twin of
+`revjax.couplings.additive_coupling_with_stats`) returns the forward's batch statistics next to
+the overflow flag, as `ExactAux(overflow, stats)`. The reconstruction recomputes F and G from
+bit-identical inputs, hence from the same batch statistics. Non-invertible maps between exact
+stages (pooling, strided projection blocks) are `exact_stored_transition`s: float on the
+decoded state, re-encoded output, input stored.
 
-Models. `run_body(layers, params, x, arithmetic=..., frac_bits=...)` is the one entry point
-of every model with `arithmetic="float" | "exact"` (RevNet, Chang et al.'s three families,
-hyperbolic2d/3d, the low-cost Hamiltonian): exact: encode x, run the engine, decode, NaN on
-overflow, and hand back the per-layer aux without the overflow flags (same structure as in
-float mode).
+Families and models do not call these constructors by name: they build their steps through
+`revjax.arithmetic.exact_arithmetic(frac_bits)`, whose `run` encodes the input, runs the engine,
+decodes the output and makes it NaN on overflow. Users can build exact steps here directly.
 
 Overflow. int32 arithmetic wraps modulo 2³²: reconstruction stays exact, but the real values
 become garbage. Every exact step returns, as its `aux`, a boolean "some state or increment
@@ -102,14 +99,10 @@ __all__ = [
     "out_of_range",
     "check_overflow",
     "any_overflow",
-    "ARITHMETICS",
-    "check_arithmetic",
     "ExactAux",
-    "run_body",
     "exact_additive_coupling",
     "exact_additive_coupling_with_stats",
     "exact_verlet_step",
-    "exact_verlet_step_with_stats",
     "exact_leapfrog_step",
     "exact_midpoint_step",
     "exact_duplicate_state",
@@ -117,12 +110,10 @@ __all__ = [
     "exact_linear_step",
     "exact_zero_pad_channels_step",
     "exact_space_to_depth_step",
-    "float_transition",
     "exact_stored_transition",
 ]
 
 DEFAULT_FRAC_BITS = 20
-ARITHMETICS = ("float", "exact")
 _INT32_BITS = 31
 # Largest |q| accepted, with a margin for the float32 estimate used to detect overflow.
 _LIMIT = float(2**31 - 2**12)
@@ -157,13 +148,6 @@ class ExactAux(NamedTuple):
 
     overflow: jax.Array
     extra: Any
-
-
-def check_arithmetic(arithmetic: str) -> str:
-    """`arithmetic` if it is "float" or "exact", else ValueError (checked before tracing)."""
-    if arithmetic not in ARITHMETICS:
-        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
-    return arithmetic
 
 
 def check_frac_bits(frac_bits: int) -> int:
@@ -370,29 +354,6 @@ def exact_additive_coupling_with_stats(
         return (y1, y2), ExactAux(o1 | o2, {"F": f_stats, "G": g_stats})
 
     return InvertibleStep(forward, plain.inverse, plain.backward, has_aux=True, name=name)
-
-
-def exact_verlet_step_with_stats(
-    F: Callable[..., Any],
-    G: Callable[..., Any],
-    *,
-    train: bool,
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    name: str = "exact_hamiltonian",
-) -> InvertibleStep:
-    """Verlet Y' = Y + ⌊F(Z)⌉, Z' = Z − ⌊G(Y')⌉ with batch statistics (BN inside F and G).
-
-    `exact_additive_coupling_with_stats` with G negated (the exact twin of
-    `revjax.families.chang.verlet_step_with_stats`).
-    """
-
-    def negated_G(variables, u, rng=None):
-        g, stats = G(variables, u, rng)
-        return -g, stats
-
-    return exact_additive_coupling_with_stats(
-        F, negated_G, train=train, frac_bits=frac_bits, name=name
-    )
 
 
 def exact_leapfrog_step(
@@ -613,7 +574,7 @@ def exact_stored_transition(
     frac_bits = check_frac_bits(frac_bits)
 
     def apply(params, x, rng=None):
-        y_float, inner_aux = _call_float(transition, params, decode(x, frac_bits), rng)
+        y_float, inner_aux = engine.call_layer(transition, params, decode(x, frac_bits), rng)
         carrier = jax.tree.leaves(x, is_leaf=_is_fixed)[0].g.dtype  # keep the state's dtype
         pairs = [quantize(v, frac_bits, carrier) for v in jax.tree.leaves(y_float)]
         treedef = jax.tree.structure(y_float)
@@ -622,90 +583,6 @@ def exact_stored_transition(
         return y, (ExactAux(overflow, inner_aux) if transition.has_aux else overflow)
 
     return Transition(apply, has_aux=True, name=transition.name)
-
-
-def _call_float(transition: Transition, params, x, rng):
-    out = transition.apply(params, x, rng)
-    return out if transition.has_aux else (out, None)
-
-
-def float_transition(
-    apply_float: Callable[[jax.Array], jax.Array],
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    name: str = "float_transition",
-) -> Transition:
-    """A parameter-free float map applied to every `Fixed` leaf (e.g. average pooling) between
-    exact stages: `exact_stored_transition` of y = apply_float(x) per leaf. params = None."""
-
-    def apply(params, x, rng=None):
-        return jax.tree.map(apply_float, x)
-
-    return exact_stored_transition(Transition(apply, name=name), frac_bits)
-
-
-# --------------------------------------------------------------------------------------------
-# Running a body in either arithmetic (the one entry point of the exact models).
-
-
-def run_body(
-    layers: Sequence[Any],
-    params: Sequence[Any],
-    x: PyTree,
-    *,
-    arithmetic: str = "float",
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    backprop: str = "reversible",
-    rngs: Sequence[Any] | None = None,
-    observe: Callable[[Sequence[Any], Sequence[Any], PyTree], None] | None = None,
-) -> tuple[PyTree, tuple]:
-    """Run a model body with `engine.apply_with_aux`, in float or exact arithmetic.
-
-    float: (y, aux) = engine.apply_with_aux(layers, params, x).
-    exact: the float input pytree x is `encode`d (q = ⌊x·2^f⌉), the body (whose layers are the
-    exact steps and transitions of this module) runs on `Fixed` states, and its output is
-    `decode`d (straight-through). If the input or any step left the fixed-point range the
-    output is NaN (training then stops on a non-finite loss instead of going on with
-    wrapped-around values; `check_overflow` names the layer). The returned aux has the float
-    body's structure: each layer's overflow flag is removed (`ExactAux` -> its extra, a bare
-    flag -> None), so batch statistics come back exactly as in float mode.
-
-    Args:
-      layers, params, rngs, backprop: as for `engine.apply_with_aux`.
-      x: float input pytree (float arrays).
-      arithmetic: "float" | "exact".
-      frac_bits: f (exact only).
-      observe: called as observe(layers, params, body_input) with the engine's input (the
-        encoded state when exact), e.g. `functools.partial(drift.sow_reconstruction_error,
-        module)`.
-
-    Returns:
-      (y as float arrays of x's structure per the body, per-layer aux).
-    """
-    check_arithmetic(arithmetic)
-    if arithmetic == "float":
-        y, aux = engine.apply_with_aux(layers, params, x, rngs, backprop=backprop)
-        if observe is not None:
-            observe(layers, params, x)
-        return y, aux
-    frac_bits = check_frac_bits(frac_bits)
-    encoded = encode(x, frac_bits)
-    out, aux = engine.apply_with_aux(layers, params, encoded, rngs, backprop=backprop)
-    if observe is not None:
-        observe(layers, params, encoded)
-    input_overflow = jnp.any(
-        jnp.stack([out_of_range(u * 2.0**frac_bits) for u in jax.tree.leaves(x)])
-    )
-    overflow = any_overflow(aux) | input_overflow
-    y = jax.tree.map(lambda u: jnp.where(overflow, jnp.nan, u), decode(out, frac_bits))
-    return y, tuple(_strip_overflow(a) for a in aux)
-
-
-def _strip_overflow(aux):
-    if isinstance(aux, ExactAux):
-        return aux.extra
-    if hasattr(aux, "dtype") and aux.dtype == jnp.bool_:
-        return None
-    return aux
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from revjax import engine, models
+from revjax import arithmetic, engine, models
 from revjax import fixed_point as fp
 from revjax.families import hyperbolic
 
@@ -25,10 +25,9 @@ def _small_hyperbolic(**overrides):
 
 def test_exact_hyperbolic_body_reconstructs_bit_exactly():
     config = hyperbolic.make_config(
-        spatial_dims=2, in_channels=3, width=4, levels=1, units=2, ranks=None,
-        h=0.5, arithmetic="exact",
-    )  # fmt: skip
-    layers = hyperbolic.multilevel_layers(config)
+        spatial_dims=2, in_channels=3, width=4, levels=1, units=2, ranks=None, h=0.5
+    )
+    layers = hyperbolic.multilevel_layers(config, arithmetic.exact_arithmetic())
     params = hyperbolic.init_multilevel_params(jax.random.key(0), config, jnp.float32)
     x = fp.encode(jax.random.normal(jax.random.key(1), (2, 8, 8, 3), jnp.float32))
     errors = jax.jit(lambda p, u: engine.reconstruction_error(layers, p, u))(params, x)

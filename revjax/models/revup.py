@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine
+from revjax import arithmetic, engine
 from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import revup
@@ -76,15 +76,11 @@ def _stem_transition(pool: bool, stride: int) -> engine.Transition:
     return engine.Transition(apply, name="stem")
 
 
-def _check_arithmetic(arithmetic: str) -> None:
-    if arithmetic != "float":
-        raise ValueError(
-            f"RevUp supports arithmetic='float' only, got {arithmetic!r}: its i-ResNet blocks "
-            "are inverted by a fixed-point iteration, not by subtracting a recomputed "
-            "increment, so fixed-point states cannot make them exactly invertible (exact "
-            "arithmetic: revnet*, hamiltonian*, midpoint*, leapfrog*, hyperbolic*, "
-            "lean_hamiltonian*)"
-        )
+_FLOAT_ONLY = (
+    ": RevUp's i-ResNet blocks are inverted by a fixed-point iteration, not by subtracting a "
+    "recomputed increment, so fixed-point states cannot make them exactly invertible (exact "
+    "arithmetic: revnet*, hamiltonian*, midpoint*, leapfrog*, hyperbolic*, lean_hamiltonian*)"
+)
 
 
 class RevUp(ReversibleModel, nn.Module):
@@ -137,7 +133,7 @@ class RevUp(ReversibleModel, nn.Module):
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
-        _check_arithmetic(self.arithmetic)
+        arithmetic.get(self.arithmetic, supported=("float",), why=_FLOAT_ONLY)
         check_coefficient(self.c)
         revup.check_fixed_point_config(self.max_iter, self.tol, self.on_nonconvergence)
         check_num_classes(self.num_classes)
