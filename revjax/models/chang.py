@@ -89,8 +89,8 @@ from revjax.conv import conv, conv_transpose
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
 from revjax.families.revnet import initial_batch_stats
-from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.models.registry import register
 from revjax.nn import residual_with_stats
 
 __all__ = ["ChangNet", "HamiltonianResidual", "DEFAULT_STEP_SIZES", "default_step_size"]
@@ -306,8 +306,13 @@ def _factory(family: str, units: tuple[int, ...], widths: tuple[int, ...]):
     return build
 
 
-register("hamiltonian74")(_factory("hamiltonian", (6, 6, 6), (32, 64, 112)))
-register("hamiltonian218")(_factory("hamiltonian", (18, 18, 18), (32, 64, 128)))
-register("hamiltonian1202")(_factory("hamiltonian", (100, 100, 100), (32, 64, 128)))
-register("midpoint62")(_factory("midpoint", (10, 10, 10), (16, 32, 56)))
-register("leapfrog62")(_factory("leapfrog", (10, 10, 10), (16, 32, 56)))
+RENAMED = {"filters": "widths (one width per stage; the stem outputs widths[0] channels)"}
+_CONFIGS = {
+    "hamiltonian74": ("hamiltonian", (6, 6, 6), (32, 64, 112)),
+    "hamiltonian218": ("hamiltonian", (18, 18, 18), (32, 64, 128)),
+    "hamiltonian1202": ("hamiltonian", (100, 100, 100), (32, 64, 128)),
+    "midpoint62": ("midpoint", (10, 10, 10), (16, 32, 56)),
+    "leapfrog62": ("leapfrog", (10, 10, 10), (16, 32, 56)),
+}
+for _name, _config in _CONFIGS.items():
+    register(_name, stages=True, renamed=RENAMED)(_factory(*_config))

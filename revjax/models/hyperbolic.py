@@ -38,8 +38,8 @@ from revjax import arithmetic, engine
 from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
-from revjax.models import register
 from revjax.models.heads import check_num_classes
+from revjax.models.registry import register
 
 __all__ = ["HyperbolicSegmenter"]
 
@@ -175,7 +175,13 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
         return head(state[1])
 
 
-@register("hyperbolic2d")
+RENAMED = {
+    "layers_per_level": "units (leapfrog steps per unit, int or one per level)",
+    "coarsening": "transition",
+}
+
+
+@register("hyperbolic2d", stages=True, renamed=RENAMED)
 def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
     """2-D segmentation (NHWC): width 16, 3 levels, 2 layers per unit, rank = width, h = 0.5."""
     config = dict(
@@ -185,7 +191,7 @@ def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
     return HyperbolicSegmenter(**config)
 
 
-@register("hyperbolic3d")
+@register("hyperbolic3d", stages=True, renamed=RENAMED)
 def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
     """3-D video/volume segmentation (NDHWC): width 8, 2 levels, 2 layers per unit, rank = width."""
     config = dict(

@@ -64,8 +64,8 @@ from revjax.families.lean import (
     mix_init,
     off_diagonal,
 )
-from revjax.models import create, register
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.models.registry import create, register
 
 __all__ = [
     "ResNetStep",
@@ -439,9 +439,19 @@ def _lean_factory(network: str, step: str):
     return factory
 
 
+# Field names LeanResNet used before the shared vocabulary.
+_RENAMED_RESNET = {
+    "features": "width (the stem width c0; stage i runs at width * 2**i)",
+    "num_blocks": "units (one entry per stage: num_blocks=3 is units=(4, 4, 4))",
+    "steps_per_block": "units (steps per stage: steps_per_block=4, num_blocks=3 is "
+    "units=(4, 4, 4))",
+    "stem_kernel_size": "stem_kernel",
+}
 for _network in NETWORKS:
     for _step in lean.STEP_TYPES:
-        register(f"lean_{_network}_{_step}")(_lean_factory(_network, _step))
+        register(f"lean_{_network}_{_step}", stages=True, renamed=_RENAMED_RESNET)(
+            _lean_factory(_network, _step)
+        )
 
 
 def _hamiltonian_factory(operator: str):
@@ -451,8 +461,13 @@ def _hamiltonian_factory(operator: str):
     return factory
 
 
-register("lean_hamiltonian")(_hamiltonian_factory("dw_mix"))
-register("lean_hamiltonian_circulant")(_hamiltonian_factory("circulant"))
+_RENAMED_HAMILTONIAN = {"depth": "units (Verlet steps per stage, one entry per stage)"}
+register("lean_hamiltonian", stages=True, renamed=_RENAMED_HAMILTONIAN)(
+    _hamiltonian_factory("dw_mix")
+)
+register("lean_hamiltonian_circulant", stages=True, renamed=_RENAMED_HAMILTONIAN)(
+    _hamiltonian_factory("circulant")
+)
 
 
 # --------------------------------------------------------------------------- parameter table

@@ -60,8 +60,8 @@ from revjax.families.resnet import (
     pool_pad_shortcut,
 )
 from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
-from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, conv_init
+from revjax.models.registry import register
 from revjax.models.resnet import ResNet, residual_module, stem_width_of
 from revjax.nn import init_stacked, residual_with_stats
 
@@ -383,5 +383,11 @@ _CONFIGS = {
     ),
 }
 
+# Field names RevNet and ResNet used before the shared vocabulary.
+RENAMED = {
+    "filters": "widths (one width per stage; the stem width is now `stem_width`, default "
+    "widths[0])",
+    "stem_max_pool": "stem_pool",
+}
 for _name, (_cls, _config) in _CONFIGS.items():
-    register(_name)(_factory(_cls, **_config))
+    register(_name, stages=True, renamed=RENAMED)(_factory(_cls, **_config))

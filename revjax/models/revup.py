@@ -54,8 +54,8 @@ from revjax import arithmetic, engine
 from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import revup
-from revjax.models import register
 from revjax.models.heads import check_num_classes, conv_init
+from revjax.models.registry import register
 from revjax.spectral_norm import check_coefficient
 from revjax.transitions import check_halvable, space_to_depth_step
 
@@ -305,25 +305,32 @@ def _cifar(n: int, **overrides) -> RevUp:
     return RevUp(**config)
 
 
-@register("revup20")
+RENAMED = {
+    "stage_sizes": "units (blocks per stage)",
+    "downsample": "transition",
+    "stem_stride": "stem_strides",
+}
+
+
+@register("revup20", stages=True, renamed=RENAMED)
 def revup20(**overrides) -> RevUp:
     """RevUp-20 (CIFAR): [3, 3, 3] blocks, widths 16/32/64, depth 6n+2 = 20."""
     return _cifar(3, **overrides)
 
 
-@register("revup56")
+@register("revup56", stages=True, renamed=RENAMED)
 def revup56(**overrides) -> RevUp:
     """RevUp-56 (CIFAR): [9, 9, 9] blocks, widths 16/32/64."""
     return _cifar(9, **overrides)
 
 
-@register("revup110")
+@register("revup110", stages=True, renamed=RENAMED)
 def revup110(**overrides) -> RevUp:
     """RevUp-110 (CIFAR): [18, 18, 18] blocks, widths 16/32/64."""
     return _cifar(18, **overrides)
 
 
-@register("revup_imagenet")
+@register("revup_imagenet", stages=True, renamed=RENAMED)
 def revup_imagenet(**overrides) -> RevUp:
     """ImageNet-shaped RevUp: 7x7/2 conv stem + max-pool, [2,2,2,2] blocks, widths 64..512.
 
