@@ -170,14 +170,14 @@ def _exact_run(
 
     The returned aux has the float body's structure: each layer's overflow flag is removed
     (`ExactAux` -> its extra, a bare flag -> None), so batch statistics come back as in float.
-    A float leaf in the output means some layer was not built by this arithmetic.
+    A non-int32 state in the output means some layer was not built by this arithmetic.
     """
     encoded = fixed_point.encode(x, frac_bits)
     out, aux = engine.apply_with_aux(layers, params, encoded, rngs, backprop=backprop)
     leaves = jax.tree.leaves(out, is_leaf=lambda s: isinstance(s, fixed_point.Fixed))
-    if not all(isinstance(s, fixed_point.Fixed) for s in leaves):
+    if not all(isinstance(s, fixed_point.Fixed) and s.q.dtype == jnp.int32 for s in leaves):
         raise TypeError(
-            "exact arithmetic: the body returned float state leaves; some layer was built "
+            "exact arithmetic: the body returned non-fixed-point states; some layer was built "
             "outside the arithmetic (build every step with `arith.<step>`, not directly)"
         )
     if observe is not None:
