@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from revjax import couplings, engine, fixed_point, integer_haar, integrators, transitions
 from revjax.fixed_point import DEFAULT_FRAC_BITS
+from revjax.space_to_depth import depth_to_space, space_to_depth
 
 __all__ = [
     "ARITHMETICS",
@@ -64,16 +65,12 @@ class Arithmetic(NamedTuple):
       frac_bits: fractional bits of the fixed-point states (None for float).
       encode, decode: float pytree -> state pytree and back (identities for float).
       additive_coupling: (F, G, *, name) -> y1 = x1 + F(x2), y2 = x2 + G(y1).
-      additive_coupling_with_stats: (F, G, *, train, name): the same with F, G returning
-        (v, batch_stats); the train-mode aux holds the statistics.
       leapfrog_step: (force, h, *, damping=0, name) -> (P, C) ↦ (C, 2C − P + h² f(C)).
       midpoint_step: (g, h, *, name) -> (P, C) ↦ (C, P + 2h g(C)).
       duplicate_state: (name) -> Y ↦ (Y, Y).
       euler_start: (fn, scale, *, name) -> Y ↦ (Y, Y + scale·fn(Y)).
       linear_step: (forward_fn, inverse_fn, adjoint_fn=None, name) -> a fixed linear map with
         integer coefficients (permutation, zero padding) on every state leaf.
-      zero_pad_channels_step: (extra, name) -> append `extra` zero channels (i-RevNet inj_pad).
-      space_to_depth_step: () -> i-RevNet ψ, (N, H, W, C) -> (N, H/2, W/2, 4C).
       haar_step, haar_inverse_step: () -> Haar coarsening (channels ×2^d) and refinement.
       stored_transition: (engine.Transition of float states) -> the Transition on this
         arithmetic's states (its input is stored, so it need not be invertible).
@@ -89,19 +86,55 @@ class Arithmetic(NamedTuple):
     encode: Callable[[PyTree], PyTree]
     decode: Callable[[PyTree], PyTree]
     additive_coupling: Callable[..., engine.InvertibleStep]
-    additive_coupling_with_stats: Callable[..., engine.InvertibleStep]
     leapfrog_step: Callable[..., engine.InvertibleStep]
     midpoint_step: Callable[..., engine.InvertibleStep]
     duplicate_state: Callable[..., engine.InvertibleStep]
     euler_start: Callable[..., engine.InvertibleStep]
     linear_step: Callable[..., engine.InvertibleStep]
-    zero_pad_channels_step: Callable[..., engine.InvertibleStep]
-    space_to_depth_step: Callable[[], engine.InvertibleStep]
     haar_step: Callable[[], engine.InvertibleStep]
     haar_inverse_step: Callable[[], engine.InvertibleStep]
     stored_transition: Callable[[engine.Transition], engine.Transition]
     run: Callable[..., tuple[PyTree, tuple]]
     check_overflow: Callable[..., None]
+
+    def additive_coupling_with_stats(self, F, G, *, train: bool, name: str = "additive_coupling"):
+        """`additive_coupling` of residual functions returning (v, batch_stats) (BN inside).
+
+        F, G: `(variables, u, rng) -> (v, batch_stats)` (e.g. `revjax.nn.residual_with_stats`).
+        In train mode the forward's aux is {"F": stats, "G": stats} (exact arithmetic:
+        `fixed_point.ExactAux(overflow, stats)`), the running averages, updated once by the
+        forward pass; inverse and backward use the values only, so the reconstruction
+        normalises with the forward's batch statistics (same input) and updates nothing.
+        """
+        plain = self.additive_coupling(_value(F), _value(G), name=name)
+        if not train:
+            return plain
+
+        def forward(params, x, rng=None):
+            stats = {}
+
+            def keep(key, fn):
+                def residual(p, u, r=None):
+                    v, stats[key] = fn(p, u, r)
+                    return v
+
+                return residual
+
+            coupling = self.additive_coupling(keep("F", F), keep("G", G), name=name)
+            out = coupling.forward(params, x, rng)
+            if plain.has_aux:  # the arithmetic's own aux: an overflow flag
+                return out[0], fixed_point.ExactAux(out[1], stats)
+            return out, stats
+
+        return engine.InvertibleStep(forward, plain.inverse, plain.backward, True, name)
+
+    def zero_pad_channels_step(self, extra: int, name: str = "zero_pad_channels"):
+        """Append `extra` zero channels to every state leaf (i-RevNet inj_pad); inverse crops."""
+        return self.linear_step(*transitions._zero_pad_maps(extra), name=name)
+
+    def space_to_depth_step(self) -> engine.InvertibleStep:
+        """i-RevNet ψ of every state leaf, (N, H, W, C) -> (N, H/2, W/2, 4C): a permutation."""
+        return self.linear_step(space_to_depth, depth_to_space, name="space_to_depth")
 
     def verlet_step(self, F, G, *, name: str = "verlet") -> engine.InvertibleStep:
         """Verlet / Hamiltonian Y' = Y + F(Z), Z' = Z − G(Y') (Chang, Meng, Haber, Ruthotto,
@@ -116,6 +149,10 @@ class Arithmetic(NamedTuple):
             return -g, stats
 
         return self.additive_coupling_with_stats(F, negated_G, train=train, name=name)
+
+
+def _value(fn):
+    return lambda variables, u, rng=None: fn(variables, u, rng)[0]
 
 
 def _float_run(layers, params, x, *, backprop="reversible", rngs=None, observe=None):
@@ -133,14 +170,11 @@ def float_arithmetic() -> Arithmetic:
         encode=lambda x: x,
         decode=lambda y: y,
         additive_coupling=couplings.additive_coupling,
-        additive_coupling_with_stats=couplings.additive_coupling_with_stats,
         leapfrog_step=integrators.leapfrog_step,
         midpoint_step=integrators.midpoint_step,
         duplicate_state=integrators.duplicate_state,
         euler_start=integrators.euler_start,
         linear_step=transitions.orthogonal_step,
-        zero_pad_channels_step=transitions.zero_pad_channels_step,
-        space_to_depth_step=transitions.space_to_depth_step,
         haar_step=transitions.haar_step,
         haar_inverse_step=transitions.haar_inverse_step,
         stored_transition=lambda transition: transition,
@@ -205,16 +239,11 @@ def exact_arithmetic(frac_bits: int = DEFAULT_FRAC_BITS) -> Arithmetic:
         encode=partial(fixed_point.encode, frac_bits=f),
         decode=partial(fixed_point.decode, frac_bits=f),
         additive_coupling=partial(fixed_point.exact_additive_coupling, frac_bits=f),
-        additive_coupling_with_stats=partial(
-            fixed_point.exact_additive_coupling_with_stats, frac_bits=f
-        ),
         leapfrog_step=partial(fixed_point.exact_leapfrog_step, frac_bits=f),
         midpoint_step=partial(fixed_point.exact_midpoint_step, frac_bits=f),
         duplicate_state=fixed_point.exact_duplicate_state,
         euler_start=partial(fixed_point.exact_euler_start, frac_bits=f),
         linear_step=fixed_point.exact_linear_step,
-        zero_pad_channels_step=fixed_point.exact_zero_pad_channels_step,
-        space_to_depth_step=fixed_point.exact_space_to_depth_step,
         haar_step=integer_haar.exact_haar_step,
         haar_inverse_step=integer_haar.exact_haar_inverse_step,
         stored_transition=partial(fixed_point.exact_stored_transition, frac_bits=f),

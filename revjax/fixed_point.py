@@ -49,10 +49,10 @@ map contracts the phase-space volume by ((1 − γh/2)/(1 + γh/2))^n, so on a f
 cannot be injective and no rounding makes it exactly invertible. Affine coupling (a
 multiplicative update) and RevUp's fixed-point inverse are out of scope for the same reason.
 
-Batch norm inside residual functions: `exact_additive_coupling_with_stats` (the exact twin of
-`revjax.couplings.additive_coupling_with_stats`) returns the forward's batch statistics next to
-the overflow flag, as `ExactAux(overflow, stats)`. The reconstruction recomputes F and G from
-bit-identical inputs, hence from the same batch statistics. Non-invertible maps between exact
+Batch norm inside residual functions (`Arithmetic.additive_coupling_with_stats` of
+`revjax.arithmetic`): the forward's batch statistics come next to the overflow flag, as
+`ExactAux(overflow, stats)`; the reconstruction recomputes F and G from bit-identical inputs,
+hence from the same batch statistics. Non-invertible maps between exact
 stages (pooling, strided projection blocks) are `exact_stored_transition`s: float on the
 decoded state, re-encoded output, input stored.
 
@@ -101,15 +101,12 @@ __all__ = [
     "any_overflow",
     "ExactAux",
     "exact_additive_coupling",
-    "exact_additive_coupling_with_stats",
     "exact_verlet_step",
     "exact_leapfrog_step",
     "exact_midpoint_step",
     "exact_duplicate_state",
     "exact_euler_start",
     "exact_linear_step",
-    "exact_zero_pad_channels_step",
-    "exact_space_to_depth_step",
     "exact_stored_transition",
 ]
 
@@ -317,45 +314,6 @@ def exact_verlet_step(
     return exact_additive_coupling(F, negated_G, frac_bits=frac_bits, name=name)
 
 
-def exact_additive_coupling_with_stats(
-    F: Callable[..., Any],
-    G: Callable[..., Any],
-    *,
-    train: bool,
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    name: str = "exact_additive_coupling",
-) -> InvertibleStep:
-    """`exact_additive_coupling` of residual functions that also return batch statistics.
-
-    The exact twin of `revjax.couplings.additive_coupling_with_stats`. F, G: pure
-    `(variables, u, rng) -> (v, batch_stats)` (e.g. `revjax.nn.residual_with_stats` of a linen
-    module with batch norm); u is the real value of the fixed-point half. In train mode the
-    forward returns ((y1, y2), ExactAux(overflow, {"F": stats, "G": stats})): the running
-    averages, updated once by the forward pass. The inverse and the fused backward use the
-    values only: their inputs are bit-identical to the forward's, so batch norm sees the same
-    batch and computes the same statistics, and nothing is updated. In eval mode this is
-    `exact_additive_coupling` of the values (aux: the overflow flag).
-    """
-
-    def value(fn):
-        return lambda variables, u, rng=None: fn(variables, u, rng)[0]
-
-    plain = exact_additive_coupling(value(F), value(G), frac_bits=frac_bits, name=name)
-    if not train:
-        return plain
-
-    def forward(params, x, rng=None):
-        x1, x2 = x
-        rf, rg = _split_rng(rng)
-        f, f_stats = F(params["F"], real(x2, frac_bits), rf)
-        y1, o1 = _add(x1, f, frac_bits)
-        g, g_stats = G(params["G"], real(y1, frac_bits), rg)
-        y2, o2 = _add(x2, g, frac_bits)
-        return (y1, y2), ExactAux(o1 | o2, {"F": f_stats, "G": g_stats})
-
-    return InvertibleStep(forward, plain.inverse, plain.backward, has_aux=True, name=name)
-
-
 def exact_leapfrog_step(
     force: ResidualFn,
     h: float,
@@ -510,53 +468,42 @@ def exact_linear_step(
     inverse_fn: Callable[[jax.Array], jax.Array],
     adjoint_fn: Callable[[jax.Array], jax.Array] | None = None,
     name: str = "exact_linear",
+    *,
+    real_fns: tuple[Callable, Callable] | None = None,
+    overflow: Callable[[jax.Array], jax.Array] | None = None,
 ) -> InvertibleStep:
     """A dtype-agnostic linear map with integer coefficients (permutation, zero padding) applied
     to q and g of every `Fixed` leaf; exact because it only moves (or zero-fills) integers.
 
     Backward: x = Q^{-1} y, x̄ = Q^T ȳ (`adjoint_fn`, default Q^{-1}: orthogonal Q). params = None.
+    An integer-to-integer map that rounds a real one (the lifting Haar of `revjax.integer_haar`)
+    gives that real map and its inverse as `real_fns` (applied to g; `adjoint_fn` is then the
+    transpose of the real forward) and `overflow(q) -> bool` (the forward's aux).
     """
     adjoint_fn = inverse_fn if adjoint_fn is None else adjoint_fn
+    real_forward, real_inverse = (forward_fn, inverse_fn) if real_fns is None else real_fns
 
-    def on_fixed(fn):
-        return lambda tree: jax.tree.map(lambda s: Fixed(fn(s.q), fn(s.g)), tree, is_leaf=_is_fixed)
+    def on_fixed(q_fn, g_fn, tree):
+        return jax.tree.map(lambda s: Fixed(q_fn(s.q), g_fn(s.g)), tree, is_leaf=_is_fixed)
+
+    def forward(params, x, rng=None):
+        y = on_fixed(forward_fn, real_forward, x)
+        if overflow is None:
+            return y
+        flags = [overflow(s.q) for s in jax.tree.leaves(x, is_leaf=_is_fixed)]
+        return y, jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
+
+    def inverse(params, y, rng=None):
+        return on_fixed(inverse_fn, real_inverse, y)
 
     def backward(params, y, y_bar, rng=None):
-        x = on_fixed(inverse_fn)(y)
+        x = inverse(params, y)
         x_bar = jax.tree.map(
             lambda s, b: Fixed(_float0(s.q), adjoint_fn(b.g)), x, y_bar, is_leaf=_is_fixed
         )
         return x, jax.tree.map(jnp.zeros_like, params), x_bar
 
-    return InvertibleStep(
-        lambda params, x, rng=None: on_fixed(forward_fn)(x),
-        lambda params, y, rng=None: on_fixed(inverse_fn)(y),
-        backward,
-        name=name,
-    )
-
-
-def exact_zero_pad_channels_step(
-    extra: int, name: str = "exact_zero_pad_channels"
-) -> InvertibleStep:
-    """Append `extra` zero channels to every `Fixed` leaf (i-RevNet inj_pad); inverse crops."""
-    if extra < 0:
-        raise ValueError(f"cannot zero-pad by a negative number of channels ({extra})")
-
-    def pad(u):
-        return jnp.pad(u, [(0, 0)] * (u.ndim - 1) + [(0, extra)])
-
-    def crop(u):
-        return u[..., : u.shape[-1] - extra]
-
-    return exact_linear_step(pad, crop, name=name)
-
-
-def exact_space_to_depth_step() -> InvertibleStep:
-    """i-RevNet ψ on every `Fixed` leaf: (N, H, W, C) -> (N, H/2, W/2, 4C), a permutation."""
-    from revjax.space_to_depth import depth_to_space, space_to_depth
-
-    return exact_linear_step(space_to_depth, depth_to_space, name="exact_space_to_depth")
+    return InvertibleStep(forward, inverse, backward, overflow is not None, name)
 
 
 def exact_stored_transition(
