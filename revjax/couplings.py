@@ -23,7 +23,6 @@ the VJP closure of `jax.vjp(G, y1)` both rebuilds x2 and pulls ȳ2 back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,6 @@ from revjax.engine import InvertibleStep
 
 __all__ = [
     "additive_coupling",
-    "additive_coupling_with_stats",
     "affine_coupling",
     "affine_log_det",
     "split_halves",
@@ -96,37 +94,6 @@ def additive_coupling(F: ResidualFn, G: ResidualFn, name: str = "additive_coupli
         return (x1, x2), {"F": f_params_bar, "G": g_params_bar}, (y1_hat, y2_bar + x2_from_f)
 
     return InvertibleStep(forward, inverse, backward, name=name)
-
-
-def additive_coupling_with_stats(
-    F: Callable[..., Any], G: Callable[..., Any], *, train: bool, name: str = "additive_coupling"
-) -> InvertibleStep:
-    """`additive_coupling` of residual functions that also return batch statistics.
-
-    F, G: pure `(variables, u, rng) -> (v, batch_stats)` (e.g. `revjax.nn.residual_with_stats`
-    of a linen module with batch norm). In train mode the forward returns
-    ((y1, y2), {"F": stats, "G": stats}) (`has_aux=True`): the running averages, updated once
-    by the forward pass. The inverse and the fused backward use the values only, so the
-    reconstruction normalises with the forward's batch statistics (its input is the forward's
-    input) and never updates them. In eval mode this is `additive_coupling` of the values.
-    """
-
-    def value(fn):
-        return lambda variables, u, rng=None: fn(variables, u, rng)[0]
-
-    plain = additive_coupling(value(F), value(G), name=name)
-    if not train:
-        return plain
-
-    def forward(params, x, rng=None):
-        x1, x2 = x
-        rf, rg = _split_rng(rng)
-        f, f_stats = F(params["F"], x2, rf)
-        y1 = x1 + f
-        g, g_stats = G(params["G"], y1, rg)
-        return (y1, x2 + g), {"F": f_stats, "G": g_stats}
-
-    return InvertibleStep(forward, plain.inverse, plain.backward, has_aux=True, name=name)
 
 
 def bounded_log_scale(raw: jax.Array, max_log_scale: float) -> jax.Array:

@@ -49,19 +49,16 @@ map contracts the phase-space volume by ((1 − γh/2)/(1 + γh/2))^n, so on a f
 cannot be injective and no rounding makes it exactly invertible. Affine coupling (a
 multiplicative update) and RevUp's fixed-point inverse are out of scope for the same reason.
 
-Batch norm inside residual functions: `exact_additive_coupling_with_stats` and
-`exact_verlet_step_with_stats` (the exact twins of `revjax.couplings.additive_coupling_with_
-stats` and `revjax.families.chang.verlet_step_with_stats`) return the forward's batch
-statistics next to the overflow flag, as `ExactAux(overflow, stats)`. The reconstruction
-recomputes F and G from bit-identical inputs, hence from the same batch statistics.
-Non-invertible maps between exact stages (pooling, strided projection blocks) are
-`exact_stored_transition`s: float on the decoded state, re-encoded output, input stored.
+Batch norm inside residual functions (`Arithmetic.additive_coupling_with_stats` of
+`revjax.arithmetic`): the forward's batch statistics come next to the overflow flag, as
+`ExactAux(overflow, stats)`; the reconstruction recomputes F and G from bit-identical inputs,
+hence from the same batch statistics. Non-invertible maps between exact
+stages (pooling, strided projection blocks) are `exact_stored_transition`s: float on the
+decoded state, re-encoded output, input stored.
 
-Models. `run_body(layers, params, x, arithmetic=..., frac_bits=...)` is the one entry point
-of every model with `arithmetic="float" | "exact"` (RevNet, Chang et al.'s three families,
-hyperbolic2d/3d, the low-cost Hamiltonian): exact: encode x, run the engine, decode, NaN on
-overflow, and hand back the per-layer aux without the overflow flags (same structure as in
-float mode).
+Families and models do not call these constructors by name: they build their steps through
+`revjax.arithmetic.exact_arithmetic(frac_bits)`, whose `run` encodes the input, runs the engine,
+decodes the output and makes it NaN on overflow. Users can build exact steps here directly.
 
 Overflow. int32 arithmetic wraps modulo 2³²: reconstruction stays exact, but the real values
 become garbage. Every exact step returns, as its `aux`, a boolean "some state or increment
@@ -102,27 +99,18 @@ __all__ = [
     "out_of_range",
     "check_overflow",
     "any_overflow",
-    "ARITHMETICS",
-    "check_arithmetic",
     "ExactAux",
-    "run_body",
     "exact_additive_coupling",
-    "exact_additive_coupling_with_stats",
     "exact_verlet_step",
-    "exact_verlet_step_with_stats",
     "exact_leapfrog_step",
     "exact_midpoint_step",
     "exact_duplicate_state",
     "exact_euler_start",
     "exact_linear_step",
-    "exact_zero_pad_channels_step",
-    "exact_space_to_depth_step",
-    "float_transition",
     "exact_stored_transition",
 ]
 
 DEFAULT_FRAC_BITS = 20
-ARITHMETICS = ("float", "exact")
 _INT32_BITS = 31
 # Largest |q| accepted, with a margin for the float32 estimate used to detect overflow.
 _LIMIT = float(2**31 - 2**12)
@@ -157,13 +145,6 @@ class ExactAux(NamedTuple):
 
     overflow: jax.Array
     extra: Any
-
-
-def check_arithmetic(arithmetic: str) -> str:
-    """`arithmetic` if it is "float" or "exact", else ValueError (checked before tracing)."""
-    if arithmetic not in ARITHMETICS:
-        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
-    return arithmetic
 
 
 def check_frac_bits(frac_bits: int) -> int:
@@ -333,68 +314,6 @@ def exact_verlet_step(
     return exact_additive_coupling(F, negated_G, frac_bits=frac_bits, name=name)
 
 
-def exact_additive_coupling_with_stats(
-    F: Callable[..., Any],
-    G: Callable[..., Any],
-    *,
-    train: bool,
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    name: str = "exact_additive_coupling",
-) -> InvertibleStep:
-    """`exact_additive_coupling` of residual functions that also return batch statistics.
-
-    The exact twin of `revjax.couplings.additive_coupling_with_stats`. F, G: pure
-    `(variables, u, rng) -> (v, batch_stats)` (e.g. `revjax.nn.residual_with_stats` of a linen
-    module with batch norm); u is the real value of the fixed-point half. In train mode the
-    forward returns ((y1, y2), ExactAux(overflow, {"F": stats, "G": stats})): the running
-    averages, updated once by the forward pass. The inverse and the fused backward use the
-    values only: their inputs are bit-identical to the forward's, so batch norm sees the same
-    batch and computes the same statistics, and nothing is updated. In eval mode this is
-    `exact_additive_coupling` of the values (aux: the overflow flag).
-    """
-
-    def value(fn):
-        return lambda variables, u, rng=None: fn(variables, u, rng)[0]
-
-    plain = exact_additive_coupling(value(F), value(G), frac_bits=frac_bits, name=name)
-    if not train:
-        return plain
-
-    def forward(params, x, rng=None):
-        x1, x2 = x
-        rf, rg = _split_rng(rng)
-        f, f_stats = F(params["F"], real(x2, frac_bits), rf)
-        y1, o1 = _add(x1, f, frac_bits)
-        g, g_stats = G(params["G"], real(y1, frac_bits), rg)
-        y2, o2 = _add(x2, g, frac_bits)
-        return (y1, y2), ExactAux(o1 | o2, {"F": f_stats, "G": g_stats})
-
-    return InvertibleStep(forward, plain.inverse, plain.backward, has_aux=True, name=name)
-
-
-def exact_verlet_step_with_stats(
-    F: Callable[..., Any],
-    G: Callable[..., Any],
-    *,
-    train: bool,
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    name: str = "exact_hamiltonian",
-) -> InvertibleStep:
-    """Verlet Y' = Y + ⌊F(Z)⌉, Z' = Z − ⌊G(Y')⌉ with batch statistics (BN inside F and G).
-
-    `exact_additive_coupling_with_stats` with G negated (the exact twin of
-    `revjax.families.chang.verlet_step_with_stats`).
-    """
-
-    def negated_G(variables, u, rng=None):
-        g, stats = G(variables, u, rng)
-        return -g, stats
-
-    return exact_additive_coupling_with_stats(
-        F, negated_G, train=train, frac_bits=frac_bits, name=name
-    )
-
-
 def exact_leapfrog_step(
     force: ResidualFn,
     h: float,
@@ -549,53 +468,42 @@ def exact_linear_step(
     inverse_fn: Callable[[jax.Array], jax.Array],
     adjoint_fn: Callable[[jax.Array], jax.Array] | None = None,
     name: str = "exact_linear",
+    *,
+    real_fns: tuple[Callable, Callable] | None = None,
+    overflow: Callable[[jax.Array], jax.Array] | None = None,
 ) -> InvertibleStep:
     """A dtype-agnostic linear map with integer coefficients (permutation, zero padding) applied
     to q and g of every `Fixed` leaf; exact because it only moves (or zero-fills) integers.
 
     Backward: x = Q^{-1} y, x̄ = Q^T ȳ (`adjoint_fn`, default Q^{-1}: orthogonal Q). params = None.
+    An integer-to-integer map that rounds a real one (the lifting Haar of `revjax.integer_haar`)
+    gives that real map and its inverse as `real_fns` (applied to g; `adjoint_fn` is then the
+    transpose of the real forward) and `overflow(q) -> bool` (the forward's aux).
     """
     adjoint_fn = inverse_fn if adjoint_fn is None else adjoint_fn
+    real_forward, real_inverse = (forward_fn, inverse_fn) if real_fns is None else real_fns
 
-    def on_fixed(fn):
-        return lambda tree: jax.tree.map(lambda s: Fixed(fn(s.q), fn(s.g)), tree, is_leaf=_is_fixed)
+    def on_fixed(q_fn, g_fn, tree):
+        return jax.tree.map(lambda s: Fixed(q_fn(s.q), g_fn(s.g)), tree, is_leaf=_is_fixed)
+
+    def forward(params, x, rng=None):
+        y = on_fixed(forward_fn, real_forward, x)
+        if overflow is None:
+            return y
+        flags = [overflow(s.q) for s in jax.tree.leaves(x, is_leaf=_is_fixed)]
+        return y, jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
+
+    def inverse(params, y, rng=None):
+        return on_fixed(inverse_fn, real_inverse, y)
 
     def backward(params, y, y_bar, rng=None):
-        x = on_fixed(inverse_fn)(y)
+        x = inverse(params, y)
         x_bar = jax.tree.map(
             lambda s, b: Fixed(_float0(s.q), adjoint_fn(b.g)), x, y_bar, is_leaf=_is_fixed
         )
         return x, jax.tree.map(jnp.zeros_like, params), x_bar
 
-    return InvertibleStep(
-        lambda params, x, rng=None: on_fixed(forward_fn)(x),
-        lambda params, y, rng=None: on_fixed(inverse_fn)(y),
-        backward,
-        name=name,
-    )
-
-
-def exact_zero_pad_channels_step(
-    extra: int, name: str = "exact_zero_pad_channels"
-) -> InvertibleStep:
-    """Append `extra` zero channels to every `Fixed` leaf (i-RevNet inj_pad); inverse crops."""
-    if extra < 0:
-        raise ValueError(f"cannot zero-pad by a negative number of channels ({extra})")
-
-    def pad(u):
-        return jnp.pad(u, [(0, 0)] * (u.ndim - 1) + [(0, extra)])
-
-    def crop(u):
-        return u[..., : u.shape[-1] - extra]
-
-    return exact_linear_step(pad, crop, name=name)
-
-
-def exact_space_to_depth_step() -> InvertibleStep:
-    """i-RevNet ψ on every `Fixed` leaf: (N, H, W, C) -> (N, H/2, W/2, 4C), a permutation."""
-    from revjax.space_to_depth import depth_to_space, space_to_depth
-
-    return exact_linear_step(space_to_depth, depth_to_space, name="exact_space_to_depth")
+    return InvertibleStep(forward, inverse, backward, overflow is not None, name)
 
 
 def exact_stored_transition(
@@ -613,7 +521,7 @@ def exact_stored_transition(
     frac_bits = check_frac_bits(frac_bits)
 
     def apply(params, x, rng=None):
-        y_float, inner_aux = _call_float(transition, params, decode(x, frac_bits), rng)
+        y_float, inner_aux = engine.call_layer(transition, params, decode(x, frac_bits), rng)
         carrier = jax.tree.leaves(x, is_leaf=_is_fixed)[0].g.dtype  # keep the state's dtype
         pairs = [quantize(v, frac_bits, carrier) for v in jax.tree.leaves(y_float)]
         treedef = jax.tree.structure(y_float)
@@ -622,90 +530,6 @@ def exact_stored_transition(
         return y, (ExactAux(overflow, inner_aux) if transition.has_aux else overflow)
 
     return Transition(apply, has_aux=True, name=transition.name)
-
-
-def _call_float(transition: Transition, params, x, rng):
-    out = transition.apply(params, x, rng)
-    return out if transition.has_aux else (out, None)
-
-
-def float_transition(
-    apply_float: Callable[[jax.Array], jax.Array],
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    name: str = "float_transition",
-) -> Transition:
-    """A parameter-free float map applied to every `Fixed` leaf (e.g. average pooling) between
-    exact stages: `exact_stored_transition` of y = apply_float(x) per leaf. params = None."""
-
-    def apply(params, x, rng=None):
-        return jax.tree.map(apply_float, x)
-
-    return exact_stored_transition(Transition(apply, name=name), frac_bits)
-
-
-# --------------------------------------------------------------------------------------------
-# Running a body in either arithmetic (the one entry point of the exact models).
-
-
-def run_body(
-    layers: Sequence[Any],
-    params: Sequence[Any],
-    x: PyTree,
-    *,
-    arithmetic: str = "float",
-    frac_bits: int = DEFAULT_FRAC_BITS,
-    backprop: str = "reversible",
-    rngs: Sequence[Any] | None = None,
-    observe: Callable[[Sequence[Any], Sequence[Any], PyTree], None] | None = None,
-) -> tuple[PyTree, tuple]:
-    """Run a model body with `engine.apply_with_aux`, in float or exact arithmetic.
-
-    float: (y, aux) = engine.apply_with_aux(layers, params, x).
-    exact: the float input pytree x is `encode`d (q = ⌊x·2^f⌉), the body (whose layers are the
-    exact steps and transitions of this module) runs on `Fixed` states, and its output is
-    `decode`d (straight-through). If the input or any step left the fixed-point range the
-    output is NaN (training then stops on a non-finite loss instead of going on with
-    wrapped-around values; `check_overflow` names the layer). The returned aux has the float
-    body's structure: each layer's overflow flag is removed (`ExactAux` -> its extra, a bare
-    flag -> None), so batch statistics come back exactly as in float mode.
-
-    Args:
-      layers, params, rngs, backprop: as for `engine.apply_with_aux`.
-      x: float input pytree (float arrays).
-      arithmetic: "float" | "exact".
-      frac_bits: f (exact only).
-      observe: called as observe(layers, params, body_input) with the engine's input (the
-        encoded state when exact), e.g. `functools.partial(drift.sow_reconstruction_error,
-        module)`.
-
-    Returns:
-      (y as float arrays of x's structure per the body, per-layer aux).
-    """
-    check_arithmetic(arithmetic)
-    if arithmetic == "float":
-        y, aux = engine.apply_with_aux(layers, params, x, rngs, backprop=backprop)
-        if observe is not None:
-            observe(layers, params, x)
-        return y, aux
-    frac_bits = check_frac_bits(frac_bits)
-    encoded = encode(x, frac_bits)
-    out, aux = engine.apply_with_aux(layers, params, encoded, rngs, backprop=backprop)
-    if observe is not None:
-        observe(layers, params, encoded)
-    input_overflow = jnp.any(
-        jnp.stack([out_of_range(u * 2.0**frac_bits) for u in jax.tree.leaves(x)])
-    )
-    overflow = any_overflow(aux) | input_overflow
-    y = jax.tree.map(lambda u: jnp.where(overflow, jnp.nan, u), decode(out, frac_bits))
-    return y, tuple(_strip_overflow(a) for a in aux)
-
-
-def _strip_overflow(aux):
-    if isinstance(aux, ExactAux):
-        return aux.extra
-    if hasattr(aux, "dtype") and aux.dtype == jnp.bool_:
-        return None
-    return aux
 
 
 # --------------------------------------------------------------------------------------------

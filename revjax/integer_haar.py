@@ -34,7 +34,6 @@ import jax.numpy as jnp
 
 from revjax import fixed_point
 from revjax.engine import InvertibleStep
-from revjax.fixed_point import Fixed
 from revjax.space_to_depth import depth_to_space, space_to_depth
 
 __all__ = [
@@ -160,42 +159,15 @@ def _overflow(q: jax.Array) -> jax.Array:
     return fixed_point.out_of_range(jnp.max(jnp.abs(q.astype(jnp.float32))) * 2**num_axes)
 
 
-def _map_fixed(q_fn, g_fn, tree):
-    return jax.tree.map(lambda s: Fixed(q_fn(s.q), g_fn(s.g)), tree, is_leaf=fixed_point._is_fixed)
-
-
-def _haar_step(forward_pair, inverse_pair, adjoint, check, name) -> InvertibleStep:
-    """forward_pair/inverse_pair: (q_fn, g_fn); adjoint: transpose of the forward g map."""
-
-    def forward(params, x, rng=None):
-        flags = [check(s.q) for s in jax.tree.leaves(x, is_leaf=fixed_point._is_fixed)]
-        y = _map_fixed(*forward_pair, x)
-        return y, jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
-
-    def inverse(params, y, rng=None):
-        return _map_fixed(*inverse_pair, y)
-
-    def backward(params, y, y_bar, rng=None):
-        x = inverse(params, y)
-        x_bar = jax.tree.map(
-            lambda s, b: Fixed(fixed_point._float0(s.q), adjoint(b.g)),
-            x,
-            y_bar,
-            is_leaf=fixed_point._is_fixed,
-        )
-        return x, jax.tree.map(jnp.zeros_like, params), x_bar
-
-    return InvertibleStep(forward, inverse, backward, has_aux=True, name=name)
-
-
 def exact_haar_step() -> InvertibleStep:
     """Integer Haar coarsening of every `Fixed` leaf (channels ×2^d); aux = overflow flag."""
-    return _haar_step(
-        (lifting_haar_forward, real_haar_forward),
-        (lifting_haar_inverse, real_haar_inverse),
+    return fixed_point.exact_linear_step(
+        lifting_haar_forward,
+        lifting_haar_inverse,
         real_haar_forward_adjoint,
-        _overflow,
         "exact_haar",
+        real_fns=(real_haar_forward, real_haar_inverse),
+        overflow=_overflow,
     )
 
 
@@ -207,10 +179,11 @@ def _inverse_overflow(q: jax.Array) -> jax.Array:
 
 def exact_haar_inverse_step() -> InvertibleStep:
     """Integer Haar refinement (inverse of `exact_haar_step`) of every `Fixed` leaf."""
-    return _haar_step(
-        (lifting_haar_inverse, real_haar_inverse),
-        (lifting_haar_forward, real_haar_forward),
+    return fixed_point.exact_linear_step(
+        lifting_haar_inverse,
+        lifting_haar_forward,
         real_haar_inverse_adjoint,
-        _inverse_overflow,
         "exact_haar_inverse",
+        real_fns=(real_haar_inverse, real_haar_forward),
+        overflow=_inverse_overflow,
     )

@@ -103,12 +103,8 @@ def orthogonal_step(
     return InvertibleStep(forward, inverse, backward, name=name)
 
 
-def zero_pad_channels_step(extra: int, name: str = "zero_pad_channels") -> InvertibleStep:
-    """Injective i-RevNet "inj_pad": append `extra` zero channels to every state leaf.
-
-    (N, ..., c) -> (N, ..., c + extra). The inverse (exact on the image) drops them; the
-    adjoint of zero-padding is the same truncation, so the backward pass needs no storage.
-    """
+def _zero_pad_maps(extra: int):
+    """(pad, crop): append `extra` zero channels to an array, and drop them again."""
     if extra < 0:
         raise ValueError(f"cannot zero-pad by a negative number of channels ({extra})")
 
@@ -118,7 +114,16 @@ def zero_pad_channels_step(extra: int, name: str = "zero_pad_channels") -> Inver
     def crop(u):
         return u[..., : u.shape[-1] - extra]
 
-    return orthogonal_step(pad, crop, name=name)
+    return pad, crop
+
+
+def zero_pad_channels_step(extra: int, name: str = "zero_pad_channels") -> InvertibleStep:
+    """Injective i-RevNet "inj_pad": append `extra` zero channels to every state leaf.
+
+    (N, ..., c) -> (N, ..., c + extra). The inverse (exact on the image) drops them; the
+    adjoint of zero-padding is the same truncation, so the backward pass needs no storage.
+    """
+    return orthogonal_step(*_zero_pad_maps(extra), name=name)
 
 
 def space_to_depth_step() -> InvertibleStep:

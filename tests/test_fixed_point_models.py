@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from revjax import engine, models
+from revjax import arithmetic, engine, models
 from revjax import fixed_point as fp
 from revjax.families import hyperbolic
 
@@ -25,10 +25,9 @@ def _small_hyperbolic(**overrides):
 
 def test_exact_hyperbolic_body_reconstructs_bit_exactly():
     config = hyperbolic.make_config(
-        spatial_dims=2, in_channels=3, width=4, levels=1, units=2, ranks=None,
-        h=0.5, arithmetic="exact",
-    )  # fmt: skip
-    layers = hyperbolic.multilevel_layers(config)
+        spatial_dims=2, in_channels=3, width=4, levels=1, units=2, ranks=None, h=0.5
+    )
+    layers = hyperbolic.multilevel_layers(config, arithmetic.exact_arithmetic())
     params = hyperbolic.init_multilevel_params(jax.random.key(0), config, jnp.float32)
     x = fp.encode(jax.random.normal(jax.random.key(1), (2, 8, 8, 3), jnp.float32))
     errors = jax.jit(lambda p, u: engine.reconstruction_error(layers, p, u))(params, x)
@@ -233,14 +232,15 @@ def test_exact_revnet_reversible_transitions_and_overflow():
 
 
 def test_exact_coupling_with_stats_round_trip_and_aux():
-    """The exact twin of couplings.additive_coupling_with_stats: bitwise inverse, stats aux
-    from the forward only (ExactAux), overflow flag."""
+    """The exact coupling with batch statistics: bitwise inverse, stats aux from the forward
+    only (ExactAux), overflow flag."""
 
     def residual(variables, u, rng=None):
         mean = jnp.mean(u, axis=0)
         return jnp.tanh((u - mean) * variables["w"]), {"mean": mean}
 
-    step = fp.exact_additive_coupling_with_stats(residual, residual, train=True)
+    exact = arithmetic.exact_arithmetic()
+    step = exact.additive_coupling_with_stats(residual, residual, train=True)
     params = {"F": {"w": jnp.float64(0.7)}, "G": {"w": jnp.float64(-1.3)}}
     x = fp.encode(tuple(jax.random.normal(jax.random.key(k), (4, 5), jnp.float64) for k in (6, 7)))
     y, aux = step.forward(params, x)
@@ -248,7 +248,7 @@ def test_exact_coupling_with_stats_round_trip_and_aux():
     np.testing.assert_array_equal(aux.extra["F"]["mean"], jnp.mean(fp.real(x[1], 20), axis=0))
     for a, b in zip(jax.tree.leaves(step.inverse(params, y)), jax.tree.leaves(x)):
         np.testing.assert_array_equal(a, b)
-    eval_step = fp.exact_additive_coupling_with_stats(residual, residual, train=False)
+    eval_step = exact.additive_coupling_with_stats(residual, residual, train=False)
     y_eval, flag = eval_step.forward(params, x)
     assert flag.dtype == jnp.bool_
     for a, b in zip(jax.tree.leaves(y_eval), jax.tree.leaves(y)):

@@ -1,10 +1,18 @@
-"""The model registry: clear errors for unknown overrides; the parameter counts README states."""
+"""The model registry and the model contract, checked on every registered model (no hand-kept
+lists): clear errors for unknown and former field names, the shared vocabulary of models with
+stages, validation on construction, the one step-size rule; README's parameter counts."""
 
-import importlib
+import dataclasses
 
+import flax.linen as nn
 import pytest
 
 from revjax import models
+from revjax.models import registry
+
+NAMES = models.names()
+RENAMED = [(name, old) for name in NAMES for old in models.renamed_fields(name)]
+WITH_STEP_SIZE = [name for name in NAMES if "h" in models.config_fields(name)]
 
 
 def test_unknown_override_names_the_valid_fields_with_a_suggestion():
@@ -15,7 +23,7 @@ def test_unknown_override_names_the_valid_fields_with_a_suggestion():
     assert models.create("revnet_mini", num_classes=100).num_classes == 100
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_every_model_lists_its_fields(name):
     """config_fields works for every registered model and includes what create accepts."""
     fields = models.config_fields(name)
@@ -27,74 +35,67 @@ def test_revnet_mini_parameter_count():
     assert models.summary("revnet_mini", (1, 8, 8, 1)).startswith("revnet_mini: 37,866 parameters")
 
 
-RENAMED = [
-    ("revnet110", "filters", (32, 32, 64, 128), "widths"),
-    ("resnet32", "filters", (16, 16, 32, 64), "widths"),
-    ("hamiltonian74", "filters", (32, 32, 64, 112), "widths"),
-    ("resnet101", "stem_max_pool", True, "stem_pool"),
-    ("revup20", "stage_sizes", (1, 1, 1), "units"),
-    ("revup20", "downsample", "reversible", "transition"),
-    ("revup20", "stem_stride", 2, "stem_strides"),
-    ("hyperbolic2d", "layers_per_level", 1, "units"),
-    ("hyperbolic2d", "coarsening", "stored", "transition"),
-    ("lean_b_explicit_rd", "features", 8, "width"),
-    ("lean_b_explicit_rd", "num_blocks", 1, "units"),
-    ("lean_b_explicit_rd", "steps_per_block", 1, "units"),
-    ("lean_b_explicit_rd", "stem_kernel_size", 3, "stem_kernel"),
-    ("lean_hamiltonian", "depth", 2, "units"),
-    ("revnet_mini", "channels", 8, "widths"),
-    ("revnet_mini", "depth", 2, "units"),
-]
+def test_every_model_declares_the_names_it_used_before():
+    """The zoo's former field names are declared by the models that used them (a sample)."""
+    assert {"filters", "stem_max_pool"} <= set(models.renamed_fields("revnet110"))
+    assert {"stage_sizes", "downsample"} <= set(models.renamed_fields("revup20"))
+    assert set(models.renamed_fields("lean_hamiltonian")) == {"depth"}
+    assert "depth" not in models.renamed_fields("hyperbolic2d")
 
 
-@pytest.mark.parametrize("name,old,value,new", RENAMED, ids=[f"{n}-{o}" for n, o, _, _ in RENAMED])
-def test_former_field_name_is_a_one_line_error_naming_the_new_field(name, old, value, new):
-    """A field from before the shared vocabulary is answered with the field that replaced it."""
-    with pytest.raises(ValueError, match=rf"field '{old}' was renamed to {new}\b") as err:
-        models.create(name, **{old: value})
-    assert "\n" not in str(err.value)
-    assert new in models.config_fields(name)
+@pytest.mark.parametrize("name,old", RENAMED, ids=[f"{n}-{o}" for n, o in RENAMED])
+def test_former_field_name_is_a_one_line_error_naming_the_new_field(name, old):
+    """A field the model had before the shared vocabulary is answered with its replacement."""
+    hint = models.renamed_fields(name)[old]
+    with pytest.raises(ValueError, match=rf"field '{old}' was renamed to ") as err:
+        models.create(name, **{old: 1})
+    assert "\n" not in str(err.value) and hint in str(err.value)
+    assert hint.split()[0] in models.config_fields(name)  # the hint names a real field
 
 
-@pytest.mark.parametrize("name", models.names())
-def test_every_model_speaks_the_shared_vocabulary(name):
-    """No registered model keeps a former field name; stage lists are `widths`/`units`."""
+def test_renamed_hints_bind_only_the_model_that_declared_them(monkeypatch):
+    """Another model's former name is a plain unknown field, and a new model may use it."""
+    with pytest.raises(ValueError, match=r"has no field\(s\) 'filters'"):
+        models.create("hyperbolic2d", filters=(8,))
+
+    class Tiny(nn.Module):
+        depth: int = 2
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    models.register("tiny_with_depth")(Tiny)
+    assert models.create("tiny_with_depth", depth=5).depth == 5
+    assert "tiny_with_depth" in models.names(stages=False)
+    with pytest.raises(ValueError, match="registered twice"):
+        models.register("tiny_with_depth")(Tiny)
+
+
+@pytest.mark.parametrize("name", models.names(stages=True))
+def test_every_model_with_stages_speaks_the_shared_vocabulary(name):
+    """No model with stages keeps a former field name (any model's); stage lists are
+    `widths`/`units`."""
     fields = set(models.config_fields(name))
-    assert not fields & set(models.RENAMED_FIELDS), sorted(fields & set(models.RENAMED_FIELDS))
+    former = {old for n in NAMES for old in models.renamed_fields(n)}
+    assert not fields & former, sorted(fields & former)
     assert "units" in fields and ({"widths", "width"} & fields)
     assert {"num_classes", "dtype"} <= fields
 
 
-@pytest.mark.parametrize(
-    "module,cls_name,fields",
-    [
-        ("revnet", "RevNet", {}),
-        ("resnet", "ResNet", {}),
-        ("chang", "ChangNet", {}),
-        ("revup", "RevUp", {}),
-        ("hyperbolic", "HyperbolicSegmenter", {}),
-        ("lean", "LeanResNet", {"step": "explicit_rd"}),
-        ("lean", "LeanHamiltonian", {}),
-        ("mini", "RevNetMini", {}),
-    ],
-    ids=lambda v: v if isinstance(v, str) else "",
-)
-def test_every_model_validates_on_construction(module, cls_name, fields):
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_validates_on_construction(name):
     """One convention: a bad field raises ValueError in the module's constructor (its
     `__post_init__` calls `check_config`), not at the first call and not only via `create`."""
-    cls = getattr(importlib.import_module(f"revjax.models.{module}"), cls_name)
-    cls(**fields)  # the defaults are valid
-    with pytest.raises(ValueError, match="num_classes"):
-        cls(**fields, num_classes=0)
-    if "backprop" in {f for f in cls.__dataclass_fields__}:
+    model = models.create(name)
+    fields = {f.name for f in dataclasses.fields(model)}
+    model.clone()  # the registered configuration is valid
+    if "num_classes" in fields:
+        with pytest.raises(ValueError, match="num_classes"):
+            model.clone(num_classes=0)
+    if "backprop" in fields:
         with pytest.raises(ValueError, match="backprop"):
-            cls(**fields, backprop="magic")
+            model.clone(backprop="magic")
 
 
-@pytest.mark.parametrize(
-    "name", ["hamiltonian74", "leapfrog62", "hyperbolic2d", "lean_a_explicit_rd",
-             "lean_a_implicit_rd", "lean_a_circular_rd", "lean_hamiltonian"],
-)  # fmt: skip
+@pytest.mark.parametrize("name", WITH_STEP_SIZE)
 @pytest.mark.parametrize("h", [0.0, -0.1, float("inf")])
 def test_one_step_size_rule(name, h):
     """Every model's h obeys the one rule of `integrators.check_step_size`: finite and > 0

@@ -3,9 +3,10 @@
 arXiv:1709.03698).
 
 Pure steps, parameter initialisation, body layouts and the weight-smoothness regulariser
-(Chang et al. 2018, Sec. 3). Every step is built on `revjax.integrators`, whose fused backward
-rules the engine runs; nothing here writes a VJP. Convolutions are `revjax.conv.conv` (K) and
-`revjax.conv.conv_transpose` (its exact adjoint K^T, same weights).
+(Chang et al. 2018, Sec. 3). Every step is built through an `Arithmetic` (`revjax.arithmetic`:
+the integrators' fused backward rules, in float or fixed point); nothing here writes a VJP.
+Convolutions are `revjax.conv.conv` (K) and `revjax.conv.conv_transpose` (its exact adjoint
+K^T, same weights).
 
 Hamiltonian block (Chang et al. 2018, Sec. 3, "Hamiltonian Inspired Neural Networks", in the
 form of the official code, github.com/changebo/revnet-public `hamiltonian_model.py`), state
@@ -13,7 +14,7 @@ form of the official code, github.com/changebo/revnet-public `hamiltonian_model.
 β₁, β₂ ∈ R^{C/2}::
 
     F(z) = h · K^T ReLU(K (z + β₁) + β₂)          (β₁ omitted in the network's first block)
-    Y' = Y + F(Z),   Z' = Z − G(Y')               (`integrators.verlet_step`; G like F)
+    Y' = Y + F(Z),   Z' = Z − G(Y')               (`arith.verlet_step`; G like F)
 
 h is folded into F and G once (as in the official code); the official default is h = 1.
 
@@ -23,7 +24,7 @@ W: (3, 3, C, C), b ∈ R^C::
 
     K Y = W Y − W^T Y   (anti-symmetric:  ⟨K u, v⟩ = −⟨u, K v⟩)
     g(Y) = ReLU(K Y + b),   Y_{j+1} = Y_{j−1} + 2h g(Y_j)
-    start: (Y_0, Y_0 + h g_0(Y_0))                (`integrators.euler_start`)
+    start: (Y_0, Y_0 + h g_0(Y_0))                (`arith.euler_start`)
 
 Leapfrog step (Chang et al. 2018, Sec. 3, "Leapfrog Network"), state (Y_{j−1}, Y_j),
 K: (3, 3, C, C), b ∈ R^C::
@@ -44,14 +45,10 @@ blocks stacked on a leading axis. The transition is `transitions.pool_pad_transi
 `transitions.space_to_depth_step` ("reversible": (H, W, C) -> (H/2, W/2, 4C) of every state;
 nothing stored), which forces widths[s] = 4 widths[s−1].
 
-Exact arithmetic (`ChangConfig.arithmetic = "exact"`, `revjax.fixed_point`): the same body
-on int32 fixed-point states (the input must be `fixed_point.encode`d; `fixed_point.run_body`
-does it). Exact: every block (Verlet `exact_verlet_step`, `exact_midpoint_step`,
-`exact_leapfrog_step`), the start rules (`exact_euler_start`, `exact_duplicate_state`) and the
-"reversible" transition (`exact_space_to_depth_step`, a permutation); every increment is
-rounded to the 2^−frac_bits grid before it is added, so the reconstruction is bit-exact. The
-"stored" transition (pool + pad) runs in float between stages (`fixed_point.float_transition`):
-its input is stored anyway, and its output is rounded once onto the grid.
+Arithmetic: every step, start rule and transition is built through the `Arithmetic` passed to
+`body_plan` (`revjax.arithmetic`; default float), so the same body runs on int32 fixed-point
+states with bit-exact reconstruction under `exact_arithmetic(frac_bits)`; the "stored"
+transition runs in float between stages (its input is stored) and re-encodes its output.
 
 Parameter tree (one entry per stage, the layout `weight_smoothness` relies on)::
 
@@ -70,7 +67,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from revjax import couplings, engine, fixed_point, integrators, transitions
+from revjax import engine, integrators, transitions
+from revjax.arithmetic import FLOAT, Arithmetic
 from revjax.conv import conv, conv_transpose
 
 __all__ = [
@@ -81,7 +79,6 @@ __all__ = [
     "WEIGHT_SMOOTH_RATE",
     "hamiltonian_residual",
     "hamiltonian_step",
-    "verlet_step_with_stats",
     "antisymmetric_conv",
     "midpoint_residual",
     "midpoint_step",
@@ -138,27 +135,10 @@ def hamiltonian_residual(h: float) -> Callable[..., jax.Array]:
     return residual
 
 
-def hamiltonian_step(h: float = 1.0) -> engine.InvertibleStep:
+def hamiltonian_step(h: float = 1.0, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """Verlet block Y' = Y + F(Z), Z' = Z − G(Y'); params {"F": ..., "G": ...}, state (Y, Z)."""
     residual = hamiltonian_residual(h)
-    return integrators.verlet_step(residual, residual, name="hamiltonian")
-
-
-def verlet_step_with_stats(
-    F: Callable[..., Any], G: Callable[..., Any], *, train: bool, name: str = "hamiltonian"
-) -> engine.InvertibleStep:
-    """Verlet block Y' = Y + F(Z), Z' = Z − G(Y') with batch statistics (BN inside F and G).
-
-    F, G: pure `(variables, u, rng) -> (v, batch_stats)`; the additive coupling with G negated
-    (`couplings.additive_coupling_with_stats`: running averages updated once, by the forward
-    pass; the reconstruction reuses the forward's batch statistics and updates nothing).
-    """
-
-    def negated_G(variables, u, rng=None):
-        g, stats = G(variables, u, rng)
-        return -g, stats
-
-    return couplings.additive_coupling_with_stats(F, negated_G, train=train, name=name)
+    return arith.verlet_step(residual, residual, name="hamiltonian")
 
 
 def antisymmetric_conv(y: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -173,14 +153,14 @@ def midpoint_residual(p, y, rng=None) -> jax.Array:
     return jax.nn.relu(antisymmetric_conv(y, p["W"]) + p["b"])
 
 
-def midpoint_step(h: float) -> engine.InvertibleStep:
+def midpoint_step(h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """(Y_{j−1}, Y_j) -> (Y_j, Y_{j−1} + 2h g(Y_j))."""
-    return integrators.midpoint_step(midpoint_residual, h, name="midpoint")
+    return arith.midpoint_step(midpoint_residual, h, name="midpoint")
 
 
-def midpoint_start(h: float) -> engine.InvertibleStep:
+def midpoint_start(h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """Forward-Euler start Y_0 -> (Y_0, Y_0 + h g_0(Y_0)); params of block 0."""
-    return integrators.euler_start(midpoint_residual, h, name="midpoint_start")
+    return arith.euler_start(midpoint_residual, h, name="midpoint_start")
 
 
 def leapfrog_force(p, y, rng=None) -> jax.Array:
@@ -188,18 +168,18 @@ def leapfrog_force(p, y, rng=None) -> jax.Array:
     return -conv_transpose(jax.nn.relu(conv(y, p["K"]) + p["b"]), p["K"])
 
 
-def leapfrog_step(h: float) -> engine.InvertibleStep:
+def leapfrog_step(h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """(Y_{j−1}, Y_j) -> (Y_j, 2Y_j − Y_{j−1} + h² f(Y_j))."""
-    return integrators.leapfrog_step(leapfrog_force, h, name="leapfrog")
+    return arith.leapfrog_step(leapfrog_force, h, name="leapfrog")
 
 
-def leapfrog_start(rule: str, h: float) -> engine.InvertibleStep:
+def leapfrog_start(rule: str, h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """ "zero_velocity": Y_0 -> (Y_0, Y_0); "second_order": Y_0 -> (Y_0, Y_0 + (h²/2) f_0(Y_0))."""
     h = integrators.check_step_size(h)
     if rule == "zero_velocity":
-        return integrators.duplicate_state()
+        return arith.duplicate_state()
     if rule == "second_order":
-        return integrators.euler_start(leapfrog_force, h * h / 2, name="leapfrog_start")
+        return arith.euler_start(leapfrog_force, h * h / 2, name="leapfrog_start")
     raise ValueError(f"unknown leapfrog start rule {rule!r}; use one of {START_RULES['leapfrog']}")
 
 
@@ -267,8 +247,6 @@ class ChangConfig(NamedTuple):
         "zero_velocity" | "second_order" for the leapfrog net).
       block: Hamiltonian residual function: "bn" (BN inside, no biases; the official code's
         final version) or "bias" (bias-only); the midpoint and leapfrog nets are "bias".
-      arithmetic: "float" | "exact" (int32 fixed-point states, see the module docstring).
-      frac_bits: fractional bits of the exact states.
     """
 
     family: str
@@ -278,8 +256,6 @@ class ChangConfig(NamedTuple):
     transition: str
     start: str | None
     block: str = "bias"
-    arithmetic: str = "float"
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
 
 
 def reversible_widths(widths: Sequence[int]) -> tuple[int, ...]:
@@ -296,8 +272,6 @@ def make_config(
     transition: str = "stored",
     start: str | None = None,
     block: str = "bias",
-    arithmetic: str = "float",
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
 ) -> ChangConfig:
     """Validate and freeze a body configuration (errors before anything is traced).
 
@@ -330,8 +304,6 @@ def make_config(
     if min(widths) < 1:
         raise ValueError(f"widths must be >= 1, got {widths}")
     h = integrators.check_step_size(h)
-    fixed_point.check_arithmetic(arithmetic)
-    frac_bits = fixed_point.check_frac_bits(frac_bits)
     if family == "hamiltonian" and any(w % 2 for w in widths):
         raise ValueError(
             f"Hamiltonian widths {widths} must be even: the state splits into two equal "
@@ -351,7 +323,7 @@ def make_config(
                 f"transition='stored' zero-pads each state from {old} to {new} channels "
                 "symmetrically: the difference must be even and >= 0"
             )
-    return ChangConfig(family, units, widths, h, transition, start, block, arithmetic, frac_bits)
+    return ChangConfig(family, units, widths, h, transition, start, block)
 
 
 def check_input(shape: Sequence[int], config: ChangConfig) -> None:
@@ -364,80 +336,41 @@ def check_input(shape: Sequence[int], config: ChangConfig) -> None:
         spatial = [size // 2 for size in spatial]
 
 
-def _step(config: ChangConfig) -> engine.InvertibleStep:
-    if config.arithmetic == "exact":
-        f = config.frac_bits
-        if config.family == "hamiltonian":
-            residual = hamiltonian_residual(config.h)
-            return fixed_point.exact_verlet_step(
-                residual, residual, frac_bits=f, name="hamiltonian"
-            )
-        if config.family == "midpoint":
-            return fixed_point.exact_midpoint_step(
-                midpoint_residual, config.h, frac_bits=f, name="midpoint"
-            )
-        return fixed_point.exact_leapfrog_step(
-            leapfrog_force, config.h, frac_bits=f, name="leapfrog"
-        )
-    return {
-        "hamiltonian": hamiltonian_step,
-        "midpoint": midpoint_step,
-        "leapfrog": leapfrog_step,
-    }[config.family](config.h)
-
-
-def _start(config: ChangConfig) -> engine.InvertibleStep | None:
-    """The start rule of the body (None for the Hamiltonian net), in the config's arithmetic."""
-    exact, f = config.arithmetic == "exact", config.frac_bits
+def _start(config: ChangConfig, arith: Arithmetic) -> engine.InvertibleStep | None:
+    """The start rule of the body (None for the Hamiltonian net)."""
     if config.family == "midpoint":
-        if exact:
-            return fixed_point.exact_euler_start(
-                midpoint_residual, config.h, frac_bits=f, name="midpoint_start"
-            )
-        return midpoint_start(config.h)
-    if config.start == "second_order":
-        if exact:
-            return fixed_point.exact_euler_start(
-                leapfrog_force, config.h**2 / 2, frac_bits=f, name="leapfrog_start"
-            )
-        return leapfrog_start("second_order", config.h)
+        return midpoint_start(config.h, arith)
     if config.family == "leapfrog":
-        if exact:
-            return fixed_point.exact_duplicate_state()
-        return leapfrog_start("zero_velocity", config.h)
+        return leapfrog_start(config.start, config.h, arith)
     return None
 
 
-def _transition(config: ChangConfig, stage: int) -> engine.Layer:
-    exact = config.arithmetic == "exact"
+def _transition(config: ChangConfig, stage: int, arith: Arithmetic) -> engine.Layer:
     if config.transition == "reversible":
-        if exact:
-            return fixed_point.exact_space_to_depth_step()
-        return transitions.space_to_depth_step()
+        return arith.space_to_depth_step()
     width = config.widths[stage]
     out = width // 2 if config.family == "hamiltonian" else width
-    if exact:
-        return fixed_point.float_transition(
-            lambda u: transitions.pool_pad(u, out), config.frac_bits, name="pool_pad"
-        )
-    return transitions.pool_pad_transition(out)
+    return arith.stored_transition(transitions.pool_pad_transition(out))
 
 
 def body_plan(
     config: ChangConfig,
+    arith: Arithmetic = FLOAT,
     step: engine.InvertibleStep | None = None,
     first_step: engine.InvertibleStep | None = None,
 ) -> list[tuple[engine.Layer, tuple[str, ...] | None]]:
     """The body as (layer, params path) pairs; a path indexes `init_body_params`' tree.
 
-    `step` (default: the family's bias-only step, in the config's arithmetic) runs every
-    block; `first_step` (default `step`) runs the network's very first block, whose residual
-    function F skips its input bias or input batch norm.
+    Every layer is built through `arith`. `step` (default: the family's bias-only step) runs
+    every block; `first_step` (default `step`) runs the network's very first block, whose
+    residual function F skips its input bias or input batch norm.
     """
-    step = _step(config) if step is None else step
+    if step is None:
+        steps = {"hamiltonian": hamiltonian_step, "midpoint": midpoint_step}
+        step = steps.get(config.family, leapfrog_step)(config.h, arith)
     first_step = step if first_step is None else first_step
     plan: list[tuple[engine.Layer, tuple[str, ...] | None]] = []
-    start = _start(config)
+    start = _start(config, arith)
     start_has_params = config.family == "midpoint" or config.start == "second_order"
     for s, units in enumerate(config.units):
         key = f"stage{s + 1}"
@@ -448,15 +381,15 @@ def body_plan(
                 plan.append((start, None))
             plan.append((first_step if s == 0 else step, (key, "first")))
         if s > 0:
-            plan.append((_transition(config, s), None))
+            plan.append((_transition(config, s, arith), None))
         if units > 1:
             plan.append((engine.Scan(step, name=f"{key}_rest"), (key, "rest")))
     return plan
 
 
-def body_layers(config: ChangConfig, step=None, first_step=None) -> list[engine.Layer]:
+def body_layers(config: ChangConfig, arith: Arithmetic = FLOAT) -> list[engine.Layer]:
     """The engine layers of the body (see module docstring and `body_plan`)."""
-    return [layer for layer, _ in body_plan(config, step, first_step)]
+    return [layer for layer, _ in body_plan(config, arith)]
 
 
 def body_params(tree: dict, config: ChangConfig) -> list[PyTree]:

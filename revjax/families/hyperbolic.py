@@ -43,13 +43,11 @@ channels, so the network from the raw image to (Y_{N−1}, Y_N) stays invertible
 convolution would also work but is not invertible and would have to be stored as a
 Transition.) The leapfrog forces fill the padded channels from the first step.
 
-Exact arithmetic (`arithmetic="exact"`, `revjax.fixed_point`): the same network on int32
-fixed-point states (x is `fixed_point.encode`d first): each leapfrog increment h² f(Y_j) is
-rounded to the 2^−frac_bits grid before it is added, zero padding and duplication act on
-integers, and the Haar levels are the integer lifting Haar (`revjax.integer_haar`: bands
-scaled by [1/2, 1, 1, 2] in 2-D relative to the orthonormal Haar). Reconstruction is then
-bit-exact at any depth; gradients are the straight-through (real-valued) ones. Damping is
-refused (not exactly invertible on a grid).
+Arithmetic: every layer is built through the `Arithmetic` given to `multilevel_layers`
+(`revjax.arithmetic`, default float). Under `exact_arithmetic(frac_bits)` each leapfrog
+increment is rounded to the 2^−frac_bits grid, and the Haar levels are the integer lifting Haar
+(`revjax.integer_haar`: bands scaled by [1/2, 1, 1, 2] in 2-D relative to the orthonormal
+Haar): bit-exact reconstruction at any depth, straight-through gradients; damping is refused.
 
 Shapes (2-D NHWC / 3-D NDHWC)::
 
@@ -76,13 +74,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, fixed_point, integer_haar, integrators, transitions, wavelets
+from revjax import engine, integrators, wavelets
+from revjax.arithmetic import FLOAT, Arithmetic
 from revjax.conv import conv, conv_transpose
 
 __all__ = [
     "NORMS",
     "TRANSITIONS",
-    "ARITHMETICS",
     "TV_NORM_EPSILON",
     "MultilevelConfig",
     "tv_norm",
@@ -103,7 +101,6 @@ __all__ = [
 
 NORMS = ("tv_norm", "none")
 TRANSITIONS = ("reversible", "stored")
-ARITHMETICS = fixed_point.ARITHMETICS
 TV_NORM_EPSILON = 1e-5  # as in Lensink's HyperNet reference code
 
 
@@ -156,13 +153,20 @@ def symmetric_force(norm: str | None = "none"):
 
 
 def hyperbolic_step(
-    h: float, norm: str | None = "none", *, damping: float = 0.0, name: str = "hyperbolic"
+    h: float,
+    norm: str | None = "none",
+    *,
+    damping: float = 0.0,
+    name: str = "hyperbolic",
+    arith: Arithmetic = FLOAT,
 ) -> engine.InvertibleStep:
     """Leapfrog (Y_{j−1}, Y_j) -> (Y_j, 2Y_j − Y_{j−1} + h² f(Y_j)), f the symmetric layer."""
-    return integrators.leapfrog_step(symmetric_force(norm), h, damping=damping, name=name)
+    return arith.leapfrog_step(symmetric_force(norm), h, damping=damping, name=name)
 
 
-def pad_channels_step(in_channels: int, width: int) -> engine.InvertibleStep:
+def pad_channels_step(
+    in_channels: int, width: int, arith: Arithmetic = FLOAT
+) -> engine.InvertibleStep:
     """Injective lifting x (N, *S, c_in) -> [x, 0] (N, *S, width); the inverse drops the zeros.
 
     A left inverse (exact on the image of the forward map). Backward: x = y[..., :c_in] and
@@ -173,7 +177,7 @@ def pad_channels_step(in_channels: int, width: int) -> engine.InvertibleStep:
             f"cannot lift {in_channels} input channels to a state of width {width}; "
             "need 1 <= in_channels <= width"
         )
-    return transitions.zero_pad_channels_step(width - in_channels, name="pad_channels")
+    return arith.zero_pad_channels_step(width - in_channels, name="pad_channels")
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,11 +200,6 @@ class MultilevelConfig(NamedTuple):
       use_bias: whether the layers have a bias b ∈ R^r.
       transition: "reversible" (Haar steps) or "stored" (Haar as Transitions).
       damping: telegraph damping γ ≥ 0 (0 in the reference codes; must be 0 when exact).
-      arithmetic: "float" (float states) or "exact" (int32 fixed-point states, bit-exact
-        reconstruction: `revjax.fixed_point`; the Haar levels become the integer lifting Haar
-        of `revjax.integer_haar`, which scales the bands differently from the orthonormal
-        one, and the body's input must be `fixed_point.encode`d).
-      frac_bits: fractional bits of the fixed-point states (exact arithmetic only).
     """
 
     spatial_dims: int
@@ -215,8 +214,6 @@ class MultilevelConfig(NamedTuple):
     use_bias: bool = True
     transition: str = "reversible"
     damping: float = 0.0
-    arithmetic: str = "float"
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
 
 
 def _per_level(value: int | Sequence[int], levels: int, name: str) -> tuple[int, ...]:
@@ -254,8 +251,6 @@ def make_config(
     use_bias: bool = True,
     transition: str = "reversible",
     damping: float = 0.0,
-    arithmetic: str = "float",
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
 ) -> MultilevelConfig:
     """A validated `MultilevelConfig`; every field error is a ValueError naming the field.
 
@@ -290,16 +285,9 @@ def make_config(
             )
     if not (math.isfinite(damping) and 0 <= damping * h / 2 < 1):
         raise ValueError(f"damping must satisfy 0 <= damping*h/2 < 1, got {damping}")
-    fixed_point.check_arithmetic(arithmetic)
-    if arithmetic == "exact" and damping != 0:
-        raise ValueError(
-            f"arithmetic='exact' needs damping=0 (got {damping}): a damped leapfrog step "
-            "contracts volume, so it cannot be a bijection of the fixed-point grid"
-        )
-    frac_bits = fixed_point.check_frac_bits(frac_bits)
     return MultilevelConfig(
         spatial_dims, in_channels, width, levels, layers, ranks, h, kernel_size, norm,
-        bool(use_bias), transition, float(damping), arithmetic, frac_bits,
+        bool(use_bias), transition, float(damping),
     )  # fmt: skip
 
 
@@ -326,46 +314,29 @@ def check_input(shape: Sequence[int], config: MultilevelConfig) -> None:
 # The engine layer list and its parameters.
 
 
-def _resolution_change(down: bool, transition: str, arithmetic: str = "float") -> engine.Layer:
-    if arithmetic == "exact":
-        step = integer_haar.exact_haar_step() if down else integer_haar.exact_haar_inverse_step()
-    else:
-        step = transitions.haar_step() if down else transitions.haar_inverse_step()
+def _resolution_change(down: bool, transition: str, arith: Arithmetic) -> engine.Layer:
+    step = arith.haar_step() if down else arith.haar_inverse_step()
     if transition == "reversible":
         return step
     return engine.Transition(step.forward, has_aux=step.has_aux, name=f"stored_{step.name}")
 
 
-def multilevel_layers(config: MultilevelConfig) -> list[engine.Layer]:
+def multilevel_layers(config: MultilevelConfig, arith: Arithmetic = FLOAT) -> list[engine.Layer]:
     """The body as engine layers: pad, duplicate, then units separated by Haar (inverse) steps.
 
     Layer order: pad_channels_step, duplicate_state, Scan(unit 0), haar, Scan(unit 1), ...,
-    Scan(unit L), haar^{-1}, ..., Scan(unit 2L). Parameter-free layers take params None (see
-    `init_multilevel_params`, which returns the matching list).
+    Scan(unit L), haar^{-1}, ..., Scan(unit 2L), every one built through `arith`.
+    Parameter-free layers take params None (see `init_multilevel_params`, which returns the
+    matching list).
     """
-    exact = config.arithmetic == "exact"
-    if exact:
-        layers: list[engine.Layer] = [
-            fixed_point.exact_zero_pad_channels_step(config.width - config.in_channels),
-            fixed_point.exact_duplicate_state(),
-        ]
-    else:
-        layers = [
-            pad_channels_step(config.in_channels, config.width),
-            integrators.duplicate_state(),
-        ]
+    layers = [pad_channels_step(config.in_channels, config.width, arith), arith.duplicate_state()]
     levels = unit_levels(config.levels)
     for u, level in enumerate(levels):
         if u > 0:
-            layers.append(
-                _resolution_change(level > levels[u - 1], config.transition, config.arithmetic)
-            )
-        if exact:
-            step = fixed_point.exact_leapfrog_step(
-                symmetric_force(config.norm), config.h, frac_bits=config.frac_bits, name=f"unit{u}"
-            )
-        else:
-            step = hyperbolic_step(config.h, config.norm, damping=config.damping, name=f"unit{u}")
+            layers.append(_resolution_change(level > levels[u - 1], config.transition, arith))
+        step = hyperbolic_step(
+            config.h, config.norm, damping=config.damping, name=f"unit{u}", arith=arith
+        )
         layers.append(engine.Scan(step, name=f"unit{u}_level{level}"))
     return layers
 

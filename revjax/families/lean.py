@@ -62,7 +62,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from revjax import fft, fixed_point, integrators
+from revjax import fft, integrators
+from revjax.arithmetic import FLOAT, Arithmetic
 from revjax.engine import InvertibleStep
 
 __all__ = [
@@ -302,28 +303,16 @@ def low_cost_force(kind: str, h: float) -> ForceFn:
 
 
 def low_cost_hamiltonian_step(
-    kind: str = "dw_mix",
-    h: float = 1.0,
-    *,
-    arithmetic: str = "float",
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
+    kind: str = "dw_mix", h: float = 1.0, arith: Arithmetic = FLOAT
 ) -> InvertibleStep:
     """Hamiltonian (Verlet) step with low-cost ``K``; state ``(Y, Z)``, params ``{"F", "G"}``.
 
     ``Y' = Y + h K_Fᵀ σ(K_F Z + b_F)``, ``Z' = Z − h K_Gᵀ σ(K_G Y' + b_G)``; the exact inverse
-    and the fused backward come from :func:`revjax.integrators.verlet_step`. With
-    ``arithmetic="exact"`` the state halves are `revjax.fixed_point.Fixed` and each increment
-    is rounded to the 2^−frac_bits grid (:func:`revjax.fixed_point.exact_verlet_step`):
-    bit-exact reconstruction, straight-through gradients.
+    and the fused backward come from ``arith.verlet_step`` (`revjax.arithmetic`: float, or
+    fixed point with bit-exact reconstruction and straight-through gradients).
     """
     force = low_cost_force(kind, h)
-    if arithmetic == "exact":
-        return fixed_point.exact_verlet_step(
-            force, force, frac_bits=frac_bits, name=f"exact_lean_hamiltonian_{kind}"
-        )
-    if arithmetic != "float":
-        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected 'float' or 'exact'")
-    return integrators.verlet_step(force, force, name=f"lean_hamiltonian_{kind}")
+    return arith.verlet_step(force, force, name=f"lean_hamiltonian_{kind}")
 
 
 def init_low_cost_force(

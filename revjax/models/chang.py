@@ -63,15 +63,13 @@ iteration, 16x16 images, 16-56 channels: λ_max(K^T K) ≈ 6.1-6.3, so h²λ_max
 initialisation is within 1e-4 (tests/test_zoo_defaults.py).
 
 Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20), on all three families and
-both blocks: the stem's output is encoded to int32 fixed-point states (`revjax.fixed_point`),
-and the reversible body runs on them: every Verlet/midpoint/leapfrog block, the start rule and
-the "reversible" (space-to-depth) transition are exact, so the body's reconstruction is
-bit-exact at any depth. The "stored" transition (pool + pad, its input stored by the engine)
-runs in float and re-encodes its output; the stem and the head are ordinary float layers
-(autodiff). The "bn" block's batch norm works unchanged (`fixed_point.exact_verlet_step_with_
-stats`: the reconstruction normalises with the same batch, the running averages are updated
-once). Gradients are the straight-through ones (those of the real-valued network along the
-fixed-point trajectory). A fixed-point overflow makes the logits NaN.
+both blocks: the body is built through `revjax.arithmetic.get(arithmetic, frac_bits)`, so the
+stem's output is encoded to int32 fixed-point states and every block, start rule and
+"reversible" transition is exact: the body's reconstruction is bit-exact at any depth. The
+"stored" transition (pool + pad, its input stored) runs in float and re-encodes its output;
+stem and head are float (autodiff). The "bn" block's batch norm works unchanged (the
+reconstruction normalises with the same batch, the running averages are updated once).
+Gradients are the straight-through ones; a fixed-point overflow makes the logits NaN.
 
 All fields are overridable: `create("hamiltonian74", units=(334, 333, 333))`.
 """
@@ -85,13 +83,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, fixed_point
+from revjax import arithmetic, engine
+from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.conv import conv, conv_transpose
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
 from revjax.families.revnet import initial_batch_stats
-from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.models.registry import register
 from revjax.nn import residual_with_stats
 
 __all__ = ["ChangNet", "HamiltonianResidual", "DEFAULT_STEP_SIZES", "default_step_size"]
@@ -170,7 +169,7 @@ class ChangNet(ReversibleModel, nn.Module):
     transition: str = "stored"
     start: str | None = None
     arithmetic: str = "float"
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
+    frac_bits: int = DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
@@ -180,6 +179,7 @@ class ChangNet(ReversibleModel, nn.Module):
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
         self.config()
+        arithmetic.get(self.arithmetic, self.frac_bits)
 
     def config(self) -> chang.ChangConfig:
         """The validated body configuration (raises ValueError on a bad one)."""
@@ -197,11 +197,9 @@ class ChangNet(ReversibleModel, nn.Module):
             self.transition,
             self.start,
             block,
-            self.arithmetic,
-            self.frac_bits,
         )
 
-    def _bn_body(self, config: chang.ChangConfig, train: bool):
+    def _bn_body(self, config: chang.ChangConfig, arith: arithmetic.Arithmetic, train: bool):
         """Engine layers, parameters and stats variables of the "bn" Hamiltonian body."""
         residual = HamiltonianResidual(config.h, True, self.dtype, parent=None)
         first_residual = HamiltonianResidual(config.h, False, self.dtype, parent=None)
@@ -253,24 +251,20 @@ class ChangNet(ReversibleModel, nn.Module):
 
         def step(F):
             pair = (residual_with_stats(F, train), residual_with_stats(residual, train))
-            if config.arithmetic == "exact":
-                return fixed_point.exact_verlet_step_with_stats(
-                    *pair, train=train, frac_bits=config.frac_bits, name="hamiltonian"
-                )
-            return chang.verlet_step_with_stats(*pair, train=train)
+            return arith.verlet_step_with_stats(*pair, train=train, name="hamiltonian")
 
-        plan = chang.body_plan(config, step(residual), step(first_residual))
+        plan = chang.body_plan(config, arith, step(residual), step(first_residual))
         layers = [layer for layer, _ in plan]
         return layers, chang.body_params(merged, config), plan, stats
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        config = self.config()
+        config, arith = self.config(), arithmetic.get(self.arithmetic, self.frac_bits)
         chang.check_input(x.shape, config)
         x = Stem(config.widths[0], dtype=self.dtype, name="stem")(x.astype(self.dtype), train)
         state = chang.to_state(x, config)
         if config.block == "bn":
-            layers, params, plan, stats = self._bn_body(config, train)
+            layers, params, plan, stats = self._bn_body(config, arith, train)
         else:
             tree = {
                 f"stage{s + 1}": self.param(
@@ -279,13 +273,11 @@ class ChangNet(ReversibleModel, nn.Module):
                 )
                 for s in range(len(config.units))
             }
-            layers, params = chang.body_layers(config), chang.body_params(tree, config)
-        out, aux = fixed_point.run_body(
+            layers, params = chang.body_layers(config, arith), chang.body_params(tree, config)
+        out, aux = arith.run(
             layers,
             params,
             state,
-            arithmetic=config.arithmetic,
-            frac_bits=config.frac_bits,
             backprop=self.backprop,
             observe=partial(sow_reconstruction_error, self),
         )
@@ -314,8 +306,13 @@ def _factory(family: str, units: tuple[int, ...], widths: tuple[int, ...]):
     return build
 
 
-register("hamiltonian74")(_factory("hamiltonian", (6, 6, 6), (32, 64, 112)))
-register("hamiltonian218")(_factory("hamiltonian", (18, 18, 18), (32, 64, 128)))
-register("hamiltonian1202")(_factory("hamiltonian", (100, 100, 100), (32, 64, 128)))
-register("midpoint62")(_factory("midpoint", (10, 10, 10), (16, 32, 56)))
-register("leapfrog62")(_factory("leapfrog", (10, 10, 10), (16, 32, 56)))
+RENAMED = {"filters": "widths (one width per stage; the stem outputs widths[0] channels)"}
+_CONFIGS = {
+    "hamiltonian74": ("hamiltonian", (6, 6, 6), (32, 64, 112)),
+    "hamiltonian218": ("hamiltonian", (18, 18, 18), (32, 64, 128)),
+    "hamiltonian1202": ("hamiltonian", (100, 100, 100), (32, 64, 128)),
+    "midpoint62": ("midpoint", (10, 10, 10), (16, 32, 56)),
+    "leapfrog62": ("leapfrog", (10, 10, 10), (16, 32, 56)),
+}
+for _name, _config in _CONFIGS.items():
+    register(_name, stages=True, renamed=RENAMED)(_factory(*_config))

@@ -3,7 +3,7 @@ Grosse 2017, arXiv:1707.04585, Sec. 3.1).
 
 These run under ordinary autodiff (their activations are stored); only the reversible body in
 between is rebuilt during the backward pass. This module does not import the model registry
-(`revjax.models.register`), so every family's model module can import it without a cycle.
+(`revjax.models.registry`), so every family's model module can import it without a cycle.
 """
 
 from __future__ import annotations

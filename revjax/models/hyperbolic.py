@@ -6,11 +6,12 @@ Haar down to level L and back up); the head is a 1x1 convolution of the final st
 per-pixel (per-voxel) class logits. The head is not invertible and runs under ordinary
 autodiff; Y_{N−1} is discarded, so its cotangent starts at 0.
 
-With `arithmetic="exact"` the body runs on int32 fixed-point states (`revjax.fixed_point`):
-the input is encoded, the reconstruction in the backward pass is bit-exact at any depth, and
-the output Y_N is decoded (straight-through) before the head. A fixed-point overflow anywhere
-in the body makes the logits NaN (so training stops with a non-finite loss instead of going on
-with wrapped-around values); `HyperbolicSegmenter.check_overflow` names the layer.
+With `arithmetic="exact"` the body is built through `revjax.arithmetic.get("exact", frac_bits)`
+and runs on int32 fixed-point states: the input is encoded, the reconstruction in the backward
+pass is bit-exact at any depth, and the output Y_N is decoded (straight-through) before the
+head. A fixed-point overflow anywhere in the body makes the logits NaN (so training stops with
+a non-finite loss instead of going on with wrapped-around values);
+`HyperbolicSegmenter.check_overflow` names the layer.
 
     x (N, *S, c_in) -> body -> (Y_{N−1}, Y_N) each (N, *S, width) -> logits (N, *S, classes)
 
@@ -33,11 +34,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, fixed_point
+from revjax import arithmetic, engine
+from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
-from revjax.models import register
 from revjax.models.heads import check_num_classes
+from revjax.models.registry import register
 
 __all__ = ["HyperbolicSegmenter"]
 
@@ -84,7 +86,7 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
     backprop: str = "reversible"
     damping: float = 0.0
     arithmetic: str = "float"
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
+    frac_bits: int = DEFAULT_FRAC_BITS
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -98,7 +100,10 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
         """
         check_num_classes(self.num_classes)
         engine.check_backprop(self.backprop)
-        self.config(in_channels=1)
+        hyperbolic.multilevel_layers(self.config(in_channels=1), self._arithmetic())
+
+    def _arithmetic(self) -> arithmetic.Arithmetic:
+        return arithmetic.get(self.arithmetic, self.frac_bits)
 
     def config(self, in_channels: int) -> hyperbolic.MultilevelConfig:
         """The validated body configuration for inputs with `in_channels` channels."""
@@ -115,40 +120,16 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
             use_bias=self.use_bias,
             transition=self.transition,
             damping=self.damping,
-            arithmetic=self.arithmetic,
-            frac_bits=self.frac_bits,
         )
-
-    def _body(self, layers, params, x, config):
-        """(Y_{N−1}, Y_N) as float arrays (`fixed_point.run_body`: exact: NaN on overflow)."""
-        state, _ = fixed_point.run_body(
-            layers,
-            params,
-            x,
-            arithmetic=config.arithmetic,
-            frac_bits=config.frac_bits,
-            backprop=self.backprop,
-            observe=partial(sow_reconstruction_error, self),
-        )
-        return state
 
     def check_overflow(self, variables, x: jax.Array) -> None:
         """Raise `fixed_point.FixedPointOverflowError` naming the layer (exact arithmetic only).
 
         Runs the body outside `jit`; use it when training stops on a non-finite loss.
         """
-        config = self.config(x.shape[-1])
-        if config.arithmetic != "exact":
-            return
-        f = config.frac_bits
-        if bool(fixed_point.out_of_range(x.astype(self.dtype) * 2.0**f)):
-            raise fixed_point.FixedPointOverflowError(
-                f"the input leaves the fixed-point range |x| < 2^{31 - f}; use fewer frac_bits"
-            )
-        layers = hyperbolic.multilevel_layers(config)
-        encoded = fixed_point.encode(x.astype(self.dtype), f)
-        _, aux = engine.apply_with_aux(layers, self.body_params(variables), encoded)
-        fixed_point.check_overflow(layers, aux, f)
+        arith = self._arithmetic()
+        layers = hyperbolic.multilevel_layers(self.config(x.shape[-1]), arith)
+        arith.check_overflow(layers, self.body_params(variables), x.astype(self.dtype))
 
     def body_params(self, variables) -> list[Any]:
         """The engine parameter list of the body from bound/unbound `variables`."""
@@ -171,29 +152,36 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
                 f"hyperbolic{self.spatial_dims}d expects {self.spatial_dims + 2}-D {layout} "
                 f"inputs, got shape {x.shape}"
             )
-        config = self.config(x.shape[-1])
+        config, arith = self.config(x.shape[-1]), self._arithmetic()
         hyperbolic.check_input(x.shape, config)
-        layers = hyperbolic.multilevel_layers(config)
+        layers = hyperbolic.multilevel_layers(config, arith)
 
-        unit_params = [
-            self.param(
+        unit_params = {
+            f"unit{u}": self.param(
                 f"unit{u}", lambda key, u=u: hyperbolic.init_unit_params(key, config, u, self.dtype)
             )
             for u in range(len(hyperbolic.unit_levels(config.levels)))
-        ]
-        params: list[Any] = [None, None]
-        for u, p in enumerate(unit_params):
-            if u > 0:
-                params.append(None)
-            params.append(p)
-        state = self._body(layers, params, x.astype(self.dtype), config)
+        }
+        state, _ = arith.run(
+            layers,
+            self.body_params(unit_params),
+            x.astype(self.dtype),
+            backprop=self.backprop,
+            observe=partial(sow_reconstruction_error, self),
+        )
         head = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head"
         )  # a 1x1 convolution on the channel axis
         return head(state[1])
 
 
-@register("hyperbolic2d")
+RENAMED = {
+    "layers_per_level": "units (leapfrog steps per unit, int or one per level)",
+    "coarsening": "transition",
+}
+
+
+@register("hyperbolic2d", stages=True, renamed=RENAMED)
 def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
     """2-D segmentation (NHWC): width 16, 3 levels, 2 layers per unit, rank = width, h = 0.5."""
     config = dict(
@@ -203,7 +191,7 @@ def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
     return HyperbolicSegmenter(**config)
 
 
-@register("hyperbolic3d")
+@register("hyperbolic3d", stages=True, renamed=RENAMED)
 def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
     """3-D video/volume segmentation (NDHWC): width 8, 2 levels, 2 layers per unit, rank = width."""
     config = dict(

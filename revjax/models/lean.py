@@ -49,7 +49,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, fft, fixed_point, integrators, transitions
+from revjax import arithmetic, engine, fft, integrators, transitions
+from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import lean
@@ -63,8 +64,8 @@ from revjax.families.lean import (
     mix_init,
     off_diagonal,
 )
-from revjax.models import create, register
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
+from revjax.models.registry import create, register
 
 __all__ = [
     "ResNetStep",
@@ -333,7 +334,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
         num_classes: classifier outputs.
         backprop: ``"reversible"`` | ``"store"`` | ``"remat"``.
         arithmetic: ``"float"`` or ``"exact"``: int32 fixed-point body states
-            (`revjax.fixed_point`): the stem output is encoded, Verlet increments are rounded
+            (`revjax.arithmetic`): the stem output is encoded, Verlet increments are rounded
             to the 2^−frac_bits grid (bit-exact reconstruction), ``pool_pad`` runs in float
             between stages (a stored transition), and the body output is decoded for the
             head. A fixed-point overflow makes the logits NaN.
@@ -349,7 +350,7 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
     num_classes: int = 10
     backprop: str = "reversible"
     arithmetic: str = "float"
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
+    frac_bits: int = DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
@@ -362,39 +363,27 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        step = engine.Scan(
-            lean.low_cost_hamiltonian_step(
-                self.operator, self.h, arithmetic=self.arithmetic, frac_bits=self.frac_bits
-            )
-        )
+        arith = arithmetic.get(self.arithmetic, self.frac_bits)
+        step = engine.Scan(lean.low_cost_hamiltonian_step(self.operator, self.h, arith))
         x = Stem(self.widths[0], kernel_size=3, dtype=self.dtype)(x, train)
         state = tuple(jnp.split(x, 2, axis=-1))
         layers, params = [], []
         for i, width in enumerate(self.widths):
             if i > 0:
-                layers.append(self._transition(width // 2))
+                layers.append(arith.stored_transition(transitions.pool_pad_transition(width // 2)))
                 params.append(None)
             layers.append(step)
             params.append(self.param(f"stage{i}", self._init_stage, width // 2, self.units[i]))
-        (y, z), _ = fixed_point.run_body(
+        (y, z), _ = arith.run(
             layers,
             params,
             state,
-            arithmetic=self.arithmetic,
-            frac_bits=self.frac_bits,
             backprop=self.backprop,
             observe=partial(sow_reconstruction_error, self),
         )
         return ClassifierHead(self.num_classes, dtype=self.dtype)(
             jnp.concatenate([y, z], axis=-1), train
         )
-
-    def _transition(self, half_width: int) -> engine.Transition:
-        if self.arithmetic == "exact":
-            return fixed_point.float_transition(
-                lambda u: transitions.pool_pad(u, half_width), self.frac_bits, name="pool_pad"
-            )
-        return transitions.pool_pad_transition(half_width)
 
     def _init_stage(self, key: jax.Array, half_width: int, steps: int) -> dict:
         def one(k):
@@ -415,8 +404,7 @@ def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
         raise ValueError(
             f"unknown operator {model.operator!r}; expected one of {lean.LOW_COST_OPERATORS}"
         )
-    fixed_point.check_arithmetic(model.arithmetic)
-    fixed_point.check_frac_bits(model.frac_bits)
+    arithmetic.get(model.arithmetic, model.frac_bits)
     widths = tuple(model.widths)
     if not widths or any(w < 2 or w % 2 for w in widths):
         raise ValueError(f"widths must be even and >= 2, got {widths}")
@@ -451,9 +439,19 @@ def _lean_factory(network: str, step: str):
     return factory
 
 
+# Field names LeanResNet used before the shared vocabulary.
+_RENAMED_RESNET = {
+    "features": "width (the stem width c0; stage i runs at width * 2**i)",
+    "num_blocks": "units (one entry per stage: num_blocks=3 is units=(4, 4, 4))",
+    "steps_per_block": "units (steps per stage: steps_per_block=4, num_blocks=3 is "
+    "units=(4, 4, 4))",
+    "stem_kernel_size": "stem_kernel",
+}
 for _network in NETWORKS:
     for _step in lean.STEP_TYPES:
-        register(f"lean_{_network}_{_step}")(_lean_factory(_network, _step))
+        register(f"lean_{_network}_{_step}", stages=True, renamed=_RENAMED_RESNET)(
+            _lean_factory(_network, _step)
+        )
 
 
 def _hamiltonian_factory(operator: str):
@@ -463,8 +461,13 @@ def _hamiltonian_factory(operator: str):
     return factory
 
 
-register("lean_hamiltonian")(_hamiltonian_factory("dw_mix"))
-register("lean_hamiltonian_circulant")(_hamiltonian_factory("circulant"))
+_RENAMED_HAMILTONIAN = {"depth": "units (Verlet steps per stage, one entry per stage)"}
+register("lean_hamiltonian", stages=True, renamed=_RENAMED_HAMILTONIAN)(
+    _hamiltonian_factory("dw_mix")
+)
+register("lean_hamiltonian_circulant", stages=True, renamed=_RENAMED_HAMILTONIAN)(
+    _hamiltonian_factory("circulant")
+)
 
 
 # --------------------------------------------------------------------------- parameter table

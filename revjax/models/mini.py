@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from revjax import conv as conv_ops
 from revjax import engine
 from revjax.drift import ReversibleModel
-from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, check_num_classes, conv_init
+from revjax.models.registry import register
 from revjax.nn import CouplingStack
 
 __all__ = ["ConvResidual", "RevNetMini", "revnet_mini"]
@@ -101,7 +101,14 @@ class RevNetMini(ReversibleModel, nn.Module):
         return ClassifierHead(self.num_classes, dtype=self.dtype)(x, train=train)
 
 
-@register("revnet_mini")
+@register(
+    "revnet_mini",
+    stages=True,
+    renamed={
+        "channels": "widths (the state width 2c as a 1-tuple: channels=16 is widths=(32,))",
+        "depth": "units (coupling steps as a 1-tuple: depth=4 is units=(4,))",
+    },
+)
 def revnet_mini(**overrides) -> RevNetMini:
     """Small reversible classifier (defaults: widths (32,), units (4,), 10 classes)."""
     return RevNetMini(**overrides)

@@ -28,18 +28,16 @@ exactly once per training step, from the forward pass:
 
 In eval mode the running averages are used and the step has no aux.
 
-Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20): the stem's output is
-encoded to int32 fixed-point halves (`revjax.fixed_point`) and the body runs on them. Exact
-(bit-exact reconstruction at any depth): every coupling, y1 = x1 + ⌊F(x2)⌉,
-y2 = x2 + ⌊G(y1)⌉ (`fixed_point.exact_additive_coupling_with_stats`: batch norm inside F and G
-as above, same batch statistics in the reconstruction, running averages updated once), and
-the "reversible" transitions (space-to-depth and zero channel padding, permutations). The
-"stored" transition blocks (the first block of a stage with a strided / widening shortcut)
-run in float on the decoded halves and re-encode their output
-(`fixed_point.exact_stored_transition`): the engine stores their input anyway, so they cost
-nothing in exactness. Stem and head are float (autodiff). Gradients are the straight-through
-ones. A fixed-point overflow makes the logits NaN. Affine coupling has no exact form (a
-multiplicative update is not a bijection of the grid) and is not offered.
+Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20): the body is built through
+`revjax.arithmetic.get(arithmetic, frac_bits)`, so the stem's output is encoded to int32
+fixed-point halves and every coupling, y1 = x1 + ⌊F(x2)⌉, y2 = x2 + ⌊G(y1)⌉ (batch norm inside
+F and G as above), and the "reversible" transitions (space-to-depth and zero channel padding,
+permutations) are exact: bit-exact reconstruction at any depth. The "stored" transition blocks
+(the first block of a stage with a strided / widening shortcut) run in float on the decoded
+halves and re-encode their output (`arith.stored_transition`): the engine stores their input
+anyway, so they cost nothing in exactness. Stem and head are float (autodiff). Gradients are
+the straight-through ones. A fixed-point overflow makes the logits NaN. Affine coupling has no
+exact form (a multiplicative update is not a bijection of the grid) and is not offered.
 """
 
 from __future__ import annotations
@@ -51,9 +49,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from revjax import arithmetic, engine
 from revjax import conv as conv_ops
-from revjax import engine, fixed_point
-from revjax.couplings import additive_coupling_with_stats, merge_halves, split_halves
+from revjax.arithmetic import DEFAULT_FRAC_BITS, FLOAT, Arithmetic
+from revjax.couplings import merge_halves, split_halves
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families.resnet import (
     check_classifier_config,
@@ -61,11 +60,10 @@ from revjax.families.resnet import (
     pool_pad_shortcut,
 )
 from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
-from revjax.models import register
 from revjax.models.heads import ClassifierHead, Stem, conv_init
+from revjax.models.registry import register
 from revjax.models.resnet import ResNet, residual_module, stem_width_of
 from revjax.nn import init_stacked, residual_with_stats
-from revjax.transitions import space_to_depth_step, zero_pad_channels_step
 
 __all__ = [
     "bn_coupling",
@@ -84,27 +82,17 @@ def bn_coupling(
     *,
     train: bool,
     name: str = "revnet_block",
-    arithmetic: str = "float",
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS,
+    arith: Arithmetic = FLOAT,
 ):
-    """RevNet block y1 = x1 + F(x2), y2 = x2 + G(y1) with BN inside F and G.
+    """RevNet block y1 = x1 + F(x2), y2 = x2 + G(y1) with BN inside F and G, built by `arith`.
 
     Params: {"F": {"params", "batch_stats"}, "G": {...}}. State: (x1, x2), each
     (N, H, W, C/2). In train mode the forward returns ((y1, y2), {"F": stats, "G": stats})
-    (`has_aux=True`); inverse and fused backward are those of `additive_coupling` on the
-    output values only, so reconstruction never updates the statistics.
-
-    `arithmetic="exact"`: the state halves are `fixed_point.Fixed` and the increments are
-    rounded to the 2^−frac_bits grid, y1 = x1 + ⌊F(x2)⌉, y2 = x2 + ⌊G(y1)⌉
-    (`fixed_point.exact_additive_coupling_with_stats`; train-mode aux
-    `fixed_point.ExactAux(overflow, {"F": stats, "G": stats})`).
+    (`has_aux=True`; exact arithmetic: `ExactAux(overflow, stats)`); inverse and fused backward
+    use the output values only, so reconstruction never updates the statistics.
     """
     pair = (residual_with_stats(F, train), residual_with_stats(G, train))
-    if fixed_point.check_arithmetic(arithmetic) == "exact":
-        return fixed_point.exact_additive_coupling_with_stats(
-            *pair, train=train, frac_bits=frac_bits, name=name
-        )
-    return additive_coupling_with_stats(*pair, train=train, name=name)
+    return arith.additive_coupling_with_stats(*pair, train=train, name=name)
 
 
 def stored_transition_block(
@@ -189,7 +177,7 @@ class RevNet(ReversibleModel, nn.Module):
     stem_strides: int = 1
     stem_pool: bool = False
     arithmetic: str = "float"
-    frac_bits: int = fixed_point.DEFAULT_FRAC_BITS
+    frac_bits: int = DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
@@ -199,8 +187,7 @@ class RevNet(ReversibleModel, nn.Module):
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
         engine.check_backprop(self.backprop)
-        fixed_point.check_arithmetic(self.arithmetic)
-        fixed_point.check_frac_bits(self.frac_bits)
+        arithmetic.get(self.arithmetic, self.frac_bits)
         if self.transition not in TRANSITIONS:
             raise ValueError(f"unknown transition {self.transition!r}; use one of {TRANSITIONS}")
         check_classifier_config(
@@ -273,10 +260,11 @@ class RevNet(ReversibleModel, nn.Module):
         return merged, stats
 
     def _body(self, shape, train):
-        """(layers, params, stats variables per layer or None) for a stem output `shape`."""
+        """(layers, params, stats variables per layer or None, arithmetic) for a stem output
+        `shape`."""
         widths = self._body_widths()
         batch, height, width = shape[:3]
-        exact = self.arithmetic == "exact"
+        arith = arithmetic.get(self.arithmetic, self.frac_bits)
         layers, params, stats = [], [], []
 
         def add(layer, p=None, s=None):
@@ -290,9 +278,7 @@ class RevNet(ReversibleModel, nn.Module):
             G = self._residual(c // 2)
             name = f"body_{len(layers)}"
             p, s = self._layer_variables(name, F, G, half, half, depth)
-            step = bn_coupling(
-                F, G, train=train, name=name, arithmetic=self.arithmetic, frac_bits=self.frac_bits
-            )
+            step = bn_coupling(F, G, train=train, name=name, arith=arith)
             add(engine.Scan(step, name=name) if depth else step, p, s)
 
         for i, (n, stride) in enumerate(zip(self.units, self.strides)):
@@ -322,29 +308,22 @@ class RevNet(ReversibleModel, nn.Module):
                     train=train,
                     name=name,
                 )
-                if exact:
-                    block = fixed_point.exact_stored_transition(block, self.frac_bits)
-                add(block, p, s)
+                add(arith.stored_transition(block), p, s)
                 remaining = n - 1
             else:
                 c = c_in
                 if stride == 2:
-                    add(fixed_point.exact_space_to_depth_step() if exact else space_to_depth_step())
+                    add(arith.space_to_depth_step())
                     height, width, c = height // 2, width // 2, 4 * c
                 if c_out > c:
-                    extra = (c_out - c) // 2
-                    add(
-                        fixed_point.exact_zero_pad_channels_step(extra)
-                        if exact
-                        else zero_pad_channels_step(extra)
-                    )
+                    add(arith.zero_pad_channels_step((c_out - c) // 2))
                 remaining = n
                 if i == 0:
                     add_coupling(c_out, None, preactivate=False)
                     remaining = n - 1
             if remaining:
                 add_coupling(c_out, remaining)
-        return layers, params, stats
+        return layers, params, stats, arith
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -352,13 +331,11 @@ class RevNet(ReversibleModel, nn.Module):
         h = Stem(
             stem_width_of(self), self.stem_kernel, self.stem_strides, self.stem_pool, self.dtype
         )(x.astype(self.dtype), train)
-        layers, params, stats = self._body(h.shape, train)
-        y, aux = fixed_point.run_body(
+        layers, params, stats, arith = self._body(h.shape, train)
+        y, aux = arith.run(
             layers,
             params,
             split_halves(h),
-            arithmetic=self.arithmetic,
-            frac_bits=self.frac_bits,
             backprop=self.backprop,
             observe=partial(sow_reconstruction_error, self),
         )
@@ -406,5 +383,11 @@ _CONFIGS = {
     ),
 }
 
+# Field names RevNet and ResNet used before the shared vocabulary.
+RENAMED = {
+    "filters": "widths (one width per stage; the stem width is now `stem_width`, default "
+    "widths[0])",
+    "stem_max_pool": "stem_pool",
+}
 for _name, (_cls, _config) in _CONFIGS.items():
-    register(_name)(_factory(_cls, **_config))
+    register(_name, stages=True, renamed=RENAMED)(_factory(_cls, **_config))

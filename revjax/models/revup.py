@@ -50,12 +50,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from revjax import engine
+from revjax import arithmetic, engine
 from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import revup
-from revjax.models import register
 from revjax.models.heads import check_num_classes, conv_init
+from revjax.models.registry import register
 from revjax.spectral_norm import check_coefficient
 from revjax.transitions import check_halvable, space_to_depth_step
 
@@ -76,15 +76,11 @@ def _stem_transition(pool: bool, stride: int) -> engine.Transition:
     return engine.Transition(apply, name="stem")
 
 
-def _check_arithmetic(arithmetic: str) -> None:
-    if arithmetic != "float":
-        raise ValueError(
-            f"RevUp supports arithmetic='float' only, got {arithmetic!r}: its i-ResNet blocks "
-            "are inverted by a fixed-point iteration, not by subtracting a recomputed "
-            "increment, so fixed-point states cannot make them exactly invertible (exact "
-            "arithmetic: revnet*, hamiltonian*, midpoint*, leapfrog*, hyperbolic*, "
-            "lean_hamiltonian*)"
-        )
+_FLOAT_ONLY = (
+    ": RevUp's i-ResNet blocks are inverted by a fixed-point iteration, not by subtracting a "
+    "recomputed increment, so fixed-point states cannot make them exactly invertible (exact "
+    "arithmetic: revnet*, hamiltonian*, midpoint*, leapfrog*, hyperbolic*, lean_hamiltonian*)"
+)
 
 
 class RevUp(ReversibleModel, nn.Module):
@@ -137,7 +133,7 @@ class RevUp(ReversibleModel, nn.Module):
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
-        _check_arithmetic(self.arithmetic)
+        arithmetic.get(self.arithmetic, supported=("float",), why=_FLOAT_ONLY)
         check_coefficient(self.c)
         revup.check_fixed_point_config(self.max_iter, self.tol, self.on_nonconvergence)
         check_num_classes(self.num_classes)
@@ -309,25 +305,32 @@ def _cifar(n: int, **overrides) -> RevUp:
     return RevUp(**config)
 
 
-@register("revup20")
+RENAMED = {
+    "stage_sizes": "units (blocks per stage)",
+    "downsample": "transition",
+    "stem_stride": "stem_strides",
+}
+
+
+@register("revup20", stages=True, renamed=RENAMED)
 def revup20(**overrides) -> RevUp:
     """RevUp-20 (CIFAR): [3, 3, 3] blocks, widths 16/32/64, depth 6n+2 = 20."""
     return _cifar(3, **overrides)
 
 
-@register("revup56")
+@register("revup56", stages=True, renamed=RENAMED)
 def revup56(**overrides) -> RevUp:
     """RevUp-56 (CIFAR): [9, 9, 9] blocks, widths 16/32/64."""
     return _cifar(9, **overrides)
 
 
-@register("revup110")
+@register("revup110", stages=True, renamed=RENAMED)
 def revup110(**overrides) -> RevUp:
     """RevUp-110 (CIFAR): [18, 18, 18] blocks, widths 16/32/64."""
     return _cifar(18, **overrides)
 
 
-@register("revup_imagenet")
+@register("revup_imagenet", stages=True, renamed=RENAMED)
 def revup_imagenet(**overrides) -> RevUp:
     """ImageNet-shaped RevUp: 7x7/2 conv stem + max-pool, [2,2,2,2] blocks, widths 64..512.
 
