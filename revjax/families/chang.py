@@ -70,7 +70,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from revjax import couplings, engine, fixed_point, integrators, transitions
+from revjax import couplings, engine, fixed_point, integrators, tasks, transitions
 from revjax.conv import conv, conv_transpose
 
 __all__ = [
@@ -530,6 +530,7 @@ def _lookup(tree: PyTree, path) -> jax.Array | None:
     return node
 
 
+@tasks.register_regulariser("weight_smoothness")
 def weight_smoothness(params: PyTree, rate: float = WEIGHT_SMOOTH_RATE) -> jax.Array:
     """R = rate · Σ_stages Σ_j ½‖K_{j+1} − K_j‖²_F, over consecutive blocks of each stage.
 
