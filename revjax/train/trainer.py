@@ -439,7 +439,7 @@ class _StopSignals:
 
 
 # Train metrics not shown on the progress line (the loss and the task's metrics are).
-_NOT_SHOWN = ("total_loss", "grad_norm", "learning_rate", "steps_per_sec")
+_NOT_SHOWN = ("loss", "total_loss", "grad_norm", "learning_rate", "steps_per_sec")
 
 
 class _Progress:
@@ -470,7 +470,8 @@ class _Progress:
 
     def update(self, step: int, values: Mapping[str, float]) -> None:
         """Called with each step's fetched metrics (loss and the task's per-step metrics)."""
-        shown = {k: v for k, v in values.items() if k not in _NOT_SHOWN}
+        shown = {"loss": values["loss"]}
+        shown.update({k: v for k, v in values.items() if k not in _NOT_SHOWN})
         if self.use_bar:
             self.bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
             return
