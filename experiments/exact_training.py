@@ -7,11 +7,11 @@ epochs, once with `arithmetic="float"` and once with `arithmetic="exact"` (int32
 states with `frac_bits` = 20, `revjax.fixed_point`), same seed, and prints the final test
 accuracy and loss of each.
 
-`--zoo NAME` instead trains a zoo classifier at its registered defaults (e.g. `revnet38`,
-`hamiltonian74`) on the digits canvas with the loop of `experiments/zoo_learning.py`
-(`--steps` SGD steps of `--batch`, cosine-decayed learning rate), float then exact, same seed;
-the row reports the test accuracy, the last losses and the body's reconstruction error after
-training.
+`--zoo NAME` instead trains a zoo config (`revjax/configs/zoo.py`, e.g. `revnet38`,
+`hamiltonian74`: the model at its registered defaults on the digits canvas, its recipe's
+optimizer and cosine schedule) for `--steps` steps of `--batch`, float then exact, same seed,
+through the same trainer; the row is the run's summary (test accuracy, last training loss,
+the body's reconstruction error after training).
 
     python experiments/exact_training.py --epochs 10 --out experiments/results/exact_training.json
     python experiments/exact_training.py --zoo revnet38 --steps 60 --batch 32 \
@@ -28,7 +28,7 @@ import time
 import ml_collections
 from result_files import default_out, write_json
 
-from revjax.configs import default
+from revjax.configs import default, zoo
 from revjax.train import trainer
 
 
@@ -49,6 +49,17 @@ def config_for(arithmetic: str, epochs: int, depth: int) -> ml_collections.Confi
     return config
 
 
+def zoo_config(name: str, arithmetic: str, steps: int, batch: int) -> ml_collections.ConfigDict:
+    """The zoo recipe of model `name` (`revjax.configs.zoo`) in `arithmetic`, `steps` x `batch`."""
+    config = zoo.get_config(name)
+    config.model_kwargs.arithmetic = arithmetic
+    config.num_steps = steps
+    config.global_batch_size = batch
+    config.memory_report = False
+    config.progress_bar = False
+    return config
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -60,26 +71,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = {}
     for arithmetic in ("float", "exact"):
-        start = time.perf_counter()
         if args.zoo:
-            from zoo_learning import run as zoo_run  # experiments/ is on sys.path (a script)
-
-            row = zoo_run(
-                args.zoo,
-                args.steps,
-                args.batch,
-                0,
-                overrides={"arithmetic": arithmetic},
-                measure_memory=False,
-            )
-            row["wall_seconds"] = time.perf_counter() - start
-            results[arithmetic] = row
-            print(arithmetic, json.dumps(row), flush=True)
-            continue
+            config = zoo_config(args.zoo, arithmetic, args.steps, args.batch)
+        else:
+            config = config_for(arithmetic, args.epochs, args.depth)
+        start = time.perf_counter()
         with tempfile.TemporaryDirectory() as workdir:
-            metrics = trainer.train_and_evaluate(
-                config_for(arithmetic, args.epochs, args.depth), workdir
-            )
+            metrics = trainer.train_and_evaluate(config, workdir)
         metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         metrics["wall_seconds"] = time.perf_counter() - start
         results[arithmetic] = metrics

@@ -34,7 +34,7 @@ import optax
 from hyperbolic_variants import COMPARISON_VARIANTS
 from result_files import default_out, write_json
 
-from revjax import configs, data
+from revjax import configs, data, tasks
 from revjax.memory import model_step_memory
 from revjax.train import trainer
 
@@ -69,7 +69,7 @@ def background_baseline(config) -> dict:
     for batch in ds:
         labels = np.asarray(batch["label"])[np.asarray(batch["weight"]) > 0].reshape(-1)
         counts[:, 0] += np.bincount(labels, minlength=info.num_classes)
-    iou = trainer.iou_from_confusion(counts)
+    iou = tasks.iou_from_confusion(counts)
     return {"test_voxels": int(counts.sum()), "all_background_mean_iou": float(np.nanmean(iou))}
 
 

@@ -22,12 +22,15 @@ for models that would not fit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from revjax import tasks
 
 __all__ = [
     "abstract",
@@ -149,24 +152,24 @@ def update_step_temp_bytes(
     return update_step_memory(loss_fn, params, batch, optimizer)["temp"]
 
 
-def model_loss(model: Any) -> Callable[[PyTree, PyTree], jax.Array]:
+def model_loss(
+    model: Any, loss: tasks.Loss = tasks.softmax_xent
+) -> Callable[[PyTree, PyTree], jax.Array]:
     """loss(params, (images, labels, model_state)) of a zoo model's training step.
 
-    loss = mean_i CE(softmax(f_params(x_i)), y_i) over the logits' last axis, with integer
-    labels of the logits' leading shape (classifiers (N,), segmenters (N, *S)). The model runs
+    loss = mean_i loss(f_params(x_i), y_i) over every label entry (`revjax.tasks.training_loss`;
+    default the trainer's softmax cross-entropy, `revjax.tasks.softmax_xent`, with integer
+    labels of the logits' leading shape: classifiers (N,), segmenters (N, *S)). The model runs
     in training mode; its non-parameter collections (batch-norm averages, spectral-norm
     vectors) ride in the batch as `model_state`, are applied as mutable and not
-    differentiated.
+    differentiated. A `functools.partial` of `(model, loss)`.
     """
+    return functools.partial(_batch_loss, model, loss)
 
-    def loss_fn(params, batch):
-        images, targets, model_state = batch
-        mutable = list(model_state) or False
-        out = model.apply({"params": params, **model_state}, images, train=True, mutable=mutable)
-        logits = out[0] if mutable else out
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
-    return loss_fn
+def _batch_loss(model: Any, loss: tasks.Loss, params: PyTree, batch: PyTree) -> jax.Array:
+    images, targets, model_state = batch
+    return tasks.training_loss(model, loss, params, model_state, images, targets)[0]
 
 
 def model_step_inputs(

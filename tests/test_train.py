@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from revjax import configs
+from revjax import configs, tasks
 from revjax.train import checkpointing, load, optim, sharding, trainer
 from revjax.train.__main__ import resolve_config_argument
 
@@ -752,12 +752,12 @@ def test_iou_from_confusion_hand_example():
     """IoU_k = TP / (TP + FP + FN) from C[true, pred]; absent classes are NaN."""
     labels = jnp.array([[0, 0, 1, 1]])
     logits = jax.nn.one_hot(jnp.array([[0, 1, 1, 1]]), 3)
-    counts = trainer.confusion_matrix(logits, labels, jnp.ones(1), 3)
+    counts = tasks.confusion_matrix(logits, labels, jnp.ones(1), 3)
     np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 2, 0], [0, 0, 0]])
-    iou = trainer.iou_from_confusion(counts)
+    iou = tasks.iou_from_confusion(counts)
     np.testing.assert_allclose(iou[:2], [1 / 2, 2 / 3])
     assert np.isnan(iou[2])
-    padded = trainer.confusion_matrix(logits, labels, jnp.zeros(1), 3)
+    padded = tasks.confusion_matrix(logits, labels, jnp.zeros(1), 3)
     assert float(padded.sum()) == 0.0
 
 
@@ -778,7 +778,7 @@ def test_segmentation_task_reports_iou_through_the_trainer(tmp_path):
     info = data.dataset_info("synthetic_video", **options)
     counts = sum(
         np.asarray(
-            trainer.confusion_matrix(
+            tasks.confusion_matrix(
                 model.apply(variables, jnp.asarray(b["image"]), train=False),
                 jnp.asarray(b["label"]),
                 jnp.ones(len(b["label"])),
@@ -787,7 +787,7 @@ def test_segmentation_task_reports_iou_through_the_trainer(tmp_path):
         )
         for b in ds
     )
-    iou = trainer.iou_from_confusion(counts)
+    iou = tasks.iou_from_confusion(counts)
     for k, value in enumerate(iou):
         if np.isfinite(value):
             assert summary[f"iou_{k}"] == pytest.approx(value, abs=1e-6)
@@ -830,7 +830,7 @@ def test_train_step_memory_compiles_the_trainers_step_per_mode():
     steps_per_epoch = max(info.num_train // 16, 1)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
     model = trainer.build_model(config, info, backprop="store")
-    step = trainer.make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
+    step = trainer.make_train_step(model, tx, schedule)
     state = trainer.abstract_state(model, tx, config.seed, info.image_shape)
     batch = trainer.abstract_batch(16, info.image_shape, ())
     assert memory.jitted_step_memory(step, state, batch)["temp"] == temps["store"]

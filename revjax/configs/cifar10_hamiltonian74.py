@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = cifar10_revnet110.get_config()
     config.name = "cifar10_hamiltonian74"
     config.model = "hamiltonian74"
-    config.weight_smoothness = 2e-4
+    config.regularisers.weight_smoothness = 2e-4
     if is_smoke(arg):
         cifar10_revnet110.shrink(config)
     return config

@@ -67,7 +67,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from revjax import engine, integrators, transitions
+from revjax import engine, integrators, tasks, transitions
 from revjax.arithmetic import FLOAT, Arithmetic
 from revjax.conv import conv, conv_transpose
 
@@ -463,6 +463,7 @@ def _lookup(tree: PyTree, path) -> jax.Array | None:
     return node
 
 
+@tasks.register_regulariser("weight_smoothness")
 def weight_smoothness(params: PyTree, rate: float = WEIGHT_SMOOTH_RATE) -> jax.Array:
     """R = rate · Σ_stages Σ_j ½‖K_{j+1} − K_j‖²_F, over consecutive blocks of each stage.
 

@@ -1,18 +1,25 @@
-"""Training and evaluation for every registry model, dataset and backprop mode.
+"""Training and evaluation for every registry model, dataset, task and backprop mode.
 
-``train_and_evaluate(config, workdir)`` runs one experiment end to end::
+``train_and_evaluate(config, workdir)`` runs one experiment end to end, as a sequence of named
+parts::
 
-    dataset_info -> mesh ("data") -> model = models.create(config.model, **model_kwargs)
-    -> jit(create_state, out_shardings=replicated) -> restore latest checkpoint (state,
-    rng, input position) -> loop: shard batch -> jitted train_step (donated state)
-    -> metrics.jsonl / progress bar / periodic checkpoint + eval -> final eval, summary.json
+    dataset_info, task_of -> make_run_mesh -> open_train_data -> build_model
+    -> make_optimizer, make_train_step -> init_state (jit, out_shardings)
+    -> open_run (checkpointer, restore latest: state, rng, input position; metrics.jsonl)
+    -> compile_train_step -> step_memory -> train_loop: shard batch -> compiled step
+    (donated state) -> metrics.jsonl / progress / checkpoint / eval / drift guard
+    -> final evaluate -> summarize -> summary.json
 
-One ``train_step`` serves every model: loss = mean softmax cross-entropy over the label
-array (classification: labels (B,), logits (B, K); segmentation: labels (B, T, H, W),
-logits (B, T, H, W, K)) plus the optional Chang weight-smoothness term; every non-"params"
-variable collection (BatchNorm statistics, spectral-norm power iterates) is mutable and
-carried in the state; the backward strategy is the model's ``backprop``
-field, so the same step trains "reversible", "store" and "remat" variants.
+One ``train_step`` serves every model: loss = mean over the label entries of the task's loss
+(``config.task``, a name in ``revjax.tasks``; "" takes the dataset's own task: softmax
+cross-entropy for classification labels (B,), segmentation labels (B, T, H, W) and next-token
+labels (B, T)) plus the named regularisers of ``config.regularisers`` (e.g. Chang et al.'s
+``weight_smoothness``, registered by its family). The trainer imports no family or paper
+module. Every non-"params" variable collection (BatchNorm statistics, spectral-norm power
+iterates) is mutable and carried in the state; the backward strategy is the model's
+``backprop`` field, so the same step trains "reversible", "store" and "remat" variants. Every
+config field is read directly (``config.<field>``): ``revjax/configs/default.py`` declares each
+default once.
 
 The train state is a plain dict pytree::
 
@@ -47,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +64,7 @@ import optax
 from tqdm.auto import tqdm
 
 from revjax import data as data_lib
-from revjax import models
+from revjax import models, tasks
 from revjax.memory import compiled_memory, jitted_step_memory
 from revjax.train import checkpointing, optim, sharding
 
@@ -70,11 +77,9 @@ __all__ = [
     "ReconstructionDriftError",
     "build_model",
     "create_state",
-    "cross_entropy_metrics",
     "make_train_step",
     "make_eval_step",
-    "confusion_matrix",
-    "iou_from_confusion",
+    "task_of",
     "train_and_evaluate",
 ]
 
@@ -99,7 +104,7 @@ def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo, *
 
     ``num_classes`` is taken from the dataset unless ``model_kwargs`` sets it.
     """
-    kwargs = dict(config.get("model_kwargs", {}) or {})
+    kwargs = dict(config.model_kwargs)
     kwargs.update(overrides)
     model = models.create(config.model, **kwargs)
     if "num_classes" in model_fields(model) and "num_classes" not in kwargs:
@@ -175,24 +180,9 @@ def abstract_batch(global_batch_size: int, image_shape, label_shape, shardings=N
 # ----------------------------------------------------------------------------- steps
 
 
-def cross_entropy_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None):
-    """(sum of CE, sum of correct, count) over all label entries, weighted by ``weights``.
-
-    Args:
-      logits: (..., K) with ``labels`` of shape (...) (classification (B,), segmentation
-        (B, T, H, W)).
-      labels: integer classes.
-      weights: (B,) example weights (0 for padding), broadcast over the label axes.
-    """
-    logits = logits.astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    if weights is None:
-        w = jnp.ones_like(ce)
-    else:
-        w = jnp.broadcast_to(weights.reshape(weights.shape + (1,) * (ce.ndim - 1)), ce.shape)
-        w = w.astype(jnp.float32)
-    return jnp.sum(ce * w), jnp.sum(correct * w), jnp.sum(w)
+def task_of(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> tasks.Task:
+    """The run's task: ``config.task`` by name, or the dataset's own (``info.task``) if ""."""
+    return tasks.get_task(config.task or info.task)
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -200,54 +190,41 @@ def _all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _smoothness_fn(weight: float) -> Callable[[PyTree], jax.Array] | None:
-    """Chang et al.'s weight smoothness R(theta) at rate ``weight`` (lazy import), or None.
-
-    ``revjax.families.chang.weight_smoothness(params, rate)`` = rate * sum_j 1/2
-    ||K_{j+1} - K_j||_F^2 over consecutive blocks (the "weight smoothness decay" of Chang et
-    al. 2018, arXiv:1709.03698, section "Regularization").
-    """
-    if not weight:
-        return None
-    from revjax.families.chang import weight_smoothness
-
-    return functools.partial(weight_smoothness, rate=weight)
+def objective(model, task: tasks.Task) -> Callable[..., tuple[jax.Array, tuple]]:
+    """``(params, model_state, images, labels, rng) -> (mean loss, (logits, model_state))``:
+    ``revjax.tasks.training_loss`` of ``model`` with the task's loss (a ``functools.partial``;
+    ``revjax.memory.model_loss`` differentiates the same loss function)."""
+    return functools.partial(tasks.training_loss, model, task.loss)
 
 
 def make_train_step(
-    model, tx: optax.GradientTransformation, schedule: optax.Schedule, weight_smoothness=0.0
+    model,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    task: tasks.Task | str = "classification",
+    regularise: Callable[[PyTree], jax.Array] | None = None,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """The (unjitted) update ``(state, batch) -> (state, metrics)`` for any registry model.
 
-    loss(theta) = mean_i CE(f_theta(x_i), y_i) + weight_smoothness * R(theta); gradients
-    come from ``jax.grad`` and so use the model's own backprop mode.
+    loss(theta) = mean over label entries of task.loss(f_theta(x), y) + R(theta), R the
+    regulariser (``revjax.tasks.regulariser(config.regularisers)``, None: 0); gradients come
+    from ``jax.grad`` and so use the model's own backprop mode. ``metrics``: loss (without R),
+    total_loss, the task's per-step metrics (e.g. accuracy), grad_norm, learning_rate, finite.
     """
-    smoothness = _smoothness_fn(weight_smoothness)
+    task = tasks.get_task(task) if isinstance(task, str) else task
+    loss_of = objective(model, task)
 
     def loss_fn(params, model_state, batch, rng):
-        if model_state is not None:
-            logits, model_state = model.apply(
-                {"params": params, **model_state},
-                batch["image"],
-                train=True,
-                mutable=list(model_state),
-                rngs={"dropout": rng},
-            )
-            model_state = dict(model_state)
-        else:
-            variables = {"params": params}
-            logits = model.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
-        ce_sum, correct, count = cross_entropy_metrics(logits, batch["label"])
-        loss = ce_sum / count
-        total = loss
-        if smoothness is not None:
-            total = total + smoothness(params)
-        return total, (loss, correct / count, model_state)
+        loss, (logits, model_state) = loss_of(
+            params, model_state, batch["image"], batch["label"], rng
+        )
+        total = loss if regularise is None else loss + regularise(params)
+        return total, (loss, logits, model_state)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (total, (loss, accuracy, model_state)), grads = grad_fn(
+        (total, (loss, logits, model_state)), grads = grad_fn(
             state["params"], state.get("model_state"), batch, rng
         )
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -258,7 +235,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "total_loss": total,
-            "accuracy": accuracy,
+            **task.step_metrics(logits, batch["label"]),
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state["step"]),
             "finite": jnp.isfinite(total) & _all_finite(params),
@@ -268,52 +245,17 @@ def make_train_step(
     return train_step
 
 
-def confusion_matrix(
-    logits: jax.Array, labels: jax.Array, weights: jax.Array, num_classes: int
-) -> jax.Array:
-    """(K, K) weighted counts C[true, predicted] over every label entry.
-
-    Args:
-      logits: (B, ..., K).
-      labels: (B, ...) integer classes.
-      weights: (B,) example weights (0 for padding), broadcast over the label axes.
-      num_classes: K.
-    """
-    predicted = jnp.argmax(logits, axis=-1)
-    w = jnp.broadcast_to(weights.reshape(weights.shape + (1,) * (labels.ndim - 1)), labels.shape)
-    true_1h = jax.nn.one_hot(labels.reshape(-1), num_classes, dtype=jnp.float32)
-    pred_1h = jax.nn.one_hot(predicted.reshape(-1), num_classes, dtype=jnp.float32)
-    return jnp.einsum("nk,nl->kl", true_1h * w.reshape(-1, 1).astype(jnp.float32), pred_1h)
-
-
-def iou_from_confusion(counts: np.ndarray) -> np.ndarray:
-    """Per-class IoU_k = TP_k / (TP_k + FP_k + FN_k) of a (K, K) confusion matrix C[true, pred];
-    NaN for a class absent from both labels and predictions."""
-    counts = np.asarray(counts, np.float64)
-    tp = np.diag(counts)
-    union = counts.sum(0) + counts.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
-
-
-def make_eval_step(model, num_classes: int | None = None) -> Callable[[dict, dict], dict]:
-    """``(state, batch with "weight") -> {"loss_sum", "correct", "count"[, "confusion"]}``.
-
-    The task follows the dataset: classification reports loss and accuracy; segmentation
-    (``num_classes`` given) also the (K, K) confusion matrix over all voxels, from which
-    ``evaluate`` reports per-class IoU and their mean.
-    """
+def make_eval_step(
+    model, task: tasks.Task | str = "classification"
+) -> Callable[[dict, dict], dict]:
+    """``(state, batch with "weight") -> task.eval_sums``: the loss and metric sums of one
+    padded eval batch (``evaluate`` adds them over the test split and reports)."""
+    task = tasks.get_task(task) if isinstance(task, str) else task
 
     def eval_step(state, batch):
         variables = {"params": state["params"], **state.get("model_state", {})}
         logits = model.apply(variables, batch["image"], train=False)
-        ce_sum, correct, count = cross_entropy_metrics(logits, batch["label"], batch["weight"])
-        out = {"loss_sum": ce_sum, "correct": correct, "count": count}
-        if num_classes is not None:
-            out["confusion"] = confusion_matrix(
-                logits, batch["label"], batch["weight"], num_classes
-            )
-        return out
+        return task.eval_sums(logits, batch["label"], batch["weight"])
 
     return eval_step
 
@@ -338,17 +280,31 @@ def prepare_workdir(workdir: str | os.PathLike) -> Path:
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
+    """Clear errors for a bad config, before anything is traced or written."""
     for key in ("model", "dataset", "global_batch_size", "optimizer"):
         if key not in config:
             raise ValueError(f"config is missing the required field {key!r}")
-    if config.get("num_steps", 0) <= 0 and config.get("num_epochs", 0) <= 0:
+    if "weight_smoothness" in config:
+        raise ValueError(
+            "config.weight_smoothness is now config.regularisers.weight_smoothness (regularisers "
+            f"are chosen by name; valid: {', '.join(tasks.regulariser_names())})"
+        )
+    if config.num_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set config.num_steps > 0 or config.num_epochs > 0")
-    if int(config.get("drift_check_every", 0) or 0) < 0:
+    if config.drift_check_every < 0:
         raise ValueError("config.drift_check_every must be >= 0 (0 disables the drift guard)")
-    if not float(config.get("drift_rtol", 1e-3)) > 0:
-        raise ValueError(f"config.drift_rtol must be > 0, got {config.get('drift_rtol')}")
-    if int(config.get("fake_examples", 0) or 0) < 0:
+    if not config.drift_rtol > 0:
+        raise ValueError(f"config.drift_rtol must be > 0, got {config.drift_rtol}")
+    if config.fake_examples < 0:
         raise ValueError("config.fake_examples must be >= 0 (0 reads the real data)")
+    if config.task:
+        tasks.get_task(config.task)  # ValueError listing the valid tasks
+    unknown = sorted(set(config.regularisers) - set(tasks.regulariser_names()))
+    if unknown:
+        raise ValueError(
+            f"unknown regulariser(s) {unknown} in config.regularisers; valid regularisers: "
+            f"{', '.join(tasks.regulariser_names())}"
+        )
 
 
 def _pad_batch(batch: dict, size: int) -> dict:
@@ -482,9 +438,14 @@ class _StopSignals:
         self._previous = {}
 
 
+# Train metrics not shown on the progress line (the loss and the task's metrics are).
+_NOT_SHOWN = ("loss", "total_loss", "grad_norm", "learning_rate", "steps_per_sec")
+
+
 class _Progress:
     """A tqdm bar when ``bar`` (stdout is a terminal), else one plain line every
-    ``every`` steps: ``step S/N loss L accuracy A steps/s R lr E``."""
+    ``every`` steps: ``step S/N loss L accuracy A steps/s R lr E`` (the task's per-step
+    metrics after the loss)."""
 
     def __init__(self, total: int, initial: int, desc: str, bar: bool, every: int):
         self.total, self.every, self.use_bar = total, every, bar
@@ -508,14 +469,16 @@ class _Progress:
         return (step - then_step) / elapsed if elapsed > 0 and step > then_step else 0.0
 
     def update(self, step: int, values: Mapping[str, float]) -> None:
-        """Called with each step's fetched metrics."""
+        """Called with each step's fetched metrics (loss and the task's per-step metrics)."""
+        shown = {"loss": values["loss"]}
+        shown.update({k: v for k, v in values.items() if k not in _NOT_SHOWN})
         if self.use_bar:
-            self.bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['accuracy']:.3f}")
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
             return
         if step % self.every == 0 or step == self.total:
+            parts = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
             print(
-                f"step {step}/{self.total} loss {values['loss']:.4f} "
-                f"accuracy {values['accuracy']:.4f} steps/s {self.rate(step):.2f} "
+                f"step {step}/{self.total} {parts} steps/s {self.rate(step):.2f} "
                 f"lr {values['learning_rate']:.4g}",
                 flush=True,
             )
@@ -560,10 +523,16 @@ def memory_line(temp_bytes: Mapping[str, int]) -> str:
 # ----------------------------------------------------------------------------- main loop
 
 
-def evaluate(eval_fn, state, config, mesh, spatial_axis=None) -> dict[str, float]:
-    """Mean loss and accuracy over the whole test split (last batch padded and masked);
-    segmentation adds ``iou_<k>`` per class present and ``mean_iou`` (their mean)."""
-    batch_size = int(config.get("eval_batch_size", 0) or config.global_batch_size)
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """``config.eval_batch_size``, or the training batch when it is 0."""
+    return int(config.eval_batch_size or config.global_batch_size)
+
+
+def evaluate(eval_fn, state, config, task: tasks.Task, mesh, spatial_axis=None) -> dict:
+    """The task's report over the whole test split (last batch padded and masked): the mean
+    loss and each metric (accuracy; segmentation also ``iou_<k>`` per class present and
+    ``mean_iou``; next_token ``bits_per_byte``)."""
+    batch_size = eval_batch_size(config)
     ds = data_lib.make_dataset(
         config.dataset,
         "test",
@@ -574,21 +543,12 @@ def evaluate(eval_fn, state, config, mesh, spatial_axis=None) -> dict[str, float
         **data_lib.dataset_kwargs(config),
     )
     local = batch_size // jax.process_count()
-    totals = np.zeros(3)
-    confusion = None
+    totals = None
     for batch in ds:
         out = eval_fn(state, sharding.shard_batch(_pad_batch(batch, local), mesh, spatial_axis))
-        totals += np.array([out["loss_sum"], out["correct"], out["count"]], dtype=np.float64)
-        if "confusion" in out:
-            counts = np.asarray(jax.device_get(out["confusion"]), np.float64)
-            confusion = counts if confusion is None else confusion + counts
-    loss_sum, correct, count = totals
-    result = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
-    if confusion is not None:
-        iou = iou_from_confusion(confusion)
-        result.update({f"iou_{k}": float(v) for k, v in enumerate(iou) if np.isfinite(v)})
-        result["mean_iou"] = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-    return result
+        out = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(out))
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    return task.eval_report(totals)
 
 
 def drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
@@ -652,9 +612,339 @@ def check_processes_agree(config: ml_collections.ConfigDict, workdir: str | os.P
 
 def _allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """Fields a resumed run may change: the run length, unless the schedule depends on it."""
-    if config.optimizer.get("schedule", "constant") == "cosine":
+    if config.optimizer.schedule == "cosine":
         return ()
     return ("num_steps", "num_epochs")
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> int:
+    return max(info.num_train // config.global_batch_size, 1)
+
+
+def run_length(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> int:
+    """Train steps of the run: ``num_steps`` if > 0, else ``num_epochs`` epochs."""
+    if config.num_steps > 0:
+        return int(config.num_steps)
+    return int(round(config.num_epochs * steps_per_epoch(config, info)))
+
+
+def make_run_mesh(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
+    """(mesh, spatial_axis): the ("data", "space") mesh of ``config.mesh``, after checking
+    that the train and eval batches (and, split over "space", the examples) divide over it;
+    ``spatial_axis`` is None unless "space" > 1."""
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.space)
+    data_devices = mesh.shape[sharding.DATA_AXIS]
+    sharding.check_batch_divisible(config.global_batch_size, data_devices)
+    sharding.check_batch_divisible(eval_batch_size(config), data_devices)
+    sharding.check_process_rows(mesh, config.global_batch_size)
+    spatial_axis = config.mesh.spatial_axis if mesh.shape["space"] > 1 else None
+    if spatial_axis is not None:
+        sharding.check_spatial_divisible(
+            (config.global_batch_size, *info.image_shape),
+            mesh,
+            spatial_axis,
+            config.mesh.spatial_multiple,
+        )
+    return mesh, spatial_axis
+
+
+def open_train_data(config: ml_collections.ConfigDict):
+    """The shuffled, repeated training stream of ``config.dataset`` (a grain dataset)."""
+    return data_lib.make_dataset(
+        config.dataset,
+        "train",
+        global_batch_size=config.global_batch_size,
+        seed=config.seed,
+        train=True,
+        **data_lib.dataset_kwargs(config),
+    )
+
+
+def init_state(model, tx, config, info, mesh) -> tuple[dict, PyTree]:
+    """(state, state shardings): ``create_state`` jitted with its output placed on ``mesh``
+    (replicated, or split over "data" with ``config.fsdp``)."""
+
+    def make_state():
+        return create_state(model, tx, config.seed, info.image_shape)
+
+    shardings = sharding.state_shardings(mesh, jax.eval_shape(make_state), fsdp=config.fsdp)
+    return jax.jit(make_state, out_shardings=shardings)(), shardings
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the training loop shares with the rest of a run: its files and where it stands."""
+
+    config: ml_collections.ConfigDict
+    config_dict: dict
+    checkpointer: checkpointing.Checkpointer
+    writer: _MetricsWriter
+    train_iter: Any
+    total_steps: int
+    step: int = 0
+    resumed_from: int | None = None
+    skipped: list = dataclasses.field(default_factory=list)
+    messages: list = dataclasses.field(default_factory=list)
+
+    def where_good(self) -> str:
+        """Where the last good checkpoint is (for a stop message)."""
+        self.checkpointer.wait()
+        good = self.checkpointer.latest_step()
+        if good is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is step {good} in {self.checkpointer.directory}"
+
+    def save(self, step: int, state: dict) -> None:
+        self.checkpointer.save(step, state, self.train_iter.get_state(), self.config_dict)
+
+
+def open_run(config, workdir: Path, state: dict, train_ds, total_steps: int) -> tuple[_Run, dict]:
+    """Opens the checkpointer and the metrics log of ``workdir`` and restores the latest
+    checkpoint (state, data position) if there is one; writes ``config.json`` for a run that
+    trains. Returns (run, state to start from)."""
+    config_dict = json.loads(config.to_json())
+    checkpointer = checkpointing.Checkpointer(
+        workdir / "checkpoints",
+        max_to_keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing,
+    )
+    checkpointer.allowed_changes = _allowed_changes(config)
+    checkpointer.force = config.force_resume
+    try:
+        train_iter = iter(train_ds)
+        restored = checkpointer.restore_latest(state, config_dict)
+        run = _Run(config, config_dict, checkpointer, None, train_iter, total_steps)
+        if restored is not None:
+            state = _resume(run, restored)
+    except BaseException:
+        checkpointer.close()
+        raise
+    run.step = int(jax.device_get(state["step"]))
+    if run.step < total_steps or not (workdir / "config.json").exists():
+        # Written only by a run that trains (or starts) under this config.
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+    run.writer = _MetricsWriter(workdir / "metrics.jsonl", jax.process_index() == 0)
+    run.writer.resume_at(run.step)
+    if config.tensorboard:
+        if not run.writer.open_tensorboard(workdir / "tensorboard", purge_step=run.step + 1):
+            run.messages.append(
+                "TensorBoard events off: pip install tensorboardX (metrics.jsonl is written)"
+            )
+    return run, state
+
+
+def _resume(run: _Run, restored) -> dict:
+    """Takes a restored (state, data state, step, skipped) into ``run``; returns the state."""
+    state, data_state, run.resumed_from, run.skipped = restored
+    run.train_iter.set_state(data_state)
+    directory = run.checkpointer.directory
+    run.messages.append(f"Resumed from checkpoint at step {run.resumed_from} in {directory}")
+    if run.skipped:
+        run.messages.append(
+            f"Skipped unreadable checkpoint(s) {run.skipped}; fell back to {run.resumed_from}"
+        )
+    for line in run.checkpointer.forced_differences:
+        run.messages.append(f"force_resume: continuing under the changed value {line}")
+    if run.resumed_from > run.total_steps:
+        raise ValueError(
+            f"The checkpoint in {directory} is at step {run.resumed_from}, past this config's "
+            f"{run.total_steps} steps; use a fresh --workdir for a shorter run."
+        )
+    return state
+
+
+def compile_train_step(train_step, state, state_shardings, config, info, task, mesh, spatial_axis):
+    """(compiled step, its abstract batch): ``train_step`` jitted with the state donated and
+    sharded, the batch rows over "data", lowered once for the config's global batch."""
+    label_shape = task.label_shape(info.image_shape)
+    shardings = batch_shardings(mesh, info.image_shape, label_shape, spatial_axis)
+    step_batch = abstract_batch(config.global_batch_size, info.image_shape, label_shape, shardings)
+    jitted = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, shardings),
+        out_shardings=(state_shardings, sharding.replicated_sharding(mesh)),
+        donate_argnums=0,
+    )
+    return jitted.lower(state, step_batch).compile(), step_batch
+
+
+def step_memory(config, info, model, compiled, make_step, state, step_batch) -> dict[str, int]:
+    """{mode: compiled temp bytes} of the train step in each of ``config.memory_modes`` (the
+    configured mode's figure from ``compiled`` itself; ``make_step(model)`` builds the
+    others), or {"model": bytes} for a model without a reversible body; {} when
+    ``config.memory_report`` is off."""
+    if not config.memory_report:
+        return {}
+    temp_bytes = {}
+    own_mode = getattr(model, "backprop", None)
+    for mode in config.memory_modes if has_backprop(model) else ():
+        if mode == own_mode:
+            temp_bytes[mode] = compiled_memory(compiled)["temp"]
+        else:
+            other = build_model(config, info, backprop=mode)
+            temp_bytes[mode] = jitted_step_memory(make_step(other), state, step_batch)["temp"]
+    return temp_bytes or {"model": compiled_memory(compiled)["temp"]}
+
+
+def fetch_metrics(step: int, metrics: dict, where_good: Callable[[], str]) -> dict:
+    """The step's metrics as floats; ``NonFiniteLossError`` if the loss or the parameters
+    became non-finite (naming the step and the last good checkpoint)."""
+    values = jax.device_get(metrics)
+    if not bool(values["finite"]):
+        raise NonFiniteLossError(
+            f"Non-finite loss or parameters at step {step} "
+            f"(loss={float(values['loss'])}, grad_norm={float(values['grad_norm'])}, "
+            f"learning_rate={float(values['learning_rate'])}); stopped. The non-finite "
+            f"state was not saved; {where_good()}. Lower optimizer.learning_rate or set "
+            "optimizer.grad_clip_norm."
+        )
+    return {k: float(v) for k, v in values.items() if k != "finite"}
+
+
+class _LoopEnd(NamedTuple):
+    state: dict
+    step: int
+    last: dict  # the last fetched train metrics
+    stopped_by: str | None  # "SIGTERM"/"SIGINT" when a signal stopped the run
+    train_time: float  # seconds in train steps (evaluation and saves excluded)
+    images: Any  # the last training batch's images (None if no step ran)
+
+
+def train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, drift) -> _LoopEnd:
+    """Steps ``compiled`` from ``run.step`` to ``run.total_steps``: logs every
+    ``log_every_steps`` (fetching each step's metrics one step late, so the device never
+    waits), saves every ``checkpoint_every_steps``, evaluates every ``eval_every_steps``,
+    guards the reconstruction drift every ``drift_check_every`` steps, and saves and stops at
+    the next step boundary after SIGTERM/SIGINT (the final checkpoint otherwise)."""
+    config, writer = run.config, run.writer
+    log_every = max(config.log_every_steps, 1)
+    save_every, eval_every = config.checkpoint_every_steps, config.eval_every_steps
+    drift_every = config.drift_check_every if drift is not None else 0
+    step, first_step = run.step, run.step
+    last: dict = {}
+    progress = _Progress(
+        run.total_steps, step, config.name or config.model, _show_bar(config), log_every
+    )
+    for line in run.messages:
+        progress.write(line)
+
+    def log(at_step: int, metrics: dict) -> None:
+        values = fetch_metrics(at_step, metrics, run.where_good)
+        last.update(values)
+        if at_step % log_every == 0 or at_step == 1 or at_step == run.total_steps:
+            writer.write(at_step, "train", {**values, "steps_per_sec": progress.rate(at_step)})
+        progress.update(at_step, values)
+
+    def guard(at_step: int, images) -> bool:
+        """Checks the drift; False when the model has no reversible body to guard."""
+        error = drift(state, images)
+        if error is None:  # no reversible body (e.g. ResNet): nothing to guard
+            return False
+        writer.write(at_step, "train", {"reconstruction_error": error})
+        if not error <= config.drift_rtol:
+            raise ReconstructionDriftError(
+                drift_message(at_step, error, config.drift_rtol, run.where_good())
+            )
+        return True
+
+    stopped_by, images = None, None
+    sharding.wait_for_all_processes("train_loop")  # every process compiled: meet first here
+    try:
+        with _StopSignals() as stop:
+            loop_start = time.time()
+            side_time = 0.0  # evaluation and checkpoint saves, excluded from steps_per_sec
+            pending = None  # (step, metrics) of the previous update, fetched one step later
+            while step < run.total_steps:
+                batch = sharding.shard_batch(next(run.train_iter), mesh, spatial_axis)
+                images = batch["image"]
+                if drift_every and step == first_step and not guard(step, images):
+                    drift_every = 0  # the state we start from
+                state, metrics = compiled(state, batch)
+                step += 1
+                if pending is not None:
+                    log(*pending)
+                pending = (step, metrics)
+                progress.advance()
+                if drift_every and step % drift_every == 0:
+                    log(*pending)  # a non-finite state stops here, before the drift check
+                    pending = None
+                    guard(step, images)
+                if stop.requested or (save_every and step % save_every == 0):
+                    if pending is not None:
+                        log(*pending)
+                        pending = None
+                    side_start = time.time()
+                    run.save(step, state)
+                    side_time += time.time() - side_start
+                if stop.requested:
+                    run.checkpointer.wait()
+                    stopped_by = stop.received
+                    break
+                if eval_every and step % eval_every == 0 and step < run.total_steps:
+                    side_start = time.time()
+                    writer.write(
+                        step, "test", evaluate(eval_fn, state, config, task, mesh, spatial_axis)
+                    )
+                    side_time += time.time() - side_start
+            if pending is not None:
+                log(*pending)
+            train_time = time.time() - loop_start - side_time
+            if stopped_by is None:
+                run.save(step, state)
+                run.checkpointer.wait()
+            elif jax.process_index() == 0:
+                progress.write(
+                    f"{stopped_by}: saved checkpoint at step {step} in "
+                    f"{run.checkpointer.directory}; rerun the same command to resume."
+                )
+    finally:
+        progress.close()
+        run.checkpointer.close()  # finishes an in-flight save of a good state
+        if stopped_by is not None or sys.exc_info()[0] is not None:
+            writer.close()
+    return _LoopEnd(state, step, last, stopped_by, train_time, images)
+
+
+def _show_bar(config: ml_collections.ConfigDict) -> bool:
+    return bool(config.progress_bar) and _interactive()
+
+
+def summarize(
+    config, task: tasks.Task, run: _Run, end: _LoopEnd, num_params: int, temp_bytes, drift
+) -> dict:
+    """The ``summary.json`` dict of a finished (or signal-stopped) loop: run facts,
+    ``train_<metric>`` of the last step, memory, speed and, after a finished run, the
+    reconstruction error of the final state on the last batch (None without a reversible
+    body or with the drift guard off)."""
+    first_step = run.resumed_from or 0
+    summary: dict[str, Any] = {
+        "config": config.name,
+        "model": config.model,
+        "dataset": config.dataset,
+        "task": task.name,
+        "seed": config.seed,
+        "global_batch_size": config.global_batch_size,
+        "num_params": num_params,
+        "steps": end.step,
+        "total_steps": run.total_steps,
+        **{f"train_{k}": v for k, v in end.last.items() if k not in _NOT_TASK_METRICS},
+        "resumed_from_step": run.resumed_from,
+        "skipped_corrupted_checkpoints": run.skipped,
+        "preempted": end.stopped_by is not None,
+        "stopped_by": end.stopped_by,
+        "memory_temp_bytes": temp_bytes,
+        "memory_line": memory_line(temp_bytes) if temp_bytes else "",
+        "steps_per_sec": (end.step - first_step) / end.train_time if end.train_time > 0 else 0.0,
+        "reconstruction_error": None,
+    }
+    summary.setdefault("train_loss", float("nan"))
+    if drift is not None and end.images is not None and end.stopped_by is None:
+        summary["reconstruction_error"] = drift(end.state, end.images)
+    return summary
+
+
+# Train-step metrics that are not the task's (not repeated as train_<name> in the summary).
+_NOT_TASK_METRICS = ("total_loss", "grad_norm", "learning_rate")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -666,13 +956,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         ``summary.json``.
 
     Returns:
-      the summary dict written to ``summary.json`` (test_accuracy, steps, memory, ...);
-      ``summary["stopped_by"]`` is "SIGTERM"/"SIGINT" (and ``preempted`` True) when a signal
-      stopped the run after saving a checkpoint.
+      the summary dict written to ``summary.json`` (test_loss, the task's test metrics such
+      as test_accuracy or mean_iou, steps, memory, ...); ``summary["stopped_by"]`` is
+      "SIGTERM"/"SIGINT" (and ``preempted`` True) when a signal stopped the run after saving
+      a checkpoint.
 
     Raises:
-      ValueError: unknown dataset/model, batch not divisible by devices, bad config, or (in
-        a multi-process job) processes started with different configs or workdirs.
+      ValueError: unknown dataset/model/task/regulariser, batch not divisible by devices, bad
+        config, or (in a multi-process job) processes started with different configs or
+        workdirs.
       PermissionError: unwritable workdir.
       revjax.data.DatasetNotPreparedError: a TFDS dataset is missing (checked before the
         workdir is created).
@@ -686,271 +978,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     check_processes_agree(config, workdir)
     _validate(config)
     info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
-    mesh_config = dict(config.get("mesh", {}) or {})
-    mesh = sharding.make_mesh(mesh_config.get("data", -1), mesh_config.get("space", 1))
-    data_devices = mesh.shape[sharding.DATA_AXIS]
-    sharding.check_batch_divisible(config.global_batch_size, data_devices)
-    eval_batch_size = int(config.get("eval_batch_size", 0) or config.global_batch_size)
-    sharding.check_batch_divisible(eval_batch_size, data_devices)
-    sharding.check_process_rows(mesh, config.global_batch_size)
-    spatial_axis = mesh_config.get("spatial_axis", 1) if mesh.shape["space"] > 1 else None
-    if spatial_axis is not None:
-        sharding.check_spatial_divisible(
-            (config.global_batch_size, *info.image_shape),
-            mesh,
-            spatial_axis,
-            mesh_config.get("spatial_multiple", 1),
-        )
-    # Opening the data first: a missing dataset is reported before anything is written.
-    train_ds = data_lib.make_dataset(
-        config.dataset,
-        "train",
-        global_batch_size=config.global_batch_size,
-        seed=config.seed,
-        train=True,
-        **data_lib.dataset_kwargs(config),
-    )
+    task = task_of(config, info)
+    regularise = tasks.regulariser(config.regularisers)
+    mesh, spatial_axis = make_run_mesh(config, info)
+    train_ds = open_train_data(config)  # a missing dataset is reported before any write
     model = build_model(config, info)
     workdir = prepare_workdir(workdir)
-    steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
-    if config.get("num_steps", 0) > 0:
-        total_steps = int(config.num_steps)
-    else:
-        total_steps = int(round(config.num_epochs * steps_per_epoch))
-    tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
-    train_step = make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
-    replicated = sharding.replicated_sharding(mesh)
-    label_shape = _label_shape(info)
-    step_batch_shardings = batch_shardings(mesh, info.image_shape, label_shape, spatial_axis)
-
-    def make_state():
-        return create_state(model, tx, config.seed, info.image_shape)
-
-    state_shardings = sharding.state_shardings(
-        mesh, jax.eval_shape(make_state), fsdp=bool(config.get("fsdp", False))
-    )
-    init = jax.jit(make_state, out_shardings=state_shardings)
-    state = init()
+    total_steps = run_length(config, info)
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch(config, info), total_steps)
+    train_step = make_train_step(model, tx, schedule, task, regularise)
+    state, state_shardings = init_state(model, tx, config, info, mesh)
     num_params = models.count_params(state["params"])
-    config_dict = json.loads(config.to_json())
-
-    checkpointer = checkpointing.Checkpointer(
-        workdir / "checkpoints",
-        max_to_keep=int(config.get("keep_checkpoints", 3)),
-        async_save=bool(config.get("async_checkpointing", True)),
+    run, state = open_run(config, workdir, state, train_ds, total_steps)
+    compiled, step_batch = compile_train_step(
+        train_step, state, state_shardings, config, info, task, mesh, spatial_axis
     )
-    checkpointer.allowed_changes = _allowed_changes(config)
-    checkpointer.force = bool(config.get("force_resume", False))
-    show_bar = bool(config.get("progress_bar", True)) and _interactive()
-    log_every = max(int(config.get("log_every_steps", 50)), 1)
-    try:
-        train_iter = iter(train_ds)
-        restored = checkpointer.restore_latest(state, config_dict)
-    except BaseException:
-        checkpointer.close()
-        raise
-    resumed_from, skipped = None, []
-    messages = []
-    if restored is not None:
-        state, data_state, resumed_from, skipped = restored
-        train_iter.set_state(data_state)
-        messages.append(
-            f"Resumed from checkpoint at step {resumed_from} in {checkpointer.directory}"
-        )
-        if skipped:
-            messages.append(
-                f"Skipped unreadable checkpoint(s) {skipped}; fell back to {resumed_from}"
-            )
-        for line in checkpointer.forced_differences:
-            messages.append(f"force_resume: continuing under the changed value {line}")
-        if resumed_from > total_steps:
-            checkpointer.close()
-            raise ValueError(
-                f"The checkpoint in {checkpointer.directory} is at step {resumed_from}, past "
-                f"this config's {total_steps} steps; use a fresh --workdir for a shorter run."
-            )
-    step = int(jax.device_get(state["step"]))
-    if step < total_steps or not (workdir / "config.json").exists():
-        # Written only by a run that trains (or starts) under this config.
-        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
-    writer = _MetricsWriter(workdir / "metrics.jsonl", jax.process_index() == 0)
-    writer.resume_at(step)
-    if config.get("tensorboard", True):
-        if not writer.open_tensorboard(workdir / "tensorboard", purge_step=step + 1):
-            messages.append(
-                "TensorBoard events off: pip install tensorboardX (metrics.jsonl is written)"
-            )
-
-    # Compile the step once; its memory analysis is the configured mode's figure.
-    step_batch = abstract_batch(
-        config.global_batch_size, info.image_shape, label_shape, step_batch_shardings
+    temp_bytes = step_memory(
+        config,
+        info,
+        model,
+        compiled,
+        lambda other: make_train_step(other, tx, schedule, task, regularise),
+        state,
+        step_batch,
     )
-    jitted = jax.jit(
-        train_step,
-        in_shardings=(state_shardings, step_batch_shardings),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
-    compiled = jitted.lower(state, step_batch).compile()
-    temp_bytes = {}
-    if config.get("memory_report", True):
-        own_mode = getattr(model, "backprop", None)
-        modes = tuple(config.get("memory_modes", ("reversible", "store")))
-        for mode in modes if has_backprop(model) else ():
-            if mode == own_mode:
-                temp_bytes[mode] = compiled_memory(compiled)["temp"]
-            else:
-                other = build_model(config, info, backprop=mode)
-                temp_bytes[mode] = jitted_step_memory(
-                    make_train_step(other, tx, schedule, config.get("weight_smoothness", 0.0)),
-                    state,
-                    step_batch,
-                )["temp"]
-        if not temp_bytes:
-            temp_bytes["model"] = compiled_memory(compiled)["temp"]
-    eval_fn = jax.jit(
-        make_eval_step(model, info.num_classes if info.task == "segmentation" else None)
-    )
-
-    save_every = int(config.get("checkpoint_every_steps", 0) or 0)
-    eval_every = int(config.get("eval_every_steps", 0) or 0)
-    drift_every = int(config.get("drift_check_every", 0) or 0)
-    drift_rtol = float(config.get("drift_rtol", 1e-3))
-    check_drift = drift_checker(model) if drift_every > 0 else None
-    first_step = step
-    last = {"loss": float("nan"), "accuracy": float("nan")}
-
-    def where_good() -> str:
-        checkpointer.wait()
-        good = checkpointer.latest_step()
-        if good is None:
-            return "no checkpoint was written yet"
-        return f"the last good checkpoint is step {good} in {checkpointer.directory}"
-
-    def check(metrics_step: int, metrics: dict) -> dict:
-        values = jax.device_get(metrics)
-        if not bool(values["finite"]):
-            raise NonFiniteLossError(
-                f"Non-finite loss or parameters at step {metrics_step} "
-                f"(loss={float(values['loss'])}, grad_norm={float(values['grad_norm'])}, "
-                f"learning_rate={float(values['learning_rate'])}); stopped. The non-finite "
-                f"state was not saved; {where_good()}. Lower optimizer.learning_rate or set "
-                "optimizer.grad_clip_norm."
-            )
-        return {k: float(v) for k, v in values.items() if k != "finite"}
-
-    def guard_drift(at_step: int, images) -> None:
-        nonlocal check_drift
-        error = check_drift(state, images)
-        if error is None:  # no reversible body (e.g. ResNet): nothing to guard
-            check_drift = None
-            return
-        writer.write(at_step, "train", {"reconstruction_error": error})
-        if not error <= drift_rtol:
-            raise ReconstructionDriftError(drift_message(at_step, error, drift_rtol, where_good()))
-
-    def save(at_step: int) -> None:
-        checkpointer.save(at_step, state, train_iter.get_state(), config_dict)
-
-    progress = _Progress(total_steps, step, config.get("name", config.model), show_bar, log_every)
-    for line in messages:
-        progress.write(line)
-
-    def log(pending) -> None:
-        at_step, metrics = pending
-        values = check(at_step, metrics)
-        last.update(loss=values["loss"], accuracy=values["accuracy"])
-        if at_step % log_every == 0 or at_step == 1 or at_step == total_steps:
-            writer.write(at_step, "train", {**values, "steps_per_sec": progress.rate(at_step)})
-        progress.update(at_step, values)
-
-    stopped_by = None
-    sharding.wait_for_all_processes("train_loop")  # every process compiled: meet first here
-    try:
-        with _StopSignals() as stop:
-            loop_start = time.time()
-            side_time = 0.0  # evaluation and checkpoint saves, excluded from steps_per_sec
-            pending = None  # (step, metrics) of the previous update, fetched one step later
-            while step < total_steps:
-                batch = sharding.shard_batch(next(train_iter), mesh, spatial_axis)
-                if check_drift is not None and step == first_step:
-                    guard_drift(step, batch["image"])  # the state we start from
-                state, metrics = compiled(state, batch)
-                step += 1
-                if pending is not None:
-                    log(pending)
-                pending = (step, metrics)
-                progress.advance()
-                if check_drift is not None and step % drift_every == 0:
-                    log(pending)  # a non-finite state stops here, before the drift check
-                    pending = None
-                    guard_drift(step, batch["image"])
-                if stop.requested or (save_every and step % save_every == 0):
-                    if pending is not None:
-                        log(pending)
-                        pending = None
-                    side_start = time.time()
-                    save(step)
-                    side_time += time.time() - side_start
-                if stop.requested:
-                    checkpointer.wait()
-                    stopped_by = stop.received
-                    break
-                if eval_every and step % eval_every == 0 and step < total_steps:
-                    side_start = time.time()
-                    result = evaluate(eval_fn, state, config, mesh, spatial_axis)
-                    writer.write(step, "test", result)
-                    side_time += time.time() - side_start
-            if pending is not None:
-                log(pending)
-            train_time = time.time() - loop_start - side_time
-            if stopped_by is None:
-                save(step)
-                checkpointer.wait()
-            elif jax.process_index() == 0:
-                progress.write(
-                    f"{stopped_by}: saved checkpoint at step {step} in {checkpointer.directory}; "
-                    "rerun the same command to resume."
-                )
-    finally:
-        progress.close()
-        checkpointer.close()  # finishes an in-flight save of a good state
-        if stopped_by is not None or sys.exc_info()[0] is not None:
-            writer.close()
-
-    summary: dict[str, Any] = {
-        "config": config.get("name", ""),
-        "model": config.model,
-        "dataset": config.dataset,
-        "num_params": num_params,
-        "steps": step,
-        "total_steps": total_steps,
-        "train_loss": last["loss"],
-        "train_accuracy": last["accuracy"],
-        "resumed_from_step": resumed_from,
-        "skipped_corrupted_checkpoints": skipped,
-        "preempted": stopped_by is not None,
-        "stopped_by": stopped_by,
-        "memory_temp_bytes": temp_bytes,
-        "memory_line": memory_line(temp_bytes) if temp_bytes else "",
-        "steps_per_sec": (step - first_step) / train_time if train_time > 0 else 0.0,
-    }
-    if stopped_by is None:
-        result = evaluate(eval_fn, state, config, mesh, spatial_axis)
-        writer.write(step, "test", result)
-        summary["test_loss"] = float(result["loss"])
-        summary["test_accuracy"] = float(result["accuracy"])
-        summary.update({k: v for k, v in result.items() if k not in ("loss", "accuracy")})
-    writer.close()
+    eval_fn = jax.jit(make_eval_step(model, task))
+    drift = drift_checker(model) if config.drift_check_every > 0 else None
+    end = train_loop(run, compiled, state, eval_fn, task, mesh, spatial_axis, drift)
+    summary = summarize(config, task, run, end, num_params, temp_bytes, drift)
+    if end.stopped_by is None:
+        result = evaluate(eval_fn, end.state, config, task, mesh, spatial_axis)
+        run.writer.write(end.step, "test", result)
+        summary.update(_test_entries(result))
+    run.writer.close()
     summary["wall_time_s"] = time.time() - start_time
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _label_shape(info: data_lib.DatasetInfo) -> tuple[int, ...]:
-    """Per-example label shape: () for classification, (T, H, W) for segmentation."""
-    return tuple(info.image_shape[:-1]) if info.task == "segmentation" else ()
+def _test_entries(result: Mapping[str, float]) -> dict[str, float]:
+    """Summary entries of the final evaluation: ``test_loss``, ``test_accuracy``, and every
+    other metric (``mean_iou``, ``iou_<k>``, ``bits_per_byte``) under its own name."""
+    prefixed = ("loss", "accuracy")
+    return {(f"test_{k}" if k in prefixed else k): float(v) for k, v in result.items()}
 
 
 def train_step_memory(
@@ -958,17 +1029,21 @@ def train_step_memory(
 ) -> dict[str, int]:
     """{mode: compiled temp bytes of the trainer's own step} for ``config``'s model and batch.
 
-    The step is ``make_train_step`` (optimizer update, state donated) built with
-    ``backprop=mode``; nothing is trained and no data is read (``revjax.memory``).
+    The step is ``make_train_step`` (the config's task and regularisers, optimizer update,
+    state donated) built with ``backprop=mode``; nothing is trained and no data is read
+    (``revjax.memory``).
     """
     info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
-    steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
-    tx, schedule = optim.make_optimizer(config, steps_per_epoch, steps_per_epoch)
-    batch = abstract_batch(config.global_batch_size, info.image_shape, _label_shape(info))
+    task = task_of(config, info)
+    regularise = tasks.regulariser(config.regularisers)
+    per_epoch = steps_per_epoch(config, info)
+    tx, schedule = optim.make_optimizer(config, per_epoch, per_epoch)
+    label_shape = task.label_shape(info.image_shape)
+    batch = abstract_batch(config.global_batch_size, info.image_shape, label_shape)
     out = {}
     for mode in modes:
         model = build_model(config, info, backprop=mode)
         state = abstract_state(model, tx, config.seed, info.image_shape)
-        step = make_train_step(model, tx, schedule, config.get("weight_smoothness", 0.0))
+        step = make_train_step(model, tx, schedule, task, regularise)
         out[mode] = jitted_step_memory(step, state, batch, donate_argnums=0)["temp"]
     return out

@@ -1,0 +1,114 @@
+"""The zoo: one reference model of every family trained on real images (README learning table).
+
+``--config=zoo:<model>`` (e.g. ``zoo:revnet38``; ``zoo:revnet38,smoke`` for a one-step run).
+Task (built in, no download): scikit-learn's handwritten digits on a CIFAR-shaped canvas
+(``dataset_options.canvas = 32``: each 8x8 digit upsampled x3 to 24x24, centred on 32x32,
+3 channels; 1437 train / 360 test images, `revjax.data.digits`). ``hyperbolic2d`` gets the
+per-pixel version (0 = background, 1 + class on the strokes), task "segmentation", scored by
+mean IoU over the 11 classes.
+
+Every model is created at its registered defaults (reversible models in
+``backprop="reversible"``); ``num_classes`` comes from the dataset. Optimisation per model
+(``RECIPES``): SGD with momentum 0.9 and a cosine-decayed learning rate 0.1 (hyperbolic2d
+0.05), no weight decay, float32, batch norm in train mode; except
+
+* revup20: Adam 2e-3, its scalar biases and multipliers at a tenth of it (Fixup's parameter
+  groups, ``optimizer.scalar_lr_factor = 0.1``; Zhang, Dauphin, Ma 2019, arXiv:1901.09321).
+  At Adam 1e-2 revup20 died: the soft spectral normalisation divides a raw kernel W by
+  sigma_hat(W)/c, Adam 1e-2 grew the raw kernels to sigma_hat = 6.5-42 (c = 0.9) within 190
+  steps of batch 32, so the branches' effective steps shrank by that factor while the
+  unnormalised scalar biases kept Adam's full step; the body output went negative, the head's
+  ReLU zeroed 63 of 64 pooled features and test accuracy fell to 0.100 after 400 steps. The
+  tenth for the scalars alone only delayed this at 1e-2 (0.886 after 400 steps, 0.103 after
+  600); Adam 1e-3 reached only 0.797 in 600 x 32 steps (loss still falling).
+* the LeanResNet step types other than lean_b_resnet: Adam 1e-2, the paper's optimiser
+  (Ephrath et al. 2019, arXiv:1805.07821, Sec. 4). SGD 0.1 left the RD nets at 45-75% after
+  100 x 32 steps: their reaction weights enter scaled by h = 0.1, and Adam's per-weight step
+  does not see that scale.
+
+Steps x batch per model are those of the README table (150 x 64 for the first three rows,
+32 otherwise). Expected results (historical rows of the earlier separate loop,
+experiments/results/zoo_learning.json, seed 0): test accuracy 0.96-1.00 for every classifier
+(revup20 0.958, midpoint62 0.975), hyperbolic2d mean IoU 0.17 after 100 x 32 steps.
+Regenerate the table with ``experiments/learning_table.py`` from the runs' summary.json.
+"""
+
+import ml_collections
+
+from revjax.configs import default, is_smoke
+
+_SGD = {"optimizer": "sgd", "learning_rate": 0.1}
+_LEAN_ADAM = {"optimizer": "adam", "learning_rate": 1e-2, "steps": 300, "batch": 32}
+# model -> {steps, batch, optimizer, learning_rate[, scalar_lr_factor][, task]}
+RECIPES = {
+    "resnet32": {**_SGD, "steps": 150, "batch": 64},
+    "revnet38": {**_SGD, "steps": 150, "batch": 64},
+    "hamiltonian74": {**_SGD, "steps": 150, "batch": 64},
+    "midpoint62": {**_SGD, "steps": 300, "batch": 32},
+    "leapfrog62": {**_SGD, "steps": 100, "batch": 32},
+    "revup20": {
+        "optimizer": "adam",
+        "learning_rate": 2e-3,
+        "scalar_lr_factor": 0.1,
+        "steps": 600,
+        "batch": 32,
+    },
+    "lean_hamiltonian": {**_SGD, "steps": 300, "batch": 32},
+    "lean_b_resnet": {**_SGD, "steps": 100, "batch": 32},
+    "lean_b_mobilenet": _LEAN_ADAM,
+    "lean_b_linear_mix": _LEAN_ADAM,
+    "lean_b_explicit_rd": _LEAN_ADAM,
+    "lean_b_implicit_rd": _LEAN_ADAM,
+    "lean_b_circular_rd": _LEAN_ADAM,
+    "hyperbolic2d": {
+        "optimizer": "sgd",
+        "learning_rate": 0.05,
+        "steps": 100,
+        "batch": 32,
+        "task": "segmentation",
+    },
+}
+
+
+def _parse(arg: str | None) -> tuple[str, str | None]:
+    """ "<model>[,smoke]" (or "<model>:smoke") -> (model, "smoke" or None)."""
+    model, _, rest = (arg or "").replace(":", ",").partition(",")
+    if model not in RECIPES:
+        raise ValueError(
+            f"zoo needs a model, --config=zoo:<model>[,smoke]; got {arg!r}; valid models: "
+            f"{', '.join(RECIPES)}"
+        )
+    is_smoke(rest)  # ValueError for anything but "smoke"/"runlocal"/nothing
+    return model, rest or None
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    model, smoke = _parse(arg)
+    recipe = RECIPES[model]
+    config = default.get_config()
+    config.name = f"zoo_{model}"
+    config.model = model
+    config.model_kwargs = ml_collections.ConfigDict()
+    config.dataset = "digits"
+    task = recipe.get("task", "classification")
+    config.task = task
+    config.dataset_options = ml_collections.ConfigDict({"canvas": 32, "task": task})
+    config.global_batch_size = recipe["batch"]
+    config.eval_batch_size = 120
+    config.num_steps = recipe["steps"]
+    config.optimizer.name = recipe["optimizer"]
+    config.optimizer.learning_rate = recipe["learning_rate"]
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.schedule = "cosine"
+    config.optimizer.scalar_lr_factor = recipe.get("scalar_lr_factor", 1.0)
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 0  # the final checkpoint only
+    if is_smoke(smoke):
+        config.global_batch_size = 4
+        config.eval_batch_size = 4
+        config.num_steps = 1
+        config.fake_examples = 4  # random canvas-shaped records: no eval over 360 images
+        config.dataset_options.canvas = 16
+        config.memory_report = False
+        config.log_every_steps = 1
+    return config
