@@ -117,8 +117,8 @@ class CouplingStack(ReversibleModel, nn.Module):
       max_log_scale: affine scale bound (see `affine_coupling`).
 
     Input and output: (N, ..., C) with C even; the halves are the first/second C/2 channels.
-    Parameters: variables["params"]["F_blocks"] and ["G_blocks"], the stacked variables of
-    F and G (leading axis `depth`).
+    Parameters: `variables["params"]["F_blocks"]` and `["G_blocks"]`, the stacked variables
+    of F and G (leading axis `depth`).
     """
 
     F: nn.Module
