@@ -31,7 +31,6 @@ import re
 import shlex
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -65,7 +64,7 @@ def code_blocks(path: Path) -> list[dict]:
             end += 1
         if end == len(lines):
             raise AssertionError(f"{_rel(path)}:{i + 1}: code fence never closed")
-        body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[i + 1 : end]]
+        body = [ln[len(indent) :] if ln.startswith(indent) else ln for ln in lines[i + 1 : end]]
         blocks.append(
             {
                 "lang": match["lang"].lower(),
@@ -161,20 +160,22 @@ def test_python_blocks_run(page, tmp_path):
     )
 
 
+# Paths in documented commands that stand for the user's directories.
+PLACEHOLDER = r"=(DIR|/shared/runs/\S+|gs://\S+|runs/\S+|/tmp/\S+)$"
 TRAIN_COMMANDS = [c for c in _shell_commands() if "python -m revjax.train " in c[2] + " "]
 
 
 def _train_argv(command: str, tmp_path: Path) -> list[str] | None:
     """The `python -m revjax.train` arguments of a documented command line (placeholders such as
     DIR replaced by a temporary directory), or None when the line launches something else."""
-    words = shlex.split(command)
+    words = shlex.split(command, comments=True)
     for i in range(len(words) - 2):
         if words[i : i + 3] == ["python", "-m", "revjax.train"]:
             args = []
             for word in words[i + 3 :]:
                 if word in ("&&", ";", "|", ">", "2>&1"):
                     break
-                args.append(re.sub(r"=(DIR|/shared/runs/\S+|gs://\S+|runs/\S+)$", f"={tmp_path}", word))
+                args.append(re.sub(PLACEHOLDER, f"={tmp_path}", word))
             return args
     return None
 
@@ -221,7 +222,7 @@ def test_documented_experiment_commands_parse(monkeypatch):
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     for page, line, command in EXPERIMENT_COMMANDS:
-        words = shlex.split(command)
+        words = shlex.split(command, comments=True)
         at = next(i for i, w in enumerate(words) if re.fullmatch(r"experiments/\w+\.py", w))
         args = []
         for word in words[at + 1 :]:
