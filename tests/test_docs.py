@@ -51,7 +51,12 @@ def _rel(path: Path) -> str:
 
 def code_blocks(path: Path) -> list[dict]:
     """[{"lang", "code", "line" (1-based, of the opening fence), "before" (the line above)}]."""
-    lines = path.read_text().splitlines()
+    return parse_blocks(path.read_text(), _rel(path))
+
+
+def parse_blocks(text: str, name: str) -> list[dict]:
+    """`code_blocks` of markdown `text` (`name` for error messages)."""
+    lines = text.splitlines()
     blocks, i = [], 0
     while i < len(lines):
         match = FENCE.match(lines[i])
@@ -63,7 +68,7 @@ def code_blocks(path: Path) -> list[dict]:
         while end < len(lines) and not re.match(rf"^{indent}{ticks}\s*$", lines[end]):
             end += 1
         if end == len(lines):
-            raise AssertionError(f"{_rel(path)}:{i + 1}: code fence never closed")
+            raise AssertionError(f"{name}:{i + 1}: code fence never closed")
         body = [ln[len(indent) :] if ln.startswith(indent) else ln for ln in lines[i + 1 : end]]
         blocks.append(
             {
@@ -302,3 +307,30 @@ def test_results_hook_renders_every_marker_and_fails_on_unknown_ones():
         hook.on_page_markdown("<!-- results: no_such_table -->", Page, None, None)
     drift = hook.TABLES["reconstruction_drift"]()
     assert "Hamiltonian (h = 0.1)" in drift  # the h the code uses, read from the JSON
+
+
+def test_readme_layout_names_every_module_and_only_existing_paths():
+    """README's "Where things are" block names every top-level module and package of revjax
+    (a new module must be placed there) and no path that does not exist."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Where things are", 1)[1]
+    block = next(b for b in parse_blocks(section, "README.md") if b["lang"] == "text")["code"]
+    named = set()
+    for line in block.splitlines():
+        words = re.findall(r"[\w/.]+(?:\.py|/)(?=[,\s]|$)", line.split("  ")[0] + " ")
+        folder = ""
+        for word in words:
+            if "/" in word.rstrip("/"):
+                folder = word.rsplit("/", 1)[0] + "/" if word.endswith(".py") else ""
+                path = word
+            else:
+                path = folder + word
+            named.add(path.rstrip("/"))
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"README's layout names paths that do not exist: {missing}"
+    modules = {f"revjax/{p.name}" for p in (ROOT / "revjax").glob("*.py") if p.stem != "__init__"}
+    packages = {
+        f"revjax/{p.name}" for p in (ROOT / "revjax").iterdir() if (p / "__init__.py").is_file()
+    }
+    unnamed = sorted((modules | packages) - named)
+    assert not unnamed, f"README's layout does not place: {unnamed}"

@@ -29,9 +29,7 @@ QUICK_TIMEOUT = 300  # seconds per script (each takes ~10-50 s at -O0 on 2 loade
 def _scripts() -> list[str]:
     """experiments/*.py that define main() (the others are helpers they import)."""
     return sorted(
-        p.stem
-        for p in (ROOT / "experiments").glob("*.py")
-        if "\ndef main(" in p.read_text()
+        p.stem for p in (ROOT / "experiments").glob("*.py") if "\ndef main(" in p.read_text()
     )
 
 
@@ -140,17 +138,37 @@ def test_lean_parameter_table_formats_one_line_per_row(monkeypatch):
     separators, paper figure, yes/no and the note, one row per line."""
     script = _load_script("lean_parameter_table", monkeypatch)
     rows = [
-        dict(name="lean_a_mobilenet", num_classes=10, params=102_538, weights=101_066,
-             paper=101_000, matches=True, note=""),
-        dict(name="lean_b_resnet", num_classes=100, params=3_531_000, weights=3_528_772,
-             paper=3_400_000, matches=False, note="differs"),
+        dict(
+            name="lean_a_mobilenet",
+            num_classes=10,
+            params=102_538,
+            weights=101_066,
+            paper=101_000,
+            matches=True,
+            note="",
+        ),
+        dict(
+            name="lean_b_resnet",
+            num_classes=100,
+            params=3_531_000,
+            weights=3_528_772,
+            paper=3_400_000,
+            matches=False,
+            note="differs",
+        ),
     ]
     lines = script.format_parameter_table(rows).split("\n")
     assert len(lines) == 4 and set(lines[1]) == {"-"}
     assert lines[0].split() == ["model", "classes", "params", "weights", "paper", "match", "note"]
     assert lines[2].split() == ["lean_a_mobilenet", "10", "102,538", "101,066", "101,000", "yes"]
     assert lines[3].split() == [
-        "lean_b_resnet", "100", "3,531,000", "3,528,772", "3,400,000", "no", "differs"
+        "lean_b_resnet",
+        "100",
+        "3,531,000",
+        "3,528,772",
+        "3,400,000",
+        "no",
+        "differs",
     ]
 
 

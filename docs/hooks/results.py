@@ -113,7 +113,10 @@ def classifier_memory() -> str:
         ratio = f"{store['temp_bytes'] / rev['temp_bytes']:.1f}x" if rev else "—"
         rows.append([title, get(f"{model} reversible"), get(f"{model} store"),
                      get(f"{model} remat"), ratio])  # fmt: skip
-    deep_rev, deep_store = depth.get("revnet units=18 reversible"), depth.get("revnet units=18 store")
+    deep_rev, deep_store = (
+        depth.get("revnet units=18 reversible"),
+        depth.get("revnet units=18 store"),
+    )
     if deep_rev and deep_store:
         rows.append(["RevNet, 18 units per stage (218 layers)", mib(deep_rev["temp_bytes"], 1),
                      mib(deep_store["temp_bytes"], 1), "—",
@@ -151,9 +154,15 @@ def chang_block_memory() -> str:
 
 def exact_cost() -> str:
     rows = [
-        [r["model"], r["backprop"], r["arithmetic"], mib(r["temp_bytes"]),
-         f"{1e3 * r['step_seconds']:.0f}", f"{r['time_ratio_over_float']:.2f}",
-         f"{r['memory_ratio_over_float']:.2f}"]  # fmt: skip
+        [
+            r["model"],
+            r["backprop"],
+            r["arithmetic"],
+            mib(r["temp_bytes"]),
+            f"{1e3 * r['step_seconds']:.0f}",
+            f"{r['time_ratio_over_float']:.2f}",
+            f"{r['memory_ratio_over_float']:.2f}",
+        ]  # fmt: skip
         for r in load("exact_cost.json")
     ]
     header = ["model", "backprop", "arithmetic", "temp MiB", "step ms", "time / float",
@@ -164,8 +173,13 @@ def exact_cost() -> str:
 def hyperbolic_memory() -> str:
     data = load("hyperbolic_memory.json")
     rows = [
-        [r["layers_per_unit"], mib(r["reversible"]), mib(r["store"]), mib(r["block"]),
-         f"{r['store'] / r['reversible']:.1f}x"]  # fmt: skip
+        [
+            r["layers_per_unit"],
+            mib(r["reversible"]),
+            mib(r["store"]),
+            mib(r["block"]),
+            f"{r['store'] / r['reversible']:.1f}x",
+        ]  # fmt: skip
         for r in data["depth_sweep_temp_bytes"]
     ]
     header = ["layers/unit", "(a) fully reversible", "(b) store", "(c) block-reversible",
@@ -179,8 +193,13 @@ def hyperbolic_largest_clip() -> str:
              "block": "(c) block-reversible"}  # fmt: skip
     budgets = data["config"]["budgets_gib"]
     rows = [
-        [names[r["variant"]], f"{r['bytes_per_voxel']:.0f}", r["side_16gib"],
-         f"{r['verified_total_at_first_budget'] / 2**30:.2f} GiB", r["side_80gib"]]  # fmt: skip
+        [
+            names[r["variant"]],
+            f"{r['bytes_per_voxel']:.0f}",
+            r["side_16gib"],
+            f"{r['verified_total_at_first_budget'] / 2**30:.2f} GiB",
+            r["side_80gib"],
+        ]  # fmt: skip
         for r in data["largest_clip"]
     ]
     header = ["variant", "bytes/voxel", f"S within {budgets[0]} GiB", "compiled total at that S",
@@ -190,9 +209,14 @@ def hyperbolic_largest_clip() -> str:
 
 def revup_memory() -> str:
     rows = [
-        [r["model"], f"{r['temp_MiB_reversible_b8']:.2f}", f"{r['temp_MiB_reversible_b64']:.2f}",
-         f"{r['temp_MiB_reversible']:.2f}", f"{r['temp_MiB_store']:.2f}",
-         f"{r['temp_MiB_remat']:.2f}"]  # fmt: skip
+        [
+            r["model"],
+            f"{r['temp_MiB_reversible_b8']:.2f}",
+            f"{r['temp_MiB_reversible_b64']:.2f}",
+            f"{r['temp_MiB_reversible']:.2f}",
+            f"{r['temp_MiB_store']:.2f}",
+            f"{r['temp_MiB_remat']:.2f}",
+        ]  # fmt: skip
         for r in load("revup_memory.json")["rows"]
     ]
     header = ["model", "reversible b=8", "reversible b=64", "reversible b=128", "store b=128",
@@ -206,7 +230,7 @@ def sharding_spatial(name: str = "sharding_scaling.json") -> str:
              f"{r['fraction_of_one_device']:.2f}"] for r in data["spatial"]]  # fmt: skip
     clip = "x".join(str(s) for s in data["spatial"][0]["clip"])
     return f"Clip {clip}:\n\n" + table(
-        ["devices on \"space\"", "temp MiB per device", "fraction of one device"], rows
+        ['devices on "space"', "temp MiB per device", "fraction of one device"], rows
     )
 
 
