@@ -8,6 +8,7 @@ in a training step's compiled temp memory (XLA's memory analysis, nothing run), 
 stored, in one process.
 
 Run:  python experiments/chang_block_memory.py [--batch 32] [--out PATH]
+      python experiments/chang_block_memory.py --quick   # smoke run: hamiltonian74, batch 4
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="hamiltonian218")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default=default_out("chang_block_memory.json"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: hamiltonian74, batch 4")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.batch = "hamiltonian74", 4
     rows = measure(args.model, args.batch)
     write_json(args.out, rows)
 

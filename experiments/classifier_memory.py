@@ -21,7 +21,7 @@ inputs and the widest single block), store growing linearly with depth.
 
 Usage::
 
-    python experiments/classifier_memory.py --quick     # RevNet-110 and ResNet-110 only, depths 3/9
+    python experiments/classifier_memory.py --quick     # smoke run: RevNet-110, batch 8, 16x16
     python experiments/classifier_memory.py             # all models, depths 3/9/18
     python experiments/classifier_memory.py --sections depth --units 3 18  # one table
 
@@ -133,10 +133,12 @@ def main(argv=None):
     parser.add_argument("--sections", nargs="*", default=["models", "transitions", "depth"],
                         help="which of the three tables to compile")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.quick:
-        args.models = ["revnet110", "resnet110"]
+    if args.quick:  # a smoke run of every section: 4 compilations at batch 8, 16x16
+        args.models = ["revnet110"]
         args.backprops = ["reversible", "store"]
         args.units = [3, 9]
+        args.depth_backprops = ["reversible"]
+        args.batch, args.size = 8, 16
     results = run(args)
     results["ratios"] = {
         "revnet110 reversible / store": ratio(

@@ -16,6 +16,7 @@ increment is rounded to the 2^−frac_bits grid, the state carries a zero float 
 carrier, and every update tests for overflow.
 
     python experiments/exact_cost.py --model hamiltonian74 --batch 16 --rounds 5
+    python experiments/exact_cost.py --quick    # smoke run: batch 2, 16x16, one round
 
 Writes `--out` (default experiments/results/exact_cost.json).
 """
@@ -111,7 +112,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--backprops", default="reversible", help="comma-separated")
     parser.add_argument("--out", default=default_out("exact_cost.json"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 16x16, 1 round")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.size, args.rounds = 2, 16, 1
     backprops = tuple(args.backprops.split(","))
     records = measure(args.model, ("float", "exact"), backprops, args.batch, args.size, args.rounds)
     print(

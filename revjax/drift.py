@@ -7,7 +7,11 @@ and with them the gradients, into noise while the loss still looks like a run th
 trains badly. Every zoo model therefore reports its body's drift the same way:
 
     model.reconstruction_error(variables, x, train=False)  ->  scalar (or None)
-    revjax.models.reconstruction_error(model, variables, x)  (the same, for any model)
+    revjax.models.reconstruction_error(model, variables, x)  (the same, for any module)
+
+"Any module" includes the reversible modules a user builds with `revjax.nn` (e.g.
+`revjax.nn.CouplingStack`), whose `__call__` has no `train` argument: `train` is passed only
+to modules whose `__call__` takes it.
 
 the worst relative error ‖x̂ − x‖/‖x‖ over every reconstructed step input of the body, as the
 reversible backward pass would see it (`revjax.engine.reconstruction_error`). With
@@ -22,6 +26,7 @@ it costs nothing.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,11 +68,14 @@ def reconstruction_error(
     """Worst relative reconstruction error of `model`'s reversible body on the batch `x`.
 
     Args:
-      model: a zoo model (unbound linen module).
+      model: a zoo model or any linen module whose body calls `sow_reconstruction_error`
+        (e.g. `revjax.nn.CouplingStack`); unbound.
       variables: its variables ({"params", ...}).
       x: an input batch, as passed to `model.apply`.
       train: measure in training mode (batch statistics, advanced spectral-norm iterates: as
         the gradient sees them); the updated state is discarded, `variables` are not changed.
+        Passed on only when `model.__call__` takes a `train` argument; a module without one
+        (`CouplingStack`: deterministic by default) is measured as its `__call__` defaults.
 
     Returns:
       A float scalar, or None when the model has no reversible body (e.g. ResNet).
@@ -75,15 +83,22 @@ def reconstruction_error(
     mutable = [DIAGNOSTICS]
     if train:  # training mode updates state (batch norm, spectral-norm iterates): discarded here
         mutable += [k for k in variables if k not in ("params", DIAGNOSTICS)]
-    _, state = model.apply(variables, x, train=train, mutable=mutable)
+    kwargs = {"train": train} if _takes_train(model) else {}
+    _, state = model.apply(variables, x, mutable=mutable, **kwargs)
     sown = jax.tree.leaves(state.get(DIAGNOSTICS, {}))
     if not sown:
         return None
     return jnp.max(jnp.stack([jnp.asarray(v, jnp.float32) for v in sown]))
 
 
+def _takes_train(model: nn.Module) -> bool:
+    """Whether `model.__call__` has a `train` parameter (by name, or through **kwargs)."""
+    parameters = inspect.signature(type(model).__call__).parameters.values()
+    return any(p.name == "train" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class ReversibleModel:
-    """Mixin for zoo models: `model.reconstruction_error(variables, x, train=False)`."""
+    """Mixin for reversible linen modules: `model.reconstruction_error(variables, x)`."""
 
     def reconstruction_error(self, variables: Any, x: jax.Array, *, train: bool = False):
         """Worst relative reconstruction error of the body (see `revjax.drift`)."""

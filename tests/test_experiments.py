@@ -1,4 +1,6 @@
-"""The engine benchmark runs in --quick mode and its JSON shows the memory property it reports."""
+"""Every experiment script runs in the default suite: its `--quick` mode (or, for a script
+without one, the small arguments of `QUICK_ARGS`) in a subprocess, at XLA -O0 like the rest of
+the suite; plus checks of what some of them report."""
 
 import json
 import os
@@ -11,24 +13,102 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+# How each script runs in the suite: ["--quick"] unless listed. Scripts without a main() are
+# helpers; scripts run another way name the test that runs them.
+QUICK_ARGS = {
+    "lean_parameter_table": [],  # already quick: parameter shapes by jax.eval_shape
+    "zoo_learning": ["--models", "lean_hamiltonian", "--steps", "2", "--batch", "8"],
+    "exact_training": ["--epochs", "1", "--depth", "1"],
+}
+COVERED_ELSEWHERE = {
+    "torch_parity": "test_torch_parity_runs_without_torch_and_every_variant_does_the_same_step",
+}
+QUICK_TIMEOUT = 300  # seconds per script (each takes ~10-50 s at -O0 on 2 loaded cores)
+
+
+def _scripts() -> list[str]:
+    """experiments/*.py that define main() (the others are helpers they import)."""
+    return sorted(
+        p.stem for p in (ROOT / "experiments").glob("*.py") if "\ndef main(" in p.read_text()
+    )
+
+
+def test_every_experiment_has_a_quick_run():
+    """A new script gets --quick (or an entry in QUICK_ARGS / COVERED_ELSEWHERE): no
+    experiment can rot unnoticed."""
+    for name in _scripts():
+        if name in COVERED_ELSEWHERE:
+            assert f"def {COVERED_ELSEWHERE[name]}(" in Path(__file__).read_text()
+            continue
+        source = (ROOT / "experiments" / f"{name}.py").read_text()
+        assert name in QUICK_ARGS or '"--quick"' in source, (
+            f"experiments/{name}.py has no --quick mode: add one (a run of seconds) or an "
+            "entry in tests/test_experiments.py QUICK_ARGS"
+        )
+
+
+def _run_quick(name: str, tmp_path: Path) -> Path:
+    """Run experiments/<name>.py in its quick mode, output under tmp_path; returns --out."""
+    args = QUICK_ARGS.get(name, ["--quick"])
+    out = tmp_path / f"{name}.json"
+    if name != "plot_curves":  # plot_curves writes beside the workdir it trains
+        args = [*args, "--out", str(out)]
+    else:
+        args = [*args, "--out", str(tmp_path / "curves.png")]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / f"{name}.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"},
+        capture_output=True,
+        text=True,
+        timeout=QUICK_TIMEOUT,
+    )
+    assert result.returncode == 0, (
+        f"experiments/{name}.py {' '.join(args)} failed:\n{result.stdout[-2000:]}\n"
+        f"{result.stderr[-4000:]}"
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in _scripts() if n not in COVERED_ELSEWHERE and n != "memory_vs_depth"]
+)
+def test_quick_mode_runs(name, tmp_path):
+    """The script's quick mode exits 0 and writes its result file."""
+    out = _run_quick(name, tmp_path)
+    if name == "plot_curves":
+        assert (tmp_path / "curves.png").stat().st_size > 0
+    else:
+        written = list(tmp_path.glob(f"{name}*"))
+        assert written, f"{name} wrote nothing under {tmp_path}"
+    if name == "reconstruction_drift":
+        _check_drift_rows(json.loads(out.read_text())["rows"])
+
+
+def _check_drift_rows(rows):
+    """Every family and regime at the quick depth; the h of each row is the registry's default
+    (the step size the models use); exact arithmetic reconstructs bit-exactly; float32 drift
+    at depth 8 is small in the stable regime."""
+    from revjax.models.chang import default_step_size
+
+    assert {(r["family"], r["regime"]) for r in rows} == {
+        (f, g)
+        for f in ("revnet", "hamiltonian", "midpoint", "leapfrog")
+        for g in ("default init, i.i.d.", "stable")
+    }
+    for r in rows:
+        h = None if r["family"] == "revnet" else default_step_size(r["family"], "bias")
+        assert r["h"] == h
+        assert r["exact_input_error"] == 0.0
+        if r["regime"] == "stable":
+            assert r["input_error"] is not None and r["input_error"] < 1e-5
+
+
 def test_memory_vs_depth_quick(tmp_path):
     """--quick writes one record per (depth, mode); reversible temp bytes grow with depth only by
     the gradient buffer (one parameter-sized array: half the growth of the arguments, which are
     params + SGD momentum + the fixed input) and are far below store at the deepest depth."""
-    out = tmp_path / "mvd.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "memory_vs_depth.py"),
-            "--quick",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    out = _run_quick("memory_vs_depth", tmp_path)
     records = json.loads(out.read_text())
     assert {"depth", "backprop", "temp_bytes", "step_seconds"} <= set(records[0])
     rev = {r["depth"]: r for r in records if r["backprop"] == "reversible"}
@@ -58,17 +138,37 @@ def test_lean_parameter_table_formats_one_line_per_row(monkeypatch):
     separators, paper figure, yes/no and the note, one row per line."""
     script = _load_script("lean_parameter_table", monkeypatch)
     rows = [
-        dict(name="lean_a_mobilenet", num_classes=10, params=102_538, weights=101_066,
-             paper=101_000, matches=True, note=""),
-        dict(name="lean_b_resnet", num_classes=100, params=3_531_000, weights=3_528_772,
-             paper=3_400_000, matches=False, note="differs"),
+        dict(
+            name="lean_a_mobilenet",
+            num_classes=10,
+            params=102_538,
+            weights=101_066,
+            paper=101_000,
+            matches=True,
+            note="",
+        ),
+        dict(
+            name="lean_b_resnet",
+            num_classes=100,
+            params=3_531_000,
+            weights=3_528_772,
+            paper=3_400_000,
+            matches=False,
+            note="differs",
+        ),
     ]
     lines = script.format_parameter_table(rows).split("\n")
     assert len(lines) == 4 and set(lines[1]) == {"-"}
     assert lines[0].split() == ["model", "classes", "params", "weights", "paper", "match", "note"]
     assert lines[2].split() == ["lean_a_mobilenet", "10", "102,538", "101,066", "101,000", "yes"]
     assert lines[3].split() == [
-        "lean_b_resnet", "100", "3,531,000", "3,528,772", "3,400,000", "no", "differs"
+        "lean_b_resnet",
+        "100",
+        "3,531,000",
+        "3,528,772",
+        "3,400,000",
+        "no",
+        "differs",
     ]
 
 
