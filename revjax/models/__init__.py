@@ -158,6 +158,7 @@ from revjax.models import (
     mini,  # noqa: E402,F401
     revnet,  # noqa: E402,F401
     revup,  # noqa: E402,F401
+    transformer,  # noqa: E402,F401
 )
 from revjax.models.chang import ChangNet  # noqa: E402
 from revjax.models.hyperbolic import HyperbolicSegmenter  # noqa: E402
