@@ -192,7 +192,8 @@ def test_bad_inputs_are_value_errors():
 
 def test_bits_per_byte_of_uniform_logits_is_eight():
     logits = jnp.zeros((2, 5, 256))
-    assert float(transformer.bits_per_byte(logits, jnp.zeros((2, 5), jnp.int32))) == pytest.approx(8)
+    bpb = transformer.bits_per_byte(logits, jnp.zeros((2, 5), jnp.int32))
+    assert float(bpb) == pytest.approx(8)
 
 
 def test_sample_returns_bytes_and_greedy_is_deterministic():
@@ -212,3 +213,36 @@ def test_attention_float32_path_matches_the_float64_formula(causal):
     fast = transformer.attention(*(a.astype(jnp.float32) for a in (q, k, v)), causal)
     assert fast.dtype == jnp.float32
     np.testing.assert_allclose(fast, ref, atol=1e-5)
+
+
+def test_one_adam_step_on_pydoc_text_lowers_bits_per_byte():
+    """The LM path without the trainer: real bytes, `next_token_loss`, one Adam step."""
+    import optax
+
+    from revjax.data import text
+
+    arrays = text.load_split("train", context=8)
+    batch = {k: jnp.asarray(v[:16]) for k, v in arrays.items()}
+    assert bytes(arrays["image"][0].astype(np.uint8))[1:] == bytes(
+        arrays["label"][0, :-1].astype(np.uint8)
+    )
+    model = tiny_lm("leapfrog")
+    params = model.init(jax.random.key(0), batch["image"])["params"]
+    loss_fn = transformer.next_token_loss(model)
+    tx = optax.adam(1e-2)
+    before, grads = jax.value_and_grad(loss_fn)(params, batch)
+    params = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+    after = loss_fn(params, batch)
+    assert 6.0 < float(before) < 10.0 and float(after) < float(before) - 0.05
+
+
+def test_pydoc_text_split_is_fixed_and_disjoint():
+    from revjax import data
+    from revjax.data import text
+
+    train, test = text.split_bytes("train"), text.split_bytes("test")
+    assert len(train) + len(test) == len(text.corpus()) > 400_000
+    assert abs(len(test) / len(text.corpus()) - text.TEST_FRACTION) < 1e-4
+    info = data.dataset_info("pydoc_text", context=64)
+    assert info.task == "next_token" and info.image_shape == (64,) and info.num_classes == 256
+    assert info.num_test == (len(test) - 1) // 64

@@ -78,6 +78,9 @@ __all__ = [
     "ViT",
     "ByteLM",
     "VOCAB_SIZE",
+    "bits_per_byte",
+    "next_token_loss",
+    "sample",
 ]
 
 BLOCKS = ("standard", "coupling", "verlet", "midpoint", "leapfrog")
@@ -455,6 +458,21 @@ def bits_per_byte(logits: jax.Array, targets: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return jnp.mean(nll) / math.log(2.0)
+
+
+def next_token_loss(model: ByteLM):
+    """loss(params, batch, rng=None) -> bits per byte of `model` on {"image", "label"} batches.
+
+    batch["image"]: (N, T) bytes (any numeric dtype), batch["label"]: (N, T) next bytes (the
+    `pydoc_text` records). With an rng the model runs in training mode (dropout, drop-path).
+    """
+
+    def loss(params, batch, rng=None):
+        rngs = None if rng is None else {"dropout": rng}
+        logits = model.apply({"params": params}, batch["image"], train=rng is not None, rngs=rngs)
+        return bits_per_byte(logits, batch["label"])
+
+    return loss
 
 
 def sample(
