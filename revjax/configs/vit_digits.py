@@ -2,12 +2,16 @@
 
 Model: 4x4 patches of the 32x32x3 canvas (64 tokens) -> width 64 -> 4 reversible coupling
 blocks (4 heads, MLP ratio 2, bidirectional attention, `backprop="reversible"`) -> LayerNorm /
-mean / dense. 137,738 parameters; `model_kwargs.block` selects "coupling" | "verlet" |
+mean / dense. 141,898 parameters; `model_kwargs.block` selects "coupling" | "verlet" |
 "midpoint" | "leapfrog", and `model = "vit"` is the standard pre-LN baseline with the same
 parameter count.
 Data: `digits` with `dataset_options.canvas = 32` (each 8x8 digit upsampled x3 on a 32x32x3
 canvas; 1437 train / 360 test). Training: batch 64, Adam 1e-3 with cosine decay and 50 steps of
 warm-up, no weight decay.
+
+Measured (2 shared CPU cores, float32): test accuracy 0.967 after 600 steps (the run was
+interrupted by SIGTERM at step 414 and resumed from its checkpoint); compiled train-step temp
+31.6 MiB reversible vs 155.7 MiB stored (4.9x).
 
 Smoke (``--config=vit_digits:smoke``): 1 block of width 16, 10 steps (seconds).
 """
