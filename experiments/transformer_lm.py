@@ -77,6 +77,7 @@ def main():
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--out", default=None, help="result file name (default by --quick)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.depth, args.width, args.context = 150, 2, 32, 32
@@ -92,7 +93,8 @@ def main():
             print(f"{block:9s} seed {seed}  params {row['params']:,}  test bpb "
                   f"{row['test_bpb']:.3f}  ({row['seconds']:.0f} s)  sample {row['sample']!r}")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("transformer_lm_quick.json" if args.quick else "transformer_lm.json")
+    out = RESULTS / (args.out or ("transformer_lm_quick.json" if args.quick else
+                                  "transformer_lm.json"))
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"wrote {out}")
 
