@@ -246,3 +246,16 @@ def test_pydoc_text_split_is_fixed_and_disjoint():
     info = data.dataset_info("pydoc_text", context=64)
     assert info.task == "next_token" and info.image_shape == (64,) and info.num_classes == 256
     assert info.num_test == (len(test) - 1) // 64
+
+
+def test_vit_digits_config_runs_one_step_through_the_trainer(tmp_path):
+    """`python -m revjax.train --config=vit_digits:smoke`, one step: rev_vit on the canvas."""
+    from revjax import configs
+    from revjax.train import trainer
+
+    config = configs.load_config("vit_digits", "smoke")
+    config.num_steps, config.memory_report, config.progress_bar = 1, False, False
+    config.tensorboard, config.async_checkpointing = False, False
+    summary = trainer.train_and_evaluate(config, tmp_path)
+    assert summary["steps"] == 1 and np.isfinite(summary["train_loss"])
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
