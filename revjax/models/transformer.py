@@ -9,15 +9,15 @@ depth::
 
     "standard"  (baseline, not invertible)   x ← x + A(x);  x ← x + M(x)
     "coupling"  (Kitaev, Kaiser, Levskaya 2020, Reformer, arXiv:2001.04451, Sec. 3;
-                 Mangalam et al. 2022, Reversible Vision Transformers, arXiv:2302.04869,
-                 Sec. 3, Eq. 3-4), state (x1, x2):
+                 Mangalam et al. 2022, Reversible Vision Transformers, arXiv:2302.04869),
+                 state (x1, x2):
                 y1 = x1 + A(x2),   y2 = x2 + M(y1)
     "verlet"    (Chang, Meng, Haber, Ruthotto, Begert, Holtham 2018, arXiv:1709.03698,
-                 Hamiltonian network, Eq. 6 (Verlet)), state (Y, Z):
+                 Sec. 3, Hamiltonian network, Verlet discretisation), state (Y, Z):
                 Y' = Y + h A(Z),   Z' = Z − h M(Y')
-    "midpoint"  (Chang et al. 2018, midpoint network, Eq. 9), state (Y_{j−1}, Y_j):
+    "midpoint"  (Chang et al. 2018, Sec. 3, midpoint network), state (Y_{j−1}, Y_j):
                 Y_{j+1} = Y_{j−1} + 2h f(Y_j)
-    "leapfrog"  (Chang et al. 2018, leapfrog network, Eq. 10-11), state (Y_{j−1}, Y_j):
+    "leapfrog"  (Chang et al. 2018, Sec. 3, leapfrog network), state (Y_{j−1}, Y_j):
                 Y_{j+1} = 2Y_j − Y_{j−1} + h² f(Y_j)
 
 with the force f(u) = a + M(u + a), a = A(u): exactly the residual branch of a standard pre-LN
@@ -26,13 +26,15 @@ parameter count does not depend on `block` (tests/test_transformer.py checks equ
 The reversible-language-model paper this family was filed for (Gal, Eliasof, Turek, Ascher,
 Treister, Haber 2025, arXiv:2512.02056) builds language models from the same midpoint,
 leapfrog and Hamiltonian integrators; it could not be consulted while writing this module, so
-the equations above are those of Chang et al. 2018 with the transformer's residual branch as
-the force, not a transcription of that paper.
+the equations above are those of Chang et al. 2018 (`revjax.integrators`) with the
+transformer's residual branch as the force, not a transcription of that paper, and no equation
+numbers are given because they could not be checked against the papers' typeset text.
 
 Start and end of the two-stream body: the embedding x is duplicated, (x, x)
 (`integrators.duplicate_state`: Reformer's and RevViT's two streams; for the integrators the
 zero-velocity start Y_{−1} = Y_0), and the output is (y1 + y2)/2 for "coupling" and "verlet"
-(RevViT's average fusion, parameter-free) and Y_L for "midpoint" and "leapfrog".
+(a parameter-free average, so the head is the baseline's) and Y_L for "midpoint" and
+"leapfrog".
 
 Engine steps come only from `revjax.couplings` / `revjax.integrators` constructors
 (`additive_coupling`, `verlet_step`, `midpoint_step`, `leapfrog_step`, `duplicate_state`),
