@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 import grain
 import numpy as np
 
-from revjax.data import digits, image_folder, synthetic_video, tfds_named, tfds_pipeline
+from revjax.data import digits, image_folder, synthetic_video, text, tfds_named, tfds_pipeline
 from revjax.data.arrays import ArraySource, FakeSource, check_arrays
 from revjax.data.tfds_named import register_preprocess
 from revjax.data.tfds_pipeline import TFDS_DATASETS, DatasetNotPreparedError
@@ -77,7 +77,7 @@ __all__ = [
     "register_preprocess",
 ]
 
-DATASETS = ("digits", "synthetic_video", *TFDS_DATASETS)
+DATASETS = ("digits", "synthetic_video", "pydoc_text", *TFDS_DATASETS)
 _ARRAYS: dict[str, dict[str, Any]] = {}  # name -> {"train": (x, y), "test": (x, y), ...}
 
 
@@ -192,6 +192,8 @@ def dataset_info(
         info = DatasetInfo(**digits.info_fields(**options))
     elif name == "synthetic_video":
         info = DatasetInfo(**synthetic_video.info_fields(**options))
+    elif name == "pydoc_text":
+        info = DatasetInfo(**text.info_fields(**options))
     elif tfds_named.is_tfds_name(name):
         if fake_examples:
             raise ValueError(
@@ -306,6 +308,8 @@ def _load(
         return digits.split_source(split, **options), None
     if name == "synthetic_video":
         return synthetic_video.split_source(split, **options), None
+    if name == "pydoc_text":
+        return text.split_source(split, **options), None
     if tfds_named.is_tfds_name(name):
         return tfds_named.load(name, split, data_dir=data_dir, **options)
     return tfds_pipeline.load(name, split, data_dir=data_dir, **options)

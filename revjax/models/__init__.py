@@ -60,6 +60,8 @@ __all__ = [
     "RevNet",
     "RevNetMini",
     "RevUp",
+    "ByteLM",
+    "ViT",
 ]
 
 # Every model module registers its models when imported.
@@ -73,3 +75,4 @@ from revjax.models.mini import RevNetMini  # noqa: E402
 from revjax.models.resnet import ResNet  # noqa: E402
 from revjax.models.revnet import RevNet  # noqa: E402
 from revjax.models.revup import RevUp  # noqa: E402
+from revjax.models.transformer import ByteLM, ViT  # noqa: E402
