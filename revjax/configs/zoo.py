@@ -1,6 +1,7 @@
 """The zoo: one reference model of every family trained on real images (README learning table).
 
-``--config=zoo:<model>`` (e.g. ``zoo:revnet38``; ``zoo:revnet38,smoke`` for a one-step run).
+``--config=zoo:<model>`` (e.g. ``zoo:revnet38``); ``zoo:<model>,smoke`` runs one step of
+batch 4 on random 16x16 canvases with one unit per stage (seconds).
 Task (built in, no download): scikit-learn's handwritten digits on a CIFAR-shaped canvas
 (``dataset_options.canvas = 32``: each 8x8 digit upsampled x3 to 24x24, centred on 32x32,
 3 channels; 1437 train / 360 test images, `revjax.data.digits`). ``hyperbolic2d`` gets the
@@ -82,6 +83,14 @@ def _parse(arg: str | None) -> tuple[str, str | None]:
     return model, rest or None
 
 
+def _one_unit_per_stage(model: str) -> dict:
+    """{"units": 1 per stage} of a registered model (the smoke run's shallowest body)."""
+    from revjax import models  # the registry, only for the smoke run
+
+    units = models.create(model).units
+    return {"units": (1,) * len(units) if isinstance(units, tuple) else 1}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model, smoke = _parse(arg)
     recipe = RECIPES[model]
@@ -104,11 +113,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every_steps = 10
     config.checkpoint_every_steps = 0  # the final checkpoint only
     if is_smoke(smoke):
+        config.model_kwargs = ml_collections.ConfigDict(_one_unit_per_stage(model))
         config.global_batch_size = 4
         config.eval_batch_size = 4
         config.num_steps = 1
         config.fake_examples = 4  # random canvas-shaped records: no eval over 360 images
         config.dataset_options.canvas = 16
         config.memory_report = False
+        config.drift_check_every = 0  # one compilation fewer (the guard has its own tests)
         config.log_every_steps = 1
     return config
