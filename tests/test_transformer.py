@@ -12,7 +12,8 @@ from revjax.drift import DIAGNOSTICS
 from revjax.models import transformer
 
 REVERSIBLE = ("coupling", "verlet", "midpoint", "leapfrog")
-TINY = {"depth": 2, "width": 8, "num_heads": 2, "mlp_ratio": 2.0, "dtype": jnp.float64}
+F64 = {"dtype": jnp.float64, "param_dtype": jnp.float64}
+TINY = {"depth": 2, "width": 8, "num_heads": 2, "mlp_ratio": 2.0, **F64}
 
 
 def tiny_lm(block, **kw):
@@ -77,7 +78,7 @@ def test_reversible_gradients_with_dropout_and_stochastic_depth_replay_exactly(b
 def test_body_check_grads(block):
     """`jax.test_util.check_grads` (reverse mode, finite differences) of the reversible body."""
     body = transformer.TransformerBody(block=block, depth=2, num_heads=2, mlp_ratio=2.0,
-                                       causal=True, dtype=jnp.float64)  # fmt: skip
+                                       causal=True, **F64)  # fmt: skip
     x = jax.random.normal(jax.random.key(0), (1, 4, 8), jnp.float64)
     params = body.init(jax.random.key(1), x)["params"]
 
@@ -99,10 +100,10 @@ def test_every_block_reconstructs_its_input(block):
     """Relative reconstruction error of every step input: float64 round-off with dropout and
     drop-path on (the masks are replayed); float32 at depth 8 within 1e-4."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 8), jnp.float64)
-    body = transformer.TransformerBody(block=block, depth=3, num_heads=2, dtype=jnp.float64,
-                                       dropout=0.1, drop_path=0.1)  # fmt: skip
+    body = transformer.TransformerBody(block=block, depth=3, num_heads=2, dropout=0.1,
+                                       drop_path=0.1, **F64)  # fmt: skip
     assert body_reconstruction_error(body, x, jax.random.key(5)) < 1e-12
-    body32 = body.clone(dtype=jnp.float32, depth=8, dropout=0.0, drop_path=0.0)
+    body32 = body.clone(dtype=jnp.float32, param_dtype=jnp.float32, depth=8, dropout=0.0, drop_path=0.0)
     assert body_reconstruction_error(body32, x.astype(jnp.float32)) < 1e-4
 
 
@@ -131,7 +132,7 @@ def test_vit_is_bidirectional():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 1), jnp.float64)
     variables = model.init(jax.random.key(1), x)
     assert model.apply(variables, x).shape == (2, 3)
-    body = transformer.TransformerBody(block="coupling", depth=1, num_heads=2, dtype=jnp.float64)
+    body = transformer.TransformerBody(block="coupling", depth=1, num_heads=2, **F64)
     u = jax.random.normal(jax.random.key(2), (1, 4, 8), jnp.float64)
     bv = body.init(jax.random.key(3), u)
     y, y2 = body.apply(bv, u), body.apply(bv, u.at[:, -1].multiply(-2.0))
@@ -172,6 +173,9 @@ def test_registered_pairs_have_equal_parameter_counts():
         ({"depth": 0}, "depth"),
         ({"backprop": "magic"}, "backprop"),
         ({"context": 0}, "context"),
+        ({"h": float("nan")}, "step size h"),
+        ({"block": "standard", "backprop": "store", "arithmetic": "exact"}, "stored baseline"),
+        ({"arithmetic": "integer"}, "unknown arithmetic"),
     ],
 )
 def test_bad_configuration_is_a_value_error_on_construction(fields, match):
@@ -259,3 +263,46 @@ def test_vit_digits_config_runs_one_step_through_the_trainer(tmp_path):
     summary = trainer.train_and_evaluate(config, tmp_path)
     assert summary["steps"] == 1 and np.isfinite(summary["train_loss"])
     assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+@pytest.mark.full_optimization
+@pytest.mark.parametrize("block", REVERSIBLE)
+def test_exact_arithmetic_with_bfloat16_residuals_reconstructs_bit_exactly_at_depth_100(block):
+    """arithmetic="exact", attention and MLP computing in bfloat16: the reconstruction of the
+    body's input is exactly 0.0 at depth 100, through the arithmetic seam alone (the same body
+    in float arithmetic with bfloat16 residuals drifts by percent already at depth 12)."""
+    x = tokens(shape=(2, 16))
+    model = transformer.ByteLM(
+        block=block, depth=100, width=16, num_heads=2, mlp_ratio=2.0, context=16,
+        dtype=jnp.bfloat16, arithmetic="exact",
+    )  # fmt: skip
+    variables = model.init(jax.random.key(1), x)
+    assert float(model.reconstruction_error(variables, x)) == 0.0
+    assert float(model.clone(arithmetic="float").reconstruction_error(variables, x)) > 1e-3
+
+
+@pytest.mark.parametrize("block", REVERSIBLE)
+def test_exact_arithmetic_reversible_gradients_equal_store(block):
+    """In exact arithmetic the reconstructed states are the forward's bits, so the reversible
+    gradient equals the stored-activation gradient up to the float32 round-off of the two
+    compiled vjp programs (bfloat16 residuals, dropout and stochastic depth replayed)."""
+    x = tokens()
+    model = tiny_lm(
+        block, depth=6, dtype=jnp.bfloat16, param_dtype=jnp.float32, arithmetic="exact",
+        dropout=0.1, drop_path=0.1,
+    )  # fmt: skip
+    variables = model.init(jax.random.key(1), x)
+    rng = jax.random.key(3)
+
+    def grads(backprop):
+        clone = model.clone(backprop=backprop)
+
+        def loss(params):
+            logits = clone.apply({"params": params}, x, train=True, rngs={"dropout": rng})
+            return transformer.bits_per_byte(logits, x)
+
+        return jax.grad(loss)(variables["params"])
+
+    rev, store = grads("reversible"), grads("store")
+    assert_trees_close(rev, store, rtol=2e-5, atol=1e-7)
+    assert float(jnp.abs(store["body"]["mlp"]["params"]["fc1"]["kernel"]).max()) > 0

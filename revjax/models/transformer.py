@@ -36,10 +36,13 @@ zero-velocity start Y_{−1} = Y_0), and the output is (y1 + y2)/2 for "coupling
 (a parameter-free average, so the head is the baseline's) and Y_L for "midpoint" and
 "leapfrog".
 
-Engine steps come only from `revjax.couplings` / `revjax.integrators` constructors
-(`additive_coupling`, `verlet_step`, `midpoint_step`, `leapfrog_step`, `duplicate_state`),
-run by one `engine.apply` over a `Scan` (`lax.scan` over depth, parameters stacked on axis 0)
-with `backprop` in {"reversible", "store", "remat"}. Dropout and stochastic depth draw from
+Engine steps come only from the arithmetic seam (`revjax.arithmetic`: `additive_coupling`,
+`verlet_step`, `midpoint_step`, `leapfrog_step`, `duplicate_state`), run by `arith.run` over
+one `Scan` (`lax.scan` over depth, parameters stacked on axis 0) with `backprop` in
+{"reversible", "store", "remat"}. The family has no exact-arithmetic code of its own:
+`arithmetic="exact"` gives int32 fixed-point stream states whose increments A, M (computed in
+`dtype`, e.g. bfloat16) are rounded to the 2^−frac_bits grid, so the reconstruction is
+bit-exact at any depth (`revjax.fixed_point`). Dropout and stochastic depth draw from
 the step's rng (one key per block, split from the "dropout" stream), so the reconstruction
 replays the same masks exactly. The standard baseline is a plain `lax.scan` of the same
 stacked parameters ("store", or "remat": `jax.checkpoint` per block).
@@ -63,8 +66,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from revjax import engine, integrators
-from revjax.couplings import additive_coupling
+from functools import partial
+
+from revjax import arithmetic, engine, integrators
+from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.models.registry import register
 from revjax.models.heads import check_num_classes
@@ -128,11 +133,12 @@ class Attention(nn.Module):
     dropout: float = 0.0
     drop_path: float = 0.0
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, u: jax.Array, deterministic: bool = True) -> jax.Array:
         n, t, d = u.shape
-        kw = {"dtype": self.dtype, "param_dtype": self.dtype}
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         h = nn.LayerNorm(name="norm", **kw)(u)
         qkv = nn.Dense(3 * d, name="qkv", **kw)(h).reshape(n, t, 3, self.num_heads, -1)
         o = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.causal)
@@ -148,11 +154,12 @@ class MLP(nn.Module):
     dropout: float = 0.0
     drop_path: float = 0.0
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, u: jax.Array, deterministic: bool = True) -> jax.Array:
         d = u.shape[-1]
-        kw = {"dtype": self.dtype, "param_dtype": self.dtype}
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         h = nn.LayerNorm(name="norm", **kw)(u)
         h = nn.gelu(nn.Dense(int(self.mlp_ratio * d), name="fc1", **kw)(h))
         h = nn.Dense(d, name="fc2", **kw)(h)
@@ -178,10 +185,18 @@ def transformer_force(attn_fn, mlp_fn):
     return force
 
 
-def check_body_config(block, width, num_heads, depth, mlp_ratio, dropout, drop_path, h):
+def check_body_config(
+    block, width, num_heads, depth, mlp_ratio, dropout, drop_path, h, arith_name="float",
+    frac_bits=DEFAULT_FRAC_BITS,
+):  # fmt: skip
     """ValueError naming the field for a body that cannot be built (before tracing)."""
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; use one of {BLOCKS}")
+    arithmetic.get(
+        arith_name, frac_bits,
+        supported=("float",) if block == "standard" else arithmetic.ARITHMETICS,
+        why=": the 'standard' block is the stored baseline, not an invertible step",
+    )  # fmt: skip
     if int(depth) < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     if int(width) < 1 or int(num_heads) < 1 or int(width) % int(num_heads):
@@ -193,7 +208,7 @@ def check_body_config(block, width, num_heads, depth, mlp_ratio, dropout, drop_p
     for name, rate in (("dropout", dropout), ("drop_path", drop_path)):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"{name} must lie in [0, 1), got {rate}")
-    if block in DEFAULT_STEP_SIZES and h is not None:
+    if h is not None:  # checked even where unused: a bad value is never silently ignored
         integrators.check_step_size(h)
 
 
@@ -210,7 +225,11 @@ class TransformerBody(nn.Module):
       drop_path: stochastic-depth rate of each attention and MLP branch.
       h: integrator step size (None: DEFAULT_STEP_SIZES; unused by "standard"/"coupling").
       backprop: "reversible" | "store" | "remat" ("standard": "store" | "remat").
-      dtype: parameter and compute dtype.
+      dtype: compute dtype of attention and MLP (e.g. bfloat16).
+      param_dtype: parameter dtype, also the dtype of the residual streams (the body's
+        state): each increment is cast to it before it is added.
+      arithmetic: "float" | "exact" (int32 fixed-point streams, bit-exact reconstruction;
+        not for "standard"), with `frac_bits` fractional bits.
     """
 
     block: str = "coupling"
@@ -223,41 +242,50 @@ class TransformerBody(nn.Module):
     h: float | None = None
     backprop: str = "reversible"
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    arithmetic: str = "float"
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     def layers(self, deterministic: bool) -> list[engine.Layer]:
         """The engine layers [duplicate_state, Scan(step)] of a reversible block kind.
 
-        Couplings ("coupling", "verlet") take params {"F": attn, "G": mlp} (`_step_params`),
-        the integrators {"attn", "mlp"}.
+        Built by this body's arithmetic (`revjax.arithmetic`). Couplings ("coupling",
+        "verlet") take params {"F": attn, "G": mlp} (`_step_params`), the integrators
+        {"attn", "mlp"}.
         """
+        arith = arithmetic.get(self.arithmetic, self.frac_bits)
         attn_fn, mlp_fn = self._fns(deterministic)
         h = self.h if self.h is not None else DEFAULT_STEP_SIZES.get(self.block)
         if self.block == "coupling":
-            step = additive_coupling(attn_fn, mlp_fn, name="transformer_coupling")
+            step = arith.additive_coupling(attn_fn, mlp_fn, name="transformer_coupling")
         elif self.block == "verlet":
             h = integrators.check_step_size(h)
 
             def scaled(fn):
                 return lambda p, u, r=None: h * fn(p, u, r)
 
-            step = integrators.verlet_step(scaled(attn_fn), scaled(mlp_fn), name="verlet")
+            step = arith.verlet_step(scaled(attn_fn), scaled(mlp_fn), name="verlet")
         elif self.block == "midpoint":
-            step = integrators.midpoint_step(transformer_force(attn_fn, mlp_fn), h)
+            step = arith.midpoint_step(transformer_force(attn_fn, mlp_fn), h, name="midpoint")
         else:
-            step = integrators.leapfrog_step(transformer_force(attn_fn, mlp_fn), h)
-        return [integrators.duplicate_state(), engine.Scan(step, name=self.block)]
+            step = arith.leapfrog_step(transformer_force(attn_fn, mlp_fn), h, name="leapfrog")
+        return [arith.duplicate_state(), engine.Scan(step, name=self.block)]
 
     def _modules(self):
-        attn = Attention(
-            self.num_heads, self.causal, self.dropout, self.drop_path, self.dtype, parent=None
-        )
-        mlp = MLP(self.mlp_ratio, self.dropout, self.drop_path, self.dtype, parent=None)
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype, "parent": None}
+        attn = Attention(self.num_heads, self.causal, self.dropout, self.drop_path, **dtypes)
+        mlp = MLP(self.mlp_ratio, self.dropout, self.drop_path, **dtypes)
         return attn, mlp
 
     def _fns(self, deterministic: bool):
+        """Pure (params, u, rng) -> v of attention and MLP, v in u's dtype (the stream's)."""
         attn, mlp = self._modules()
         kw = {"deterministic": deterministic}
-        return residual_fn(attn, **kw), residual_fn(mlp, **kw)
+
+        def in_stream_dtype(fn):
+            return lambda p, u, rng=None: fn(p, u, rng).astype(u.dtype)
+
+        return (in_stream_dtype(residual_fn(attn, **kw)), in_stream_dtype(residual_fn(mlp, **kw)))
 
     def _step_params(self, params):
         if self.block in ("coupling", "verlet"):
@@ -268,7 +296,7 @@ class TransformerBody(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         check_body_config(
             self.block, x.shape[-1], self.num_heads, self.depth, self.mlp_ratio, self.dropout,
-            self.drop_path, self.h,
+            self.drop_path, self.h, self.arithmetic, self.frac_bits,
         )  # fmt: skip
         engine.check_backprop(self.backprop)
         if self.block == "standard" and self.backprop == "reversible":
@@ -276,6 +304,7 @@ class TransformerBody(nn.Module):
                 "backprop='reversible' needs an invertible block; the 'standard' block is the "
                 "stored baseline (use backprop='store' or 'remat')"
             )
+        x = x.astype(self.param_dtype)
         attn, mlp = self._modules()
         params = {
             "attn": self.param("attn", lambda k: init_stacked(attn, k, self.depth, x)),
@@ -288,8 +317,10 @@ class TransformerBody(nn.Module):
         layers = self.layers(not stochastic)
         body_params = [None, self._step_params(params)]
         body_rngs = None if rngs is None else [None, rngs]
-        y = engine.apply(layers, body_params, x, body_rngs, backprop=self.backprop)
-        sow_reconstruction_error(self, layers, body_params, x, body_rngs)
+        y, _ = arithmetic.get(self.arithmetic, self.frac_bits).run(
+            layers, body_params, x, backprop=self.backprop, rngs=body_rngs,
+            observe=partial(_sow_with_rngs, self, rngs=body_rngs),
+        )  # fmt: skip
         if self.block in ("coupling", "verlet"):
             return (y[0] + y[1]) / 2
         return y[1]
@@ -313,12 +344,17 @@ class TransformerBody(nn.Module):
         return y
 
 
+def _sow_with_rngs(module, layers, params, state, *, rngs):
+    """`sow_reconstruction_error` replaying the body's dropout keys."""
+    sow_reconstruction_error(module, layers, params, state, rngs)
+
+
 def _body(model, causal: bool) -> TransformerBody:
     return TransformerBody(
         block=model.block, depth=model.depth, num_heads=model.num_heads,
         mlp_ratio=model.mlp_ratio, causal=causal, dropout=model.dropout,
         drop_path=model.drop_path, h=model.h, backprop=model.backprop, dtype=model.dtype,
-        name="body",
+        param_dtype=model.param_dtype, arithmetic=model.arithmetic, frac_bits=model.frac_bits, name="body",
     )  # fmt: skip
 
 
@@ -326,7 +362,7 @@ def _check_model(model) -> None:
     engine.check_backprop(model.backprop)
     check_body_config(
         model.block, model.width, model.num_heads, model.depth, model.mlp_ratio,
-        model.dropout, model.drop_path, model.h,
+        model.dropout, model.drop_path, model.h, model.arithmetic, model.frac_bits,
     )  # fmt: skip
     if model.block == "standard" and model.backprop == "reversible":
         raise ValueError(
@@ -350,7 +386,9 @@ class ViT(ReversibleModel, nn.Module):
       dropout, drop_path: rates (training only; replayed in the reconstruction).
       h: integrator step size (None: DEFAULT_STEP_SIZES).
       backprop: "reversible" | "store" | "remat" (standard: "store" | "remat").
-      dtype: parameter and compute dtype.
+      dtype: compute dtype (bfloat16 for mixed precision).
+      param_dtype: parameter dtype, and that of the body's residual streams.
+      arithmetic, frac_bits: "float" | "exact" body states (`TransformerBody`).
     """
 
     block: str = "coupling"
@@ -365,6 +403,9 @@ class ViT(ReversibleModel, nn.Module):
     h: float | None = None
     backprop: str = "reversible"
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    arithmetic: str = "float"
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     def __post_init__(self):
         self.check_config()
@@ -385,11 +426,11 @@ class ViT(ReversibleModel, nn.Module):
         p = self.patch_size
         if hgt % p or wid % p:
             raise ValueError(f"patch_size={p} must divide the image size {hgt}x{wid}")
-        kw = {"dtype": self.dtype, "param_dtype": self.dtype}
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         x = jnp.asarray(x, self.dtype)
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="embed", **kw)(x)
         x = x.reshape(n, -1, self.width)
-        pos = self.param("pos", nn.initializers.normal(0.02), (1, *x.shape[1:]), self.dtype)
+        pos = self.param("pos", nn.initializers.normal(0.02), (1, *x.shape[1:]), self.param_dtype)
         x = _body(self, causal=False)(x + pos, deterministic=not train)
         x = nn.LayerNorm(name="norm", **kw)(x)
         return nn.Dense(self.num_classes, name="head", **kw)(jnp.mean(x, axis=1))
@@ -406,8 +447,8 @@ class ByteLM(ReversibleModel, nn.Module):
     shape (N, T) or (N, T, 1). Logit t depends on tokens 0..t only.
 
     Attributes:
-      block, depth, width, num_heads, mlp_ratio, dropout, drop_path, h, backprop, dtype: as
-        `ViT`.
+      block, depth, width, num_heads, mlp_ratio, dropout, drop_path, h, backprop, dtype,
+        param_dtype, arithmetic, frac_bits: as `ViT`.
       context: the longest sequence (the learned position table's length).
     """
 
@@ -422,6 +463,9 @@ class ByteLM(ReversibleModel, nn.Module):
     h: float | None = None
     backprop: str = "reversible"
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    arithmetic: str = "float"
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     def __post_init__(self):
         self.check_config()
@@ -442,11 +486,11 @@ class ByteLM(ReversibleModel, nn.Module):
         t = tokens.shape[1]
         if t > self.context:
             raise ValueError(f"sequence length {t} exceeds context={self.context}")
-        kw = {"dtype": self.dtype, "param_dtype": self.dtype}
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         tokens = jnp.asarray(tokens).astype(jnp.int32)
         x = nn.Embed(VOCAB_SIZE, self.width, name="embed", **kw)(tokens)
         table = (self.context, self.width)
-        pos = self.param("pos", nn.initializers.normal(0.02), table, self.dtype)
+        pos = self.param("pos", nn.initializers.normal(0.02), table, self.param_dtype)
         x = _body(self, causal=True)(x + pos[:t], deterministic=not train)
         x = nn.LayerNorm(name="norm", **kw)(x)
         return nn.Dense(VOCAB_SIZE, name="head", **kw)(x)
