@@ -8,10 +8,9 @@ count. Data: `pydoc_text` windows of `context` = 128 bytes (90/10 fixed split of
 `pydoc_data.topics`); records {"image": (128,) bytes, "label": (128,) next bytes}, task
 "next_token". Report held-out bits per byte = cross-entropy / ln 2.
 
-Needs a trainer whose loss handles task "next_token" (labels of the input's shape, logits
-(B, T, 256)); the trainer at the time of writing hard-codes classification labels (B,), so
-until its pluggable losses land the same model, data and loss run through
-`experiments/transformer_lm.py` (`revjax.models.transformer.next_token_loss`).
+Run: ``python -m revjax.train --config=lm_pydoc`` (task ``next_token``: the cross-entropy
+of every position, test ``bits_per_byte`` in the summary); ``experiments/transformer_lm.py``
+runs it for every block kind and seed.
 
 Smoke (``--config=lm_pydoc:smoke``): 1 block of width 32, context 32, 10 steps.
 """
