@@ -36,8 +36,11 @@ def input_shape(name: str) -> tuple[int, ...]:
 
 
 def reversible_models() -> list[str]:
+    """The reversible image models of the zoo (stages; the transformers are measured in
+    tests/test_transformer.py against float64)."""
     return [
-        n for n in models.names()
+        n
+        for n in models.names(stages=True)
         if n not in SKIP and hasattr(models.create(n), "reconstruction_error")
     ]
 
@@ -71,18 +74,21 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", help="names (default: every reversible model)")
     parser.add_argument("--out", default=default_out("gradient_precision.json"))
     args = parser.parse_args(argv)
-    names = args.models or (["revnet_mini"] if args.quick
-                            else reversible_models())
-    print(f"{'model':28s} {'reconstruction':>14s} {'reversible':>19s} {'store':>19s} "
-          f"{'ratio':>6s}   (median / max over input batches)")
+    names = args.models or (["revnet_mini"] if args.quick else reversible_models())
+    print(
+        f"{'model':28s} {'reconstruction':>14s} {'reversible':>19s} {'store':>19s} "
+        f"{'ratio':>6s}   (median / max over input batches)"
+    )
     rows = []
     for name in names:
         row = measure(name, seeds=1 if args.quick else 3)
         rows.append(row)
-        print(f"{name:28s} {row['reconstruction_error']:14.1e} "
-              f"{row['reversible_median']:9.1e} {row['reversible_max']:9.1e} "
-              f"{row['store_median']:9.1e} {row['store_max']:9.1e} {row['ratio']:6.2f}",
-              flush=True)
+        print(
+            f"{name:28s} {row['reconstruction_error']:14.1e} "
+            f"{row['reversible_median']:9.1e} {row['reversible_max']:9.1e} "
+            f"{row['store_median']:9.1e} {row['store_max']:9.1e} {row['ratio']:6.2f}",
+            flush=True,
+        )
     write_json(args.out, {"batch": BATCH, "rows": rows})
     return rows
 

@@ -12,6 +12,7 @@ the mean and the sample standard deviation over seeds. Runs, then the table::
       done
     done
     python experiments/learning_table.py runs/zoo
+    python experiments/learning_table.py --quick   # one smoke run of zoo:revnet38 (seconds)
 
 Columns: the task's score (test accuracy, or mean IoU for segmentation), steps x batch, the
 training loop's seconds (steps / steps_per_sec: compilation, evaluation and saves excluded),
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 from pathlib import Path
 
 from result_files import default_out, write_json
@@ -119,12 +121,29 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def smoke_run(root: Path) -> None:
+    """``python -m revjax.train --config=zoo:revnet38,smoke --workdir=<root>/revnet38/seed0``."""
+    from revjax import configs
+    from revjax.train import trainer
+
+    config = configs.load_config("zoo", "revnet38,smoke")
+    config.progress_bar, config.tensorboard = False, False
+    trainer.train_and_evaluate(config, root / "revnet38" / "seed0")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", default=["runs/zoo"], help="workdirs or their roots")
+    parser.add_argument("--quick", action="store_true", help="tabulate one smoke run")
     parser.add_argument("--out", default=default_out("learning_table.json"))
     args = parser.parse_args(argv)
-    records = rows(find_summaries(args.runs))
+    if args.quick:
+        with tempfile.TemporaryDirectory() as root:
+            smoke_run(Path(root))
+            args.runs = [root]
+            records = rows(find_summaries(args.runs))
+    else:
+        records = rows(find_summaries(args.runs))
     if not records:
         raise SystemExit(f"no finished run's summary.json under {args.runs}")
     print(format_table(records))

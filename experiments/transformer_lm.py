@@ -24,12 +24,11 @@ from pathlib import Path
 
 import jax
 import ml_collections
+from result_files import default_out, write_json
 
 from revjax import configs
 from revjax.models import transformer
 from revjax.train import inference, trainer
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def lm_config(block, seed, *, steps, depth, width, heads, context, batch, lr):
@@ -60,14 +59,25 @@ def train_one(block, seed, **sizes):
         model, variables, _ = inference.load(workdir)
     text_out = transformer.sample(model, variables, "The ", 80, jax.random.key(0),
                                   temperature=0.7)  # fmt: skip
-    return {"block": block, "seed": seed, "params": summary["num_params"],
-            "train_bpb_last": summary["train_bits_per_byte"], "test_bpb": summary["bits_per_byte"],
-            "seconds": summary["wall_time_s"], "sample": text_out.decode("utf-8", "replace")}  # fmt: skip
+    return {
+        "block": block,
+        "seed": seed,
+        "params": summary["num_params"],
+        "train_bpb_last": summary["train_bits_per_byte"],
+        "test_bpb": summary["bits_per_byte"],
+        "seconds": summary["wall_time_s"],
+        "sample": text_out.decode("utf-8", "replace"),
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--out",
+        default=default_out("transformer_lm.json"),
+        help="result file (--quick: transformer_lm_quick.json by default)",
+    )
     parser.add_argument("--blocks", nargs="+", default=["standard", *transformer.BLOCKS[1:]])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=400)
@@ -78,22 +88,25 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     args = parser.parse_args()
+    if args.quick and args.out == parser.get_default("out"):
+        args.out = default_out("transformer_lm_quick.json")
     if args.quick:
         args.steps, args.depth, args.width, args.context = 40, 1, 32, 32
         args.blocks = args.blocks if args.blocks != parser.get_default("blocks") else [
             "standard", "coupling"]  # fmt: skip
     sizes = {k: getattr(args, k) for k in ("steps", "depth", "width", "heads", "context",
                                            "batch", "lr")}  # fmt: skip
-    out = RESULTS / ("transformer_lm_quick.json" if args.quick else "transformer_lm.json")
+    out = Path(args.out)
     rows = [] if args.quick or not out.exists() else json.loads(out.read_text())["rows"]
     for block in args.blocks:
         for seed in args.seeds:
             row = {**train_one(block, seed, **sizes), **sizes}
             rows = [r for r in rows if not _same_run(r, row)] + [row]
-            print(f"{block:9s} seed {seed}  params {row['params']:,}  test bpb "
-                  f"{row['test_bpb']:.3f}  ({row['seconds']:.0f} s)  sample {row['sample']!r}")
-            RESULTS.mkdir(exist_ok=True)
-            out.write_text(json.dumps({"rows": rows}, indent=1))
+            print(
+                f"{block:9s} seed {seed}  params {row['params']:,}  test bpb "
+                f"{row['test_bpb']:.3f}  ({row['seconds']:.0f} s)  sample {row['sample']!r}"
+            )
+            write_json(out, {"rows": rows}, quiet=True)
     print(f"wrote {out}")
 
 

@@ -15,17 +15,14 @@ Writes experiments/results/transformer_memory[_quick].json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
+from result_files import default_out, write_json
 
 from revjax import memory, models
 from revjax.models import transformer
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def step_memory(block, depth, context, *, width, heads, batch):
@@ -44,6 +41,11 @@ def step_memory(block, depth, context, *, width, heads, batch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--out",
+        default=default_out("transformer_memory.json"),
+        help="result file (--quick: transformer_memory_quick.json by default)",
+    )
     parser.add_argument("--blocks", nargs="+", default=["standard", "coupling"])
     parser.add_argument("--depths", nargs="+", type=int, default=[12, 48])
     parser.add_argument("--contexts", nargs="+", type=int, default=[256, 1024])
@@ -51,6 +53,8 @@ def main():
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
+    if args.quick and args.out == parser.get_default("out"):
+        args.out = default_out("transformer_memory_quick.json")
     rows = []
     print(f"{'block':9s} {'depth':>5s} {'context':>7s} {'params':>9s} {'temp MiB':>9s}")
     for context in args.contexts:
@@ -59,19 +63,20 @@ def main():
                 row = step_memory(block, depth, context, width=args.width, heads=args.heads,
                                   batch=args.batch)  # fmt: skip
                 rows.append(row)
-                print(f"{block:9s} {depth:5d} {context:7d} {row['params']:9,d} "
-                      f"{row['temp'] / 2**20:9.2f}", flush=True)
+                print(
+                    f"{block:9s} {depth:5d} {context:7d} {row['params']:9,d} "
+                    f"{row['temp'] / 2**20:9.2f}",
+                    flush=True,
+                )
     base = {(r["depth"], r["context"]): r["temp"] for r in rows if r["block"] == "standard"}
     for r in rows:
         if (r["depth"], r["context"]) in base and r["block"] != "standard":
             r["store_over_reversible"] = base[(r["depth"], r["context"])] / max(r["temp"], 1)
-            print(f"{r['block']} depth {r['depth']} context {r['context']}: stored / reversible "
-                  f"temp = {r['store_over_reversible']:.1f}x")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("transformer_memory_quick.json" if args.quick else "transformer_memory.json")
-    out.write_text(json.dumps({"args": vars(args), "backend": jax.default_backend(),
-                               "rows": rows}, indent=1))  # fmt: skip
-    print(f"wrote {out}")
+            print(
+                f"{r['block']} depth {r['depth']} context {r['context']}: stored / reversible "
+                f"temp = {r['store_over_reversible']:.1f}x"
+            )
+    write_json(args.out, {"args": vars(args), "backend": jax.default_backend(), "rows": rows})
 
 
 if __name__ == "__main__":

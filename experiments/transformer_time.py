@@ -16,20 +16,17 @@ Writes experiments/results/transformer_time[_quick].json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from result_files import default_out, write_json
 
 from revjax import memory
 from revjax.data import text
 from revjax.models import transformer
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def compiled(block, backprop, args, batch):
@@ -45,6 +42,11 @@ def compiled(block, backprop, args, batch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--out",
+        default=default_out("transformer_time.json"),
+        help="result file (--quick: transformer_time_quick.json by default)",
+    )
     parser.add_argument("--blocks", nargs="+", default=list(transformer.BLOCKS[1:]))
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--width", type=int, default=128)
@@ -53,6 +55,8 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    if args.quick and args.out == parser.get_default("out"):
+        args.out = default_out("transformer_time_quick.json")
     if args.quick:
         args.depth, args.width, args.context, args.rounds = 4, 64, 128, 5
     arrays = text.load_split("train", args.context)
@@ -76,13 +80,12 @@ def main():
         row = {"block": block, "reversible_s": med["reversible"], "store_s": med["store"],
                "ratio": med["reversible"] / med["store"]}  # fmt: skip
         rows.append(row)
-        print(f"{block:9s} reversible {row['reversible_s'] * 1e3:7.1f} ms  store "
-              f"{row['store_s'] * 1e3:7.1f} ms  ratio {row['ratio']:.2f} (floor 1.33)", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("transformer_time_quick.json" if args.quick else "transformer_time.json")
-    out.write_text(json.dumps({"args": vars(args), "backend": jax.default_backend(),
-                               "rows": rows}, indent=1))  # fmt: skip
-    print(f"wrote {out}")
+        print(
+            f"{block:9s} reversible {row['reversible_s'] * 1e3:7.1f} ms  store "
+            f"{row['store_s'] * 1e3:7.1f} ms  ratio {row['ratio']:.2f} (floor 1.33)",
+            flush=True,
+        )
+    write_json(args.out, {"args": vars(args), "backend": jax.default_backend(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from revjax import couplings, engine, fixed_point, integer_haar, integrators, transitions
+from revjax import space_to_depth as _s2d
 from revjax.fixed_point import DEFAULT_FRAC_BITS
-from revjax.space_to_depth import depth_to_space, space_to_depth
 
 __all__ = [
     "ARITHMETICS",
@@ -134,7 +134,7 @@ class Arithmetic(NamedTuple):
 
     def space_to_depth_step(self) -> engine.InvertibleStep:
         """i-RevNet ψ of every state leaf, (N, H, W, C) -> (N, H/2, W/2, 4C): a permutation."""
-        return self.linear_step(space_to_depth, depth_to_space, name="space_to_depth")
+        return self.linear_step(_s2d.space_to_depth, _s2d.depth_to_space, name="space_to_depth")
 
     def verlet_step(self, F, G, *, name: str = "verlet") -> engine.InvertibleStep:
         """Verlet / Hamiltonian Y' = Y + F(Z), Z' = Z − G(Y') (Chang, Meng, Haber, Ruthotto,

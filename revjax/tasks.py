@@ -69,7 +69,8 @@ Loss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """-log softmax(logits)[label] per label entry, in nats, computed in float32.
+    """-log softmax(logits)[label] per label entry, in nats, computed in float32 at least
+    (bfloat16 logits are promoted; float64 logits stay float64, for float64 references).
 
     Args:
       logits: (..., K).
@@ -78,7 +79,8 @@ def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Returns:
       (...) losses.
     """
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def _weights(weights: jax.Array | None, shape: tuple[int, ...]) -> jax.Array:

@@ -8,7 +8,9 @@ For each (model, mode) it trains 3 SGD-momentum steps from the same initial stat
 - single device: plain `jax.jit` on device 0;
 - sharded: the trainer's own shardings on a ("data", "space") mesh, `jit` with in/out
   shardings, the batch split over "data" (and one spatial axis over "space").
-and reports the largest parameter difference relative to the parameter scale.
+and reports the largest parameter difference relative to the parameter scale. Cases whose
+name ends in "_f64" build the model in float64 (run with JAX_ENABLE_X64=1: sharded and single
+device then agree to float64 round-off, so a real difference cannot hide in a tolerance).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from revjax import fft, models  # noqa: E402
+from revjax import fft, models, tasks  # noqa: E402
 from revjax.train import sharding, trainer  # noqa: E402
 
 STEPS = 3
 
 CASES = {
-    # name: (registry model, overrides, input shape, num_classes, spatial_axis or None)
+    # name: (registry model, overrides, input shape, num_classes[, task]); the task defaults
+    # to segmentation for 5D inputs, classification otherwise.
     "revnet": ("revnet38", {"units": (1, 1, 1), "widths": (8, 16, 32)}, (8, 8, 8, 3), 4),
     "hamiltonian": (
         "hamiltonian74",
@@ -52,7 +55,24 @@ CASES = {
         (8, 4, 16, 8, 3),
         3,
     ),
-}
+    # Reversible transformers in float64 (tests/test_sharding.py runs them with x64 on).
+    "rev_byte_lm_f64": (
+        "rev_byte_lm",
+        {"block": "leapfrog", "depth": 2, "width": 16, "num_heads": 2, "context": 8,
+         "dropout": 0.1, "dtype": jnp.float64, "param_dtype": jnp.float64},
+        (8, 8),
+        256,
+        "next_token",
+    ),
+    "rev_vit_f64": (
+        "rev_vit",
+        {"depth": 2, "width": 16, "num_heads": 2, "patch_size": 4, "num_classes": 4,
+         "dtype": jnp.float64, "param_dtype": jnp.float64},
+        (8, 8, 8, 3),
+        4,
+        "classification",
+    ),
+}  # fmt: skip
 
 MODES = {
     # mode: (data, space, fsdp)
@@ -62,25 +82,31 @@ MODES = {
 }
 
 
-def make_batch(shape, num_classes, segmentation):
+def make_batch(shape, num_classes, task):
     rng = np.random.default_rng(0)
-    image = rng.standard_normal(shape).astype(np.float32)
-    label_shape = shape[:-1] if segmentation else shape[:1]
+    if task == "next_token":  # byte tokens, fed as the trainer feeds them (float32)
+        image = rng.integers(0, num_classes, shape).astype(np.float32)
+    else:
+        image = rng.standard_normal(shape).astype(np.float32)
+    label_shape = shape[:1] + tasks.get_task(task).label_shape(shape[1:])
     label = rng.integers(0, num_classes, label_shape).astype(np.int32)
     return {"image": image, "label": label}
 
 
 def run_case(name: str, mode: str) -> dict:
-    model_name, overrides, shape, num_classes = CASES[name]
+    model_name, overrides, shape, num_classes, *task = CASES[name]
     segmentation = len(shape) == 5
+    task = task[0] if task else ("segmentation" if segmentation else "classification")
     overrides = dict(overrides)
-    if "num_classes" not in overrides:
+    if "num_classes" not in overrides and task != "next_token":
         overrides["num_classes"] = num_classes
+    if name.endswith("_f64") and not jax.config.jax_enable_x64:
+        raise SystemExit(f"case {name} needs JAX_ENABLE_X64=1")
     model = models.create(model_name, **overrides)
     tx = optax.sgd(0.05, momentum=0.9)
-    step_fn = trainer.make_train_step(model, tx, optax.constant_schedule(0.05))
+    step_fn = trainer.make_train_step(model, tx, optax.constant_schedule(0.05), task)
     state0 = trainer.create_state(model, tx, 0, shape[1:])
-    batch = make_batch(shape, num_classes, segmentation)
+    batch = make_batch(shape, num_classes, task)
 
     single = jax.jit(step_fn)
     state = state0
@@ -134,7 +160,7 @@ def fft_sharded_case() -> dict:
 
 def main(argv: list[str]) -> None:
     assert jax.device_count() == 8, jax.devices()
-    defaults = [m for m in CASES if not m.endswith("_exact")]
+    defaults = [m for m in CASES if not m.endswith(("_exact", "_f64"))]
     requested = argv or [f"{m}:{mode}" for m in defaults for mode in ("data", "fsdp")] + [
         "hyperbolic3d:spatial"
     ]

@@ -17,8 +17,10 @@ def test_affine_log_det_equals_log_det_of_jacobian_float64():
     n, half = 3, 4
     keys = jax.random.split(jax.random.key(0), 5)
     params = {
-        name: {"a": 0.9 * jax.random.normal(k1, (half, half)),
-               "b": jax.random.normal(k2, (half, half))}
+        name: {
+            "a": 0.9 * jax.random.normal(k1, (half, half)),
+            "b": jax.random.normal(k2, (half, half)),
+        }
         for name, k1, k2 in (("F", keys[0], keys[1]), ("G", keys[2], keys[3]))
     }
     x = jax.random.normal(keys[4], (n, 2 * half))

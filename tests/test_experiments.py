@@ -17,7 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # helpers; scripts run another way name the test that runs them.
 QUICK_ARGS = {
     "lean_parameter_table": [],  # already quick: parameter shapes by jax.eval_shape
-    "zoo_learning": ["--models", "lean_hamiltonian", "--steps", "2", "--batch", "8"],
     "exact_training": ["--epochs", "1", "--depth", "1"],
 }
 COVERED_ELSEWHERE = {
@@ -258,14 +257,17 @@ def test_every_experiment_writes_under_experiments_results_by_default(monkeypatc
         assert Path(out).resolve().parent == results, (name, out)
 
 
-def test_zoo_learning_trains_revup_with_fixup_parameter_groups(monkeypatch):
-    """revup20's recipe: Adam on kernels, a tenth of it on every scalar bias and
-    multiplier (Fixup's parameter groups); other models keep one rate for all parameters."""
+def test_zoo_revup_config_trains_with_fixup_parameter_groups():
+    """The zoo's revup20 recipe (``--config=zoo:revup20``): Adam on kernels, a tenth of it on
+    every scalar bias and multiplier (Fixup's parameter groups); other recipes keep one rate
+    for all parameters."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    script = _load_script("zoo_learning", monkeypatch)
+    from revjax import configs
+    from revjax.train import optim
+
     params = {
         "stem_w": jnp.ones(3),
         "stem_b": jnp.ones(()),
@@ -274,7 +276,7 @@ def test_zoo_learning_trains_revup_with_fixup_parameter_groups(monkeypatch):
     }
     grads = jax.tree.map(jnp.ones_like, params)
     for name, scalar_factor in (("revup20", 0.1), ("revnet38", 1.0)):
-        tx = script.make_optimizer(name, steps=10)
+        tx, _ = optim.make_optimizer(configs.load_config("zoo", name), 10, 10)
         updates, _ = tx.update(grads, tx.init(params), params)
         kernel = float(updates["stem_w"][0])
         assert kernel < 0

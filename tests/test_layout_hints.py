@@ -18,8 +18,11 @@ from revjax.space_to_depth import channels_first_hint, space_to_depth
 )
 def test_nchw_input_gets_a_transpose_hint(check):
     """(N, 3, 32, 32) fails on "axis H has size 3" and the message names the transpose."""
-    with pytest.raises(ValueError, match=r"axis H has size 3.*looks channels-first.*"
-                       r"x\.transpose\(0, 2, 3, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"axis H has size 3.*looks channels-first.*"
+        r"x\.transpose\(0, 2, 3, 1\)",
+    ):
         check(jnp.zeros((2, 3, 32, 32)))
 
 

@@ -34,10 +34,7 @@ SLOW_NOTEBOOKS = {"revnet_chang"}
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_NOTEBOOKS else p
-        for p in NOTEBOOKS
-    ],
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_NOTEBOOKS else p for p in NOTEBOOKS],
     ids=[p.stem for p in NOTEBOOKS],
 )
 def test_notebook_executes(path, monkeypatch):

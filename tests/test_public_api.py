@@ -60,6 +60,8 @@ PUBLIC = {
         "RevNet",
         "RevNetMini",
         "RevUp",
+        "ViT",
+        "ByteLM",
     },
     revjax.train: {
         "Checkpointer",

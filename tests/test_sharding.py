@@ -33,11 +33,13 @@ SLOW_CASES = [
 ]
 
 
-def _run_sharded_cases(cases) -> dict:
+def _run_sharded_cases(cases, x64: bool = False) -> dict:
     """Run the (model, mode) cases (and the FFT case) once on 8 fake CPU devices in a
-    subprocess."""
+    subprocess (in float64 with `x64`)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     env.pop("JAX_ENABLE_X64", None)
+    if x64:
+        env["JAX_ENABLE_X64"] = "1"
     out = subprocess.run(
         [sys.executable, str(CHECK_SCRIPT), *(f"{m}:{mode}" for m, mode in cases)],
         env=env,
@@ -61,8 +63,8 @@ def slow_sharded_results():
     return _run_sharded_cases(SLOW_CASES)
 
 
-def _check_sharded_result(result: dict, mode: str) -> None:
-    assert result["max_rel_diff"] < 1e-4, result
+def _check_sharded_result(result: dict, mode: str, rtol: float = 1e-4) -> None:
+    assert result["max_rel_diff"] < rtol, result
     if mode == "fsdp":
         assert result["sharded_leaves"] > 0, result
 
@@ -79,6 +81,19 @@ def test_sharded_training_equals_single_device(sharded_results, model, mode):
 def test_sharded_training_equals_single_device_other_meshes(slow_sharded_results, model, mode):
     """The remaining (model, mesh) pairs of the test above."""
     _check_sharded_result(slow_sharded_results[(model, mode)], mode)
+
+
+TRANSFORMER_CASES = [("rev_byte_lm_f64", "fsdp"), ("rev_vit_f64", "fsdp"),
+                     ("rev_byte_lm_f64", "data")]  # fmt: skip
+
+
+def test_reversible_transformers_sharded_fsdp_equal_single_device_in_float64():
+    """A reversible language model (leapfrog blocks, dropout replayed) and a reversible ViT
+    trained 3 steps with data parallelism + fully sharded parameters and optimizer state
+    (FSDP) on 8 devices equal the single-device run to float64 round-off."""
+    results = _run_sharded_cases(TRANSFORMER_CASES, x64=True)
+    for model, mode in TRANSFORMER_CASES:
+        _check_sharded_result(results[(model, mode)], mode, rtol=1e-10)
 
 
 def test_fft_axis_sharded_is_gathered_and_exact(sharded_results):

@@ -352,12 +352,22 @@ def hamiltonian1202_curve() -> str:
     return table(["step", "train loss (one batch)", "reconstruction error"], rows)
 
 
+def gradient_precision() -> str:
+    data = load("gradient_precision.json")
+    rows = [[f"`{r['model']}`", sci(r["reconstruction_error"]), sci(r["reversible_median"]),
+             sci(r["reversible_max"]), sci(r["store_median"]), sci(r["store_max"]),
+             f"{r['ratio']:.2f}"] for r in data["rows"]]  # fmt: skip
+    header = ["model", "reconstruction error", "reversible (median)", "reversible (max)",
+              "store (median)", "store (max)", "reversible / store (median)"]  # fmt: skip
+    return table(header, rows)
+
+
 TABLES = {f.__name__: f for f in (
     memory_vs_depth, memory_vs_depth_exact, classifier_memory, classifier_depth,
     chang_block_memory, exact_cost, hyperbolic_memory, hyperbolic_largest_clip, revup_memory,
     sharding_spatial, sharding_spatial_quick, sharding_weak_scaling, torch_parity,
     torch_parity_ops, video_segmentation, zoo_learning, reconstruction_drift,
-    reconstruction_drift_exact, hamiltonian1202_curve,
+    reconstruction_drift_exact, hamiltonian1202_curve, gradient_precision,
 )}  # fmt: skip
 
 

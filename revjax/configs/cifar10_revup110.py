@@ -12,7 +12,7 @@ divided by 10 at epochs 100 and 150, 200 epochs, weight decay 5e-4 (Fixup's mixu
 used), and the scalar biases and multipliers at a tenth of the rate (``scalar_lr_factor``, the
 parameter groups of the Fixup authors' script github.com/hongyi-zhang/Fixup,
 cifar/cifar_train.py; in RevUp the scalars are not spectrally normalised, so at the full rate
-they can outpace the normalised kernels, see experiments/zoo_learning.py). Data: pad-4 random
+they can outpace the normalised kernels, see docs/results/learning.md). Data: pad-4 random
 crop + flip + per-image standardisation.
 
 Expected result: none stated (no source for RevUp's CIFAR numbers in our copy of the paper).

@@ -283,8 +283,7 @@ def make_config(
         raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
     if block not in BLOCKS[family]:
         raise ValueError(
-            f"block {block!r} does not apply to the {family} network; use one of "
-            f"{BLOCKS[family]}"
+            f"block {block!r} does not apply to the {family} network; use one of {BLOCKS[family]}"
         )
     if transition not in TRANSITIONS:
         raise ValueError(f"unknown transition {transition!r}; use one of {TRANSITIONS}")

@@ -102,8 +102,7 @@ def create(name: str, **overrides):
             hints.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)"
                                        if close else ""))  # fmt: skip
         raise ValueError(
-            f"model {name!r} has no field(s) {', '.join(hints)}. "
-            f"Valid fields: {', '.join(valid)}"
+            f"model {name!r} has no field(s) {', '.join(hints)}. Valid fields: {', '.join(valid)}"
         )
     return entry.factory(**overrides)
 

@@ -59,6 +59,7 @@ Parameters of the body: params["body"] = {"attn": stacked Attention, "mlp": stac
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -66,13 +67,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from functools import partial
-
 from revjax import arithmetic, engine, integrators
 from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
-from revjax.models.registry import register
 from revjax.models.heads import check_num_classes
+from revjax.models.registry import register
 from revjax.nn import init_stacked, residual_fn
 
 __all__ = [
@@ -354,7 +353,8 @@ def _body(model, causal: bool) -> TransformerBody:
         block=model.block, depth=model.depth, num_heads=model.num_heads,
         mlp_ratio=model.mlp_ratio, causal=causal, dropout=model.dropout,
         drop_path=model.drop_path, h=model.h, backprop=model.backprop, dtype=model.dtype,
-        param_dtype=model.param_dtype, arithmetic=model.arithmetic, frac_bits=model.frac_bits, name="body",
+        param_dtype=model.param_dtype, arithmetic=model.arithmetic, frac_bits=model.frac_bits,
+        name="body",
     )  # fmt: skip
 
 
@@ -447,8 +447,8 @@ class ByteLM(ReversibleModel, nn.Module):
     shape (N, T) or (N, T, 1). Logit t depends on tokens 0..t only.
 
     Attributes:
-      block, depth, width, num_heads, mlp_ratio, dropout, drop_path, h, backprop, dtype,
-        param_dtype, arithmetic, frac_bits: as `ViT`.
+      block: as `ViT` (and depth, width, num_heads, mlp_ratio, dropout, drop_path, h,
+        backprop, dtype, param_dtype, arithmetic, frac_bits).
       context: the longest sequence (the learned position table's length).
     """
 
@@ -501,7 +501,7 @@ def bits_per_byte(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
     logits (..., 256), targets (...) integers.
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return jnp.mean(nll) / math.log(2.0)
 
