@@ -542,9 +542,10 @@ def reconstruction_error(
     The forward pass stores every intermediate state; the reconstruction then runs from the
     final output backwards exactly as `backprop="reversible"` does (each step's fused
     `backward` rule when it has one, with a zero cotangent, else its `inverse`; restarting from
-    the stored input at each Transition), and compares. Returns one entry per layer: a scalar for a step,
-    a (depth,) array for a Scan (entry j = error of step j's reconstructed input), and 0 for a
-    Transition. Errors accumulate towards the network input, so `errors[0]` is the worst.
+    the stored input at each Transition), and compares. Returns one entry per layer: a scalar
+    for a step, a (depth,) array for a Scan (entry j = error of step j's reconstructed input),
+    and 0 for a Transition. Errors accumulate towards the network input, so `errors[0]` is the
+    worst.
     """
     layers, params, rngs = _normalise(layers, params, rngs)
     _validate(layers, params, x, rngs)
