@@ -6,8 +6,8 @@ For each (block, depth, context) the real Adam update step of `ByteLM` under
 scratch beyond arguments and outputs, mostly activations kept for the backward pass. The
 baseline is the standard pre-LN block with `backprop="store"`, same parameter count.
 
-    python experiments/transformer_memory.py --quick     # depth 12/48, context 256/1024, width 32
-    python experiments/transformer_memory.py --blocks standard coupling verlet midpoint leapfrog
+    python experiments/transformer_memory.py             # depth 12/48, context 256/1024, width 32
+    python experiments/transformer_memory.py --quick     # depth 2/4, context 32, width 16 (seconds)
 
 Writes experiments/results/transformer_memory[_quick].json and prints a table.
 """
@@ -55,6 +55,8 @@ def main():
     args = parser.parse_args()
     if args.quick and args.out == parser.get_default("out"):
         args.out = default_out("transformer_memory_quick.json")
+    if args.quick:  # seconds: the same code on a tiny model
+        args.depths, args.contexts, args.width = [2, 4], [32], 16
     rows = []
     print(f"{'block':9s} {'depth':>5s} {'context':>7s} {'params':>9s} {'temp MiB':>9s}")
     for context in args.contexts:

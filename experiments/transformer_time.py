@@ -8,7 +8,8 @@ against the 4/3 floor of one extra forward pass (forward + backward ≈ 3 forwar
 reversible backward recomputes each block once more). The standard block is timed as its
 own "store" reference only.
 
-    python experiments/transformer_time.py --quick
+    python experiments/transformer_time.py --depth 4 --width 64 --context 128 --rounds 5
+    python experiments/transformer_time.py --quick    # depth 2, width 32, context 32 (seconds)
 
 Writes experiments/results/transformer_time[_quick].json.
 """
@@ -58,7 +59,8 @@ def main():
     if args.quick and args.out == parser.get_default("out"):
         args.out = default_out("transformer_time_quick.json")
     if args.quick:
-        args.depth, args.width, args.context, args.rounds = 4, 64, 128, 5
+        args.depth, args.width, args.context, args.rounds = 2, 32, 32, 2
+        args.blocks = ["coupling", "leapfrog"]
     arrays = text.load_split("train", args.context)
     batch = {k: jnp.asarray(v[: args.batch]) for k, v in arrays.items()}
     rows = []

@@ -103,3 +103,31 @@ def test_model_modules_and_trainer_import_first_without_cycles(module):
     result = _import_fresh(module, "import revjax.models\nprint(len(revjax.models.names()))")
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.split()[-1]) == len(models.names())
+
+
+def test_trainer_imports_no_family_or_paper_module():
+    """The trainer knows tasks and regularisers by name (`revjax.tasks`), no paper: it imports
+    nothing from `revjax.families` and no model module beyond the registry's package face."""
+    trainer = ROOT / "revjax" / "train" / "trainer.py"
+    imported = imported_modules(trainer)
+    papers = {p.stem for p in FAMILIES} | {p.stem for p in MODELS}
+    bad = sorted(
+        name
+        for name in imported
+        if name.startswith("revjax.families")
+        or any(name == f"revjax.models.{paper}" for paper in papers - {"__init__"})
+    )
+    assert not bad, f"revjax/train/trainer.py imports paper modules: {bad}"
+
+
+def test_trainer_and_memory_measurement_differentiate_one_loss_function():
+    """The trainer's objective and `revjax.memory.model_loss` are partials of the same
+    `revjax.tasks.training_loss` with the task's loss, `revjax.tasks.softmax_xent`."""
+    from revjax import memory, tasks
+    from revjax.train import trainer
+
+    task = tasks.get_task("classification")
+    measured, trained = memory.model_loss(None), trainer.objective(None, task)
+    assert task.loss is tasks.softmax_xent and measured.args[1] is trained.args[1]
+    assert trained.func is tasks.training_loss
+    assert tasks.get_task("next_token").loss is tasks.softmax_xent

@@ -18,6 +18,8 @@ def blocks_with_slow(*slow):
     """REVERSIBLE, the kinds in `slow` marked slow (a heavy test covering the code paths of the
     others already: verlet is the additive coupling with G negated)."""
     return [pytest.param(b, marks=pytest.mark.slow) if b in slow else b for b in REVERSIBLE]
+
+
 F64 = {"dtype": jnp.float64, "param_dtype": jnp.float64}
 TINY = {"depth": 2, "width": 8, "num_heads": 2, "mlp_ratio": 2.0, **F64}
 
@@ -274,7 +276,12 @@ def test_vit_digits_config_runs_one_step_through_the_trainer(tmp_path):
 
 
 @pytest.mark.full_optimization
-@pytest.mark.parametrize("block", blocks_with_slow("verlet",))
+@pytest.mark.parametrize(
+    "block",
+    blocks_with_slow(
+        "verlet",
+    ),
+)
 def test_exact_arithmetic_with_bfloat16_residuals_reconstructs_bit_exactly_at_depth_100(block):
     """arithmetic="exact", attention and MLP computing in bfloat16: the reconstruction of the
     body's input is exactly 0.0 at depth 100, through the arithmetic seam alone (the same body

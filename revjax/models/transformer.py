@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from revjax import arithmetic, engine, integrators
+from revjax import arithmetic, engine, integrators, tasks
 from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.models.heads import check_num_classes
@@ -499,11 +499,10 @@ class ByteLM(ReversibleModel, nn.Module):
 def bits_per_byte(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean next-byte cross-entropy in bits: mean(−log₂ softmax(logits)[target]).
 
-    logits (..., 256), targets (...) integers.
+    logits (..., 256), targets (...) integers. The loss of the trainer's "next_token" task
+    (`revjax.tasks.softmax_xent`, in nats) divided by ln 2.
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return jnp.mean(nll) / math.log(2.0)
+    return jnp.mean(tasks.softmax_xent(logits, targets.astype(jnp.int32))) / math.log(2.0)
 
 
 def next_token_loss(model: ByteLM):
