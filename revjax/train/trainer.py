@@ -989,6 +989,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_ds = open_train_data(config)  # a missing dataset is reported before any write
     model = build_model(config, info)
     workdir = prepare_workdir(workdir)
+    # --- cli helper's edit: what revjax.train.load needs without the training data ---
+    if jax.process_index() == 0:
+        from revjax.train.inference import write_model_info
+
+        write_model_info(workdir, config, info)
+    # --- end of the cli helper's edit ---
     total_steps = run_length(config, info)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch(config, info), total_steps)
     train_step = make_train_step(model, tx, schedule, task, regularise)
