@@ -56,6 +56,8 @@ def test_none_default_fields_take_command_line_values():
         assert config.data_dir == "/data/tfds"
         assert config.to_json()  # still serialisable (config.json)
     assert configs.load_config("default").data_dir is None
+    # declared str: a directory named like a number stays a string
+    assert _override("default", "--config.data_dir=2024").data_dir == "2024"
 
 
 def test_model_fields_of_the_chosen_model_are_settable():
