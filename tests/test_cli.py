@@ -112,7 +112,7 @@ def test_dataset_options_of_the_chosen_dataset_are_settable():
             "unknown config field 'optimizer.learnig_rate'; did you mean "
             '"optimizer.learning_rate" instead of "optimizer.learnig_rate"?',
         ),
-        ("default", "--config.num_steps=abc", "config field 'num_steps' takes a int, got 'abc'"),
+        ("default", "--config.num_steps=abc", "config field 'num_steps' takes an int, got 'abc'"),
         ("default", "--config.fsdp=maybe", "config field 'fsdp' takes a bool, got 'maybe'"),
     ],
 )
@@ -288,3 +288,17 @@ def test_launch_drops_gloos_connection_lines_only(tmp_path):
     out = io.StringIO()
     assert launch.launch([sys.executable, "-c", script], 1, out=out, verbose=True) == 0
     assert len(out.getvalue().splitlines()) == 3
+
+
+def test_split_overrides_takes_absl_forms():
+    argv = ["p", "--config.eval_every_steps", "-1", "--config.fsdp", "--print_only"]
+    argv += ["--config.seed", "3", "--config.name=x=y"]
+    rest, pairs = split_overrides(argv)
+    assert rest == ["p", "--print_only"]
+    assert pairs == [("eval_every_steps", "-1"), ("fsdp", "true"), ("seed", "3"), ("name", "x=y")]
+
+
+def test_unknown_model_is_one_line():
+    with pytest.raises(ValueError, match="nope") as error:
+        _override("default", "--config.model=nope", "--config.model_kwargs.units=3")
+    assert "\n" not in str(error.value)

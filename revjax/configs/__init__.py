@@ -190,7 +190,10 @@ def parse_value(path: str, text: str, like: Any, kind: type | None = None) -> An
                 )
             return tuple(value)
     except ValueError:
-        raise ValueError(f"config field '{path}' takes a {kind.__name__}, got {text!r}") from None
+        article = "an" if kind is int else "a"
+        raise ValueError(
+            f"config field '{path}' takes {article} {kind.__name__}, got {text!r}"
+        ) from None
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

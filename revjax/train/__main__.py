@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def resolve_config_argument(argv: list[str]) -> list[str]:
     return out
 
 
+_NUMBER = re.compile(r"-[0-9.]+([eE][-+]?[0-9]+)?")
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 
 
@@ -77,7 +79,8 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
         if token.startswith("--config."):
             path, sep, value = token[len("--config.") :].partition("=")
             if not sep:
-                if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                following = argv[i + 1] if i + 1 < len(argv) else "-"
+                if not following.startswith("-") or _NUMBER.fullmatch(following):
                     value, i = argv[i + 1], i + 1
                 else:
                     value = "true"
