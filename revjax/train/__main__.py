@@ -149,7 +149,7 @@ def describe(config, workdir: str, abstract_init: bool = True) -> list[str]:
 
         try:
             variables = jax.eval_shape(init)
-        except (TypeError, ValueError, IndexError, ZeroDivisionError) as error:
+        except Exception as error:  # noqa: BLE001 - any init failure of a user's model config
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
                 f"model {config.model!r} with model_kwargs {dict(config.model_kwargs)} does "
