@@ -3,6 +3,13 @@
 ``arg`` "smoke" (alias "runlocal") shrinks the experiment to a seconds-long run (tiny model,
 few steps) with the same code paths. Select one with ``python -m revjax.train
 --config=<name>[:smoke]`` or ``load_config(name, arg)``.
+
+``apply_overrides(config, [(dotted path, text), ...])`` applies ``--config.<path>=<text>``
+command-line overrides: each parsed as its field's type, any field of the chosen model in
+``model_kwargs`` and any option of the chosen dataset in ``dataset_options``, and a one-line
+ValueError naming the full dotted path and the nearest valid one otherwise.
+``eval_every(value, total_steps)`` resolves ``eval_every_steps`` (-1: about ``AUTO_EVALS``
+evaluations in runs of at least ``AUTO_EVAL_MIN_STEPS`` steps).
 """
 
 from __future__ import annotations
