@@ -40,11 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 2e-4
     config.optimizer.schedule = "piecewise"
-    config.optimizer.boundaries_steps = (40_000, 60_000)
+    config.optimizer.boundaries_fractions = (0.5, 0.75)  # 40k and 60k of 80k steps
     config.optimizer.decay_factor = 0.1
     config.log_every_steps = 100
     config.checkpoint_every_steps = 2_000
-    config.eval_every_steps = 5_000
     if is_smoke(arg):
         shrink(config)
     return config
@@ -57,7 +56,6 @@ def shrink(config: ml_collections.ConfigDict) -> None:
     config.global_batch_size = 8
     config.eval_batch_size = 8
     config.num_steps = 2
-    config.optimizer.boundaries_steps = (1,)
     config.log_every_steps = 1
     config.checkpoint_every_steps = 1
     config.eval_every_steps = 0

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.dataset = "digits"
     config.dataset_options = ml_collections.ConfigDict()
-    config.data_dir = None
+    config.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default
     config.fake_examples = 0  # > 0: that many random examples of the dataset's shapes
     config.global_batch_size = 64
     config.eval_batch_size = 120
@@ -49,10 +49,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.nesterov = False
     config.optimizer.weight_decay = 5e-4
     config.optimizer.schedule = "piecewise"
-    config.optimizer.boundaries_epochs = (15, 23)
-    config.optimizer.boundaries_steps = ()  # explicit step boundaries (override epochs)
+    # Piecewise boundaries as fractions of the run: they follow an overridden num_steps or
+    # num_epochs (here epochs 15 and 23 of 30). Absolute boundaries, if non-empty, win:
+    # boundaries_steps, then boundaries_epochs.
+    config.optimizer.boundaries_fractions = (0.5, 23 / 30)
+    config.optimizer.boundaries_epochs = ()
+    config.optimizer.boundaries_steps = ()
     config.optimizer.decay_factor = 0.1
-    config.optimizer.halve_every_epochs = 0.0
+    config.optimizer.halve_every_epochs = 0.0  # halving: every N epochs (wins if > 0) ...
+    config.optimizer.halve_every_fraction = 0.0  # ... or every fraction f of the run
     config.optimizer.grad_clip_norm = 0.0
     config.optimizer.scalar_lr_factor = 1.0  # rate factor of biases/scales (Fixup recipe: 0.1)
     config.optimizer.warmup_steps = 0  # linear warm-up multiplying the schedule
@@ -69,7 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 200
     config.keep_checkpoints = 3
     config.async_checkpointing = True
-    config.eval_every_steps = 0  # 0: evaluate at the end only
+    # Periodic test evaluation every N steps; 0: at the end only; -1 (auto): about
+    # configs.AUTO_EVALS = 10 evaluations in runs of >= configs.AUTO_EVAL_MIN_STEPS = 1000
+    # steps, else at the end only (revjax.configs.eval_every).
+    config.eval_every_steps = -1
     config.memory_report = True
     config.memory_modes = ("reversible", "store")
     config.tensorboard = True  # also TensorBoard events in <workdir>/tensorboard (tensorboardX)

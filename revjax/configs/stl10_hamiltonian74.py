@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset_options = ml_collections.ConfigDict({"augmentation": "standard", "pad": 0})
     config.eval_batch_size = 400
     config.num_steps = 20_000
-    config.optimizer.boundaries_steps = (10_000, 15_000)
+    config.optimizer.boundaries_fractions = (0.5, 0.75)  # 10k and 15k of 20k steps
     if is_smoke(arg):
         cifar10_revnet110.shrink(config)
     return config

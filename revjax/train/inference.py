@@ -2,21 +2,84 @@
 
 >>> model, variables, config = load("workdir/default")          # doctest: +SKIP
 >>> logits = model.apply(variables, images, train=False)        # doctest: +SKIP
+>>> logits = predict("workdir/default", images)                 # doctest: +SKIP
+>>> evaluate("workdir/default", (images, labels))               # doctest: +SKIP
+{'loss': ..., 'accuracy': ...}
+
+A training run writes ``<workdir>/model_info.json`` (``write_model_info``): the input shape
+and dtype, ``num_classes``, the task and the normalisation its inputs had, so ``load`` builds
+the model without opening the training data (in-memory arrays registered with
+``revjax.data.register_arrays`` need not be registered again). Inputs of ``predict`` and
+``evaluate`` are model inputs: normalised as that file's ``normalisation`` says.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from revjax import data as data_lib
 
-__all__ = ["load", "config_from_json"]
+__all__ = ["load", "predict", "evaluate", "config_from_json", "write_model_info", "MODEL_INFO"]
+
+MODEL_INFO = "model_info.json"
+
+
+def normalisation(config: Any) -> str:
+    """How the dataset of ``config`` normalises the inputs it feeds the model (test split)."""
+    name = config.dataset
+    options = dict(config.get("dataset_options", {}) or {})
+    if name in data_lib.DATASETS or name.startswith(("folder:", "tfds:")):
+        if name == "digits":
+            return "digits: pixel counts / 16, standardised by the training set's mean and std"
+        if name == "pydoc_text":
+            return "none: byte values 0..255"
+        if name == "synthetic_video":
+            return "none: generated clips"
+        if options.get("augmentation", "standard") == "none":
+            return "none: pixels / 255"
+        return "per-image standardisation (x - mean) / max(std, 1 / sqrt(size))"
+    return "none: arrays used as registered (revjax.data.register_arrays)"
+
+
+def write_model_info(workdir: str | os.PathLike, config: Any, info: Any) -> Path:
+    """Writes ``<workdir>/model_info.json``: what ``load``/``predict`` need without the data
+    (``revjax.data.DatasetInfo`` fields, input dtype float32, normalisation)."""
+    path = Path(workdir) / MODEL_INFO
+    record = {
+        "dataset": config.dataset,
+        "num_classes": int(info.num_classes),
+        "image_shape": [int(d) for d in info.image_shape],
+        "dtype": "float32",
+        "num_train": int(info.num_train),
+        "num_test": int(info.num_test),
+        "task": info.task,
+        "normalisation": normalisation(config),
+    }
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def _dataset_info(workdir: Path, config: Any) -> data_lib.DatasetInfo:
+    """The run's DatasetInfo from ``model_info.json`` (else from the dataset, older runs)."""
+    path = workdir / MODEL_INFO
+    if path.exists():
+        record = json.loads(path.read_text())
+        return data_lib.DatasetInfo(
+            int(record["num_classes"]),
+            tuple(record["image_shape"]),
+            int(record["num_train"]),
+            int(record["num_test"]),
+            record["task"],
+        )
+    return data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
 
 
 def _tuples(value: Any) -> Any:
@@ -45,15 +108,16 @@ def load(
     Returns:
       (model, variables, config): the linen module built from the checkpoint's own config,
       ``{"params": ..., **other collections (e.g. "batch_stats")}`` for
-      ``model.apply(variables, x, train=False)``, and that config. In-memory datasets
-      (``revjax.data.register_arrays``) must be registered again before loading.
+      ``model.apply(variables, x, train=False)``, and that config. The model is built from
+      ``model_info.json`` (written by the trainer); the training data is not needed.
 
     Raises:
       FileNotFoundError: no checkpoint (or not ``step``) in ``workdir``.
     """
     from revjax.train import optim, trainer
 
-    directory = Path(workdir).expanduser().absolute() / "checkpoints"
+    root = Path(workdir).expanduser().absolute()
+    directory = root / "checkpoints"
     manager = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
     try:
         steps = sorted(manager.all_steps())
@@ -65,7 +129,7 @@ def load(
             raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; have {steps}")
         saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         config = config_from_json(dict(saved["config"]))
-        info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
+        info = _dataset_info(root, config)
         model = trainer.build_model(config, info)
         steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
         tx, _ = optim.make_optimizer(config, steps_per_epoch, max(int(config.num_steps), 1))
@@ -80,3 +144,75 @@ def load(
     state = restored["state"]
     variables = {"params": state["params"], **state.get("model_state", {})}
     return model, variables, config
+
+
+def _input_shape(workdir: Path) -> tuple[int, ...] | None:
+    path = Path(workdir).expanduser() / MODEL_INFO
+    return tuple(json.loads(path.read_text())["image_shape"]) if path.exists() else None
+
+
+def _batches(images: np.ndarray, batch_size: int):
+    for start in range(0, len(images), batch_size):
+        yield start, images[start : start + batch_size]
+
+
+def predict(
+    workdir: str | os.PathLike,
+    images: Any,
+    *,
+    batch_size: int = 256,
+    step: int | None = None,
+    loaded: tuple | None = None,
+) -> np.ndarray:
+    """Logits of a trained run on ``images`` (B, *input shape), in batches, ``train=False``.
+
+    Args:
+      workdir: a training workdir (see ``load``).
+      images: model inputs, normalised as ``model_info.json`` says.
+      batch_size: examples per forward pass.
+      step: checkpoint step (None: the latest).
+      loaded: ``load(workdir, step)``'s result, to skip loading again.
+
+    Returns:
+      float32 logits (B, ..., num_classes).
+
+    Raises:
+      ValueError: images of another shape than the run's inputs.
+    """
+    images = np.asarray(images, np.float32)
+    expected = _input_shape(Path(workdir))
+    if expected is not None and tuple(images.shape[1:]) != expected:
+        raise ValueError(
+            f"images have example shape {tuple(images.shape[1:])}; the run in {workdir} "
+            f"takes {expected} (batch axis first)"
+        )
+    model, variables, _ = loaded or load(workdir, step)
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    out = [np.asarray(apply(variables, x), np.float32) for _, x in _batches(images, batch_size)]
+    return np.concatenate(out, axis=0)
+
+
+def evaluate(
+    workdir: str | os.PathLike,
+    data: tuple[Any, Any],
+    *,
+    batch_size: int = 256,
+    step: int | None = None,
+) -> dict[str, float]:
+    """The run's task report (``loss``, ``accuracy``, ...) on ``data = (images, labels)``.
+
+    Uses the run's task (``config.task`` or the dataset's, from ``model_info.json``) and the
+    same sums as the trainer's evaluation; no dataset is opened.
+    """
+    from revjax import tasks
+
+    images, labels = data
+    labels = np.asarray(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    loaded = load(workdir, step)
+    config = loaded[2]
+    task = tasks.get_task(config.get("task", "") or _dataset_info(Path(workdir), config).task)
+    logits = predict(workdir, images, batch_size=batch_size, step=step, loaded=loaded)
+    sums = task.eval_sums(logits, labels, np.ones(len(labels), np.float32))
+    return task.eval_report(jax.tree.map(np.asarray, sums))

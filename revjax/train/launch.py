@@ -13,12 +13,19 @@ and how, terminates the others (SIGTERM, then SIGKILL after ``--grace`` seconds)
 that status (a signal: 128 + its number, as a shell reports it); ``--timeout`` bounds the whole
 job. A process's output lines are prefixed with ``[i]``. Rerunning the same command after such
 a failure resumes the training run from its last complete checkpoint.
+
+Quiet by default: processes get ``TF_CPP_MIN_LOG_LEVEL=1`` (XLA's C++ INFO lines off, warnings
+and errors kept; a value already in the environment wins) and gloo's "[Gloo] Rank i is
+connected to N peer ranks" lines (printed unconditionally by jaxlib's gloo, one per process)
+are not relayed; ``--verbose`` relays everything. ``python -m revjax.train`` sets absl logging
+to WARNING before ``jax.distributed.initialize``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,7 +34,15 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["free_port", "process_env", "describe_status", "launch", "main"]
+__all__ = ["free_port", "process_env", "describe_status", "launch", "main", "is_noise"]
+
+# Informational lines of a healthy start that the launcher does not relay (unless verbose).
+NOISE = (re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks\."),)
+
+
+def is_noise(line: str) -> bool:
+    """Whether `line` is a known informational line of a healthy start (never an error)."""
+    return any(p.match(line) for p in NOISE)
 
 
 def free_port() -> int:
@@ -42,6 +57,7 @@ def process_env(
 ) -> dict[str, str]:
     """The environment of process `process_id` of an N-process job coordinated on 127.0.0.1."""
     env = dict(base)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO off; warnings and errors kept
     env.update(
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
         JAX_NUM_PROCESSES=str(num_processes),
@@ -64,8 +80,10 @@ def describe_status(status: int) -> str:
     return f"exited with status {status}"
 
 
-def _relay(stream, prefix: str, out) -> None:
+def _relay(stream, prefix: str, out, verbose: bool = False) -> None:
     for line in iter(stream.readline, ""):
+        if not verbose and is_noise(line):
+            continue
         out.write(f"{prefix}{line}")
         out.flush()
 
@@ -98,12 +116,14 @@ def launch(
     env: dict[str, str] | None = None,
     out=None,
     on_start: Callable[[list[subprocess.Popen]], None] | None = None,
+    verbose: bool = False,
 ) -> int:
     """Run `command` as processes 0..N-1; returns 0 when all succeed, else the first failure's
     exit status (negative: killed by that signal; 124: the job exceeded `timeout`).
 
     `on_start(processes)`, if given, is called once all N processes have started (e.g. to
-    watch or signal one of them)."""
+    watch or signal one of them). `verbose` relays the known informational lines
+    (``is_noise``) too."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if not command:
@@ -121,7 +141,7 @@ def launch(
             text=True,
         )
         procs.append(p)
-        t = threading.Thread(target=_relay, args=(p.stdout, f"[{i}] ", out), daemon=True)
+        t = threading.Thread(target=_relay, args=(p.stdout, f"[{i}] ", out, verbose), daemon=True)
         t.start()
         relays.append(t)
     if on_start is not None:
@@ -165,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="coordinator port (default: free)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds for the whole job")
     parser.add_argument("--grace", type=float, default=10.0, help="SIGTERM -> SIGKILL seconds")
+    parser.add_argument("--verbose", action="store_true", help="relay gloo's info lines too")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command ...")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -175,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         timeout=args.timeout,
         grace=args.grace,
+        verbose=args.verbose,
     )
     return 128 - status if status < 0 else status  # killed by signal s: 128 + s, as a shell
 

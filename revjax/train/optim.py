@@ -12,12 +12,16 @@
                      w <- w - eta(t) * (adam_update + lambda * w) (Loshchilov & Hutter 2019,
                      arXiv:1711.05101)
     schedule:        "constant" | "piecewise" | "halving" | "cosine"
-    boundaries_epochs, decay_factor:   piecewise: eta = eta_0 * decay_factor^k after the
-                     k-th boundary (RevNet/Hamiltonian: 0.1 at fixed epochs);
-                     ``boundaries_steps`` (non-empty) gives the boundaries in steps instead
-    halve_every_epochs:                halving: eta = eta_0 * 0.5^floor(epoch / N)
-                     (LeanResNet: Adam, 0.01, halved every 60 epochs; Ephrath et al. 2019,
-                     arXiv:1805.07821, Sec. 4)
+    boundaries_fractions, decay_factor: piecewise: eta = eta_0 * decay_factor^k after the
+                     k-th boundary, each a fraction of the run's T updates (step round(f T)),
+                     so the schedule keeps its shape when num_steps/num_epochs change
+                     (RevNet/Hamiltonian: x0.1 at 1/2 and 3/4 of the run); absolute
+                     boundaries win when non-empty: ``boundaries_steps``, then
+                     ``boundaries_epochs``
+    halve_every_fraction, halve_every_epochs: halving: eta = eta_0 * 0.5^floor(t / N), N =
+                     round(f T) updates, or N epochs if ``halve_every_epochs`` > 0
+                     (LeanResNet: Adam, 0.01, halved every 60 of 300 epochs, f = 0.2;
+                     Ephrath et al. 2019, arXiv:1805.07821, Sec. 4)
     warmup_steps:    W > 0 multiplies the schedule by a linear warm-up,
                      eta(t) = schedule(t) * min(1, (t + 1) / W); the schedule keeps its own
                      (absolute) step boundaries
@@ -51,6 +55,9 @@ __all__ = [
     "scale_non_kernels",
     "make_schedule",
     "make_optimizer",
+    "piecewise_boundaries",
+    "halving_period",
+    "describe_schedule",
 ]
 
 SCHEDULES = ("constant", "piecewise", "halving", "cosine")
@@ -99,6 +106,45 @@ def scale_non_kernels(factor: float) -> optax.GradientTransformation:
     return optax.masked(optax.scale(factor), non_kernels)
 
 
+def piecewise_boundaries(opt: Any, steps_per_epoch: int, total_steps: int) -> list[int]:
+    """Update steps at which the piecewise schedule decays: ``boundaries_steps`` if
+    non-empty, else ``boundaries_epochs`` x steps_per_epoch, else ``boundaries_fractions``
+    x total_steps (rounded; boundaries <= 0 are dropped).
+
+    Raises:
+      ValueError: a fraction outside (0, 1].
+    """
+    boundaries = [int(s) for s in opt.get("boundaries_steps", ()) or ()]
+    if not boundaries:
+        epochs = opt.get("boundaries_epochs", ()) or ()
+        boundaries = [int(round(e * steps_per_epoch)) for e in epochs]
+    if not boundaries:
+        fractions = [float(f) for f in opt.get("boundaries_fractions", ()) or ()]
+        bad = [f for f in fractions if not 0.0 < f <= 1.0]
+        if bad:
+            raise ValueError(f"optimizer.boundaries_fractions must lie in (0, 1], got {bad}")
+        boundaries = [int(round(f * total_steps)) for f in fractions]
+    return sorted(b for b in boundaries if b > 0)
+
+
+def halving_period(opt: Any, steps_per_epoch: int, total_steps: int) -> int:
+    """Update steps between halvings: ``halve_every_epochs`` epochs if > 0, else
+    ``halve_every_fraction`` of the run.
+
+    Raises:
+      ValueError: the period is below one step.
+    """
+    epochs = float(opt.get("halve_every_epochs", 0.0) or 0.0)
+    if epochs > 0:
+        every, what = int(round(epochs * steps_per_epoch)), f"halve_every_epochs={epochs}"
+    else:
+        fraction = float(opt.get("halve_every_fraction", 0.0) or 0.0)
+        every, what = int(round(fraction * total_steps)), f"halve_every_fraction={fraction}"
+    if every < 1:
+        raise ValueError(f"optimizer.{what} gives {every} steps; must be >= 1 step")
+    return every
+
+
 def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Learning-rate schedule eta(step) from ``config.optimizer`` (see module docstring)."""
     eta0 = float(opt.learning_rate)
@@ -107,15 +153,10 @@ def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Sch
         return optax.constant_schedule(eta0)
     if name == "piecewise":
         factor = float(opt.get("decay_factor", 0.1))
-        boundaries = [int(s) for s in opt.get("boundaries_steps", ()) or ()]
-        if not boundaries:
-            epochs = opt.get("boundaries_epochs", ()) or ()
-            boundaries = [int(round(e * steps_per_epoch)) for e in epochs]
-        return optax.piecewise_constant_schedule(eta0, {b: factor for b in boundaries if b > 0})
+        boundaries = piecewise_boundaries(opt, steps_per_epoch, total_steps)
+        return optax.piecewise_constant_schedule(eta0, {b: factor for b in boundaries})
     if name == "halving":
-        every = int(round(float(opt.halve_every_epochs) * steps_per_epoch))
-        if every < 1:
-            raise ValueError(f"halve_every_epochs gives {every} steps; must be >= 1 step")
+        every = halving_period(opt, steps_per_epoch, total_steps)
         return optax.exponential_decay(eta0, every, 0.5, staircase=True)
     if name == "cosine":
         return optax.cosine_decay_schedule(eta0, max(total_steps, 1))
@@ -201,3 +242,28 @@ def make_optimizer(
         return tx, schedule
     multi = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()
     return multi, lambda step: schedule(step // accumulate)
+
+
+def describe_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> str:
+    """One line: the resolved learning-rate schedule in *train* steps, e.g.
+    "schedule: piecewise, lr 0.1 -> 0.01 at step 1500 -> 0.001 at step 2250; warmup 0"."""
+    accumulate = max(int(opt.get("accumulate_steps", 1) or 1), 1)
+    per_epoch = max(steps_per_epoch // accumulate, 1)
+    updates = max(total_steps // accumulate, 1)
+    eta0, name = float(opt.learning_rate), opt.get("schedule", "constant")
+    text = f"schedule: {name}, lr {eta0:g}"
+    if name == "piecewise":
+        factor, eta = float(opt.get("decay_factor", 0.1)), eta0
+        for b in piecewise_boundaries(opt, per_epoch, updates):
+            eta *= factor
+            text += f" -> {eta:g} at step {b * accumulate}"
+    elif name == "halving":
+        text += f" halved every {halving_period(opt, per_epoch, updates) * accumulate} steps"
+    elif name == "cosine":
+        text += f" -> 0 at step {updates * accumulate} (cosine)"
+    elif name != "constant":
+        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    text += f"; warmup {int(opt.get('warmup_steps', 0) or 0)}"
+    if accumulate > 1:
+        text += f"; {accumulate} steps per update"
+    return text + f"; {total_steps} steps"
