@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 
 from mkdocs.structure.files import File
@@ -352,6 +353,23 @@ def hamiltonian1202_curve() -> str:
     return table(["step", "train loss (one batch)", "reconstruction error"], rows)
 
 
+def transformer_lm() -> str:
+    by_block: dict[str, list[dict]] = {}
+    for r in load("transformer_lm.json")["rows"]:
+        by_block.setdefault(r["block"], []).append(r)
+    base = statistics.mean(r["test_bpb"] for r in by_block["standard"])
+    rows = []
+    for block, runs in by_block.items():
+        bpb = [r["test_bpb"] for r in sorted(runs, key=lambda r: r["seed"])]
+        spread = f" ± {statistics.stdev(bpb):.3f}" if len(bpb) > 1 else ""
+        rows.append([f"`{block}`" + (" (stored baseline)" if block == "standard" else ""),
+                     f"{runs[0]['params']:,}", len(bpb), f"{statistics.mean(bpb):.3f}{spread}",
+                     f"{(statistics.mean(bpb) / base - 1) * 100:+.1f}%"])  # fmt: skip
+    header = ["block", "parameters", "seeds", "held-out bits per byte (mean ± std)",
+              "vs baseline"]  # fmt: skip
+    return table(header, rows)
+
+
 def gradient_precision() -> str:
     data = load("gradient_precision.json")
     rows = [[f"`{r['model']}`", sci(r["reconstruction_error"]), sci(r["reversible_median"]),
@@ -368,6 +386,7 @@ TABLES = {f.__name__: f for f in (
     sharding_spatial, sharding_spatial_quick, sharding_weak_scaling, torch_parity,
     torch_parity_ops, video_segmentation, zoo_learning, reconstruction_drift,
     reconstruction_drift_exact, hamiltonian1202_curve, gradient_precision,
+    transformer_lm,
 )}  # fmt: skip
 
 
