@@ -113,9 +113,29 @@ def test_registered_model_is_stable_at_defaults(name):
     check_defaults(name, REVERSIBLE[name])
 
 
+# Measured limit, pinned (strict: the test fails if it starts passing, so the note is revised):
+# at 1202 layers the float32 reconstruction (relative error 2e-5) reaches the gradient; the
+# reversible gradient is 0.84%, 0.14%, 0.63% off float64 on three batches where the stored one
+# is 4e-6, 4e-4, 3.6e-3. Train such depths with arithmetic="exact" (bit-exact reconstruction).
+FLOAT32_LIMIT = {"hamiltonian1202"}
+
+
 @SLOW
 @pytest.mark.full_optimization
-@pytest.mark.parametrize("name", sorted(REVERSIBLE_SLOW))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            marks=pytest.mark.xfail(
+                strict=True, reason="float32 reconstruction drift reaches the gradient"
+            ),
+        )
+        if n in FLOAT32_LIMIT
+        else n
+        for n in sorted(REVERSIBLE_SLOW)
+    ],
+)
 def test_deep_registered_model_is_stable_at_defaults(name):
     check_defaults(name, REVERSIBLE_SLOW[name])
 
