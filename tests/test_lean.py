@@ -111,6 +111,20 @@ def test_low_cost_operator_adjoint(kind):
     assert abs(float(lhs - rhs)) < 1e-12 * float(jnp.linalg.norm(u) * jnp.linalg.norm(v))
 
 
+def test_circulant_force_stores_unscaled_stencils_and_applies_the_scaled_ones():
+    """The circulant Hamiltonian force stores its ``K_circ`` weights at the depthwise std ``1/m``
+    and applies ``circulant_stencils(w) = w / √c``, as the circular RD step does: stored at
+    ``1/(m√c)``, Adam's per-weight steps would move the applied spectrum √c times faster."""
+    c = 192
+    params = lean.init_low_cost_force(jax.random.key(4), "circulant", c, dtype=F64)
+    std = float(jnp.std(params["circ"]))
+    assert 0.7 / 3 < std < 1.0 / 3, std  # truncated normal at 1/m = 1/3 (std x 0.88)
+    op, _ = lean.low_cost_operator("circulant")
+    u = image(5, (1, 5, 5, c))
+    expected = fft.circulant_conv(u, params["circ"] / np.sqrt(c))
+    np.testing.assert_allclose(op(params, u), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", lean.LOW_COST_OPERATORS)
 def test_low_cost_hamiltonian_inverse_round_trip(kind):
     """invert(apply(x)) == x (1e-12) for a 3-step Scan of low-cost Hamiltonian steps."""

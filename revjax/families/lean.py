@@ -36,10 +36,11 @@ Step size. The paper does not state ``h``; ``DEFAULT_H = 0.1`` is a module field
 diffusion step ``y ↦ y − h KᵀK y`` is stable when ``h λ_max(KᵀK) ≤ 2`` (Ephrath et al. 2019,
 Sec. 3.2.1: "h small enough"). With the depthwise initialisation used here (truncated normal,
 std ``1/m``) ``λ_max(K_dwᵀK_dw)`` ≈ 6 to 9 for B's blocks, so ``h λ_max`` < 1 at initialisation.
-``K_circ`` couples all ``c`` channels and starts at std ``1/(m√c)`` for the same reason (with std
-``1/m`` its ``h λ_max`` was 34 to 159); the circular RD step stores its stencils at std ``1/m``
-and applies them divided by ``√c`` (:func:`circulant_stencils`), which keeps ``h λ_max`` at
-0.45 to 2.2 over 30 Adam steps (stored at ``1/(m√c)`` it reached 26 to 266).
+``K_circ`` couples all ``c`` channels and is applied at std ``1/(m√c)`` for the same reason (at
+std ``1/m`` its ``h λ_max`` was 34 to 159); the circular RD step and the circulant Hamiltonian
+force store their stencils at std ``1/m`` and apply them divided by ``√c``
+(:func:`circulant_stencils`), which keeps the RD step's ``h λ_max`` at 0.45 to 2.2 over 30 Adam
+steps (stored at ``1/(m√c)`` it reached 26 to 266).
 The implicit step is stable for every ``h ≥ 0``.
 
 Reversible use (this library's extension, not in the paper). None of the six steps is invertible.
@@ -74,7 +75,6 @@ __all__ = [
     "check_step_input",
     "mix_init",
     "depthwise_init",
-    "circulant_init",
     "circulant_stencils",
     "depthwise_zero_pad",
     "channel_mix",
@@ -130,36 +130,24 @@ def depthwise_init(kernel_size: int):
     return jax.nn.initializers.truncated_normal(stddev=1.0 / kernel_size)
 
 
-def circulant_init(kernel_size: int, channels: int):
-    """Truncated normal, std ``1/(m√c)``, for the ``(m, m, c)`` stencils of ``K_circ``.
-
-    ``K_circ`` sums all ``c`` channels (``c·m²`` weights per output), so its spectrum
-    ``F₃(K_circ e₁)`` has ``E|·|² = Σ w² = c m² std²``: with the depthwise std ``1/m`` the
-    eigenvalues of ``K_circᵀK_circ`` grow like ``c`` (``λ_max`` ≈ 336 / 570 / 1590 at
-    c = 48 / 96 / 192 on 32² / 16² / 8² images, so ``h λ_max`` = 34 to 159 at ``h = 0.1``, far
-    beyond the explicit stability bound ``h λ_max ≤ 2``). Dividing the std by ``√c`` keeps
-    ``λ_max`` at the depthwise level (≈ 6 to 9, ``h λ_max`` < 1): the explicit circular RD step
-    ``y + h(−K_circᵀK_circ y + σ(N(M y)))`` (Ephrath et al. 2019, arXiv:1805.07821,
-    Sec. 3.2.3) and the circulant Hamiltonian force are stable at initialisation.
-    """
-    return jax.nn.initializers.truncated_normal(stddev=1.0 / (kernel_size * channels**0.5))
-
-
 def circulant_stencils(weights: jax.Array) -> jax.Array:
-    """Applied ``K_circ`` stencils of the circular RD step: ``weights / √c``.
+    """Applied ``K_circ`` stencils of the circular RD step and circulant force: ``weights / √c``.
 
-    The stored weights start at the depthwise std ``1/m`` (:func:`depthwise_init`), so the
-    applied stencils have the std ``1/(m√c)`` of :func:`circulant_init` and
-    ``h λ_max(K_circᵀK_circ) ≤ 2`` holds at initialisation. Storing ``w`` rather than ``w / √c``
-    matters under Adam, the paper's optimiser (Ephrath et al. 2019, arXiv:1805.07821, Sec. 4):
-    Adam moves every weight by about its learning rate whatever the weight's size, and
-    ``K_circ`` sums ``c m²`` weights per output, so a step aligned with one Fourier mode moves
-    that eigenvalue's root ``|F₃(K_circ e₁)|`` by up to ``lr c m²`` on the applied stencils (4.3
-    at lr 1e-2, c = 48) but ``lr √c m²`` (0.6) on the stored ones. With the stencils stored at
-    std ``1/(m√c)``, ``h λ_max`` of LeanResNet B's circular steps went from < 1 at
-    initialisation to 2 to 64 after 10 Adam steps (lr 1e-2, ``h = 0.1``) and 26 to 266 after
-    30: the explicit step turned unstable and the training loss stayed at 2.23 (measured on the
-    built-in digits task, batch 32).
+    The stored weights start at the depthwise std ``1/m`` (:func:`depthwise_init`), so the applied
+    stencils have std ``1/(m√c)``. ``K_circ`` sums all ``c`` channels (``c·m²`` weights per output),
+    so its spectrum ``F₃(K_circ e₁)`` has ``E|·|² = Σ w² = c m² std²``: at the applied std ``1/m``
+    the eigenvalues of ``K_circᵀK_circ`` would grow like ``c`` (``λ_max`` ≈ 336 / 570 / 1590 at c =
+    48 / 96 / 192 on 32² / 16² / 8² images, ``h λ_max`` = 34 to 159 at ``h = 0.1``, far beyond the
+    explicit stability bound ``h λ_max ≤ 2``); the ``1/√c`` keeps ``λ_max`` at the depthwise level
+    (≈ 6 to 9, ``h λ_max`` < 1) at initialisation. Storing ``w`` rather than ``w / √c`` matters
+    under Adam, the paper's optimiser (Ephrath et al. 2019, arXiv:1805.07821, Sec. 4): Adam moves
+    every weight by about its learning rate whatever the weight's size, and ``K_circ`` sums ``c m²``
+    weights per output, so a step aligned with one Fourier mode moves that eigenvalue's root
+    ``|F₃(K_circ e₁)|`` by up to ``lr c m²`` on the applied stencils (4.3 at lr 1e-2, c = 48) but
+    ``lr √c m²`` (0.6) on the stored ones. With the stencils stored at std ``1/(m√c)``, ``h λ_max``
+    of LeanResNet B's circular steps went from < 1 at initialisation to 2 to 64 after 10 Adam steps
+    (lr 1e-2, ``h = 0.1``) and 26 to 266 after 30: the explicit step turned unstable and the
+    training loss stayed at 2.23 (measured on the built-in digits task, batch 32).
 
     Args:
         weights: stored ``(m, m, c)`` weights (std ``1/m`` at init).
@@ -274,10 +262,10 @@ def low_cost_operator(kind: str) -> tuple[Callable, Callable]:
     elif kind == "circulant":
 
         def op(p, u):
-            return fft.circulant_conv(u, p["circ"])
+            return fft.circulant_conv(u, circulant_stencils(p["circ"]))
 
         def adjoint(p, v):
-            return fft.circulant_conv_adjoint(v, p["circ"])
+            return fft.circulant_conv_adjoint(v, circulant_stencils(p["circ"]))
 
     else:
         raise ValueError(
@@ -326,9 +314,11 @@ def init_low_cost_force(
         params["dw"] = depthwise_init(kernel_size)(k_op, shape, dtype)
         params["mix"] = mix_init(channels)(k_mix, (channels, channels), dtype)
     elif kind == "circulant":
-        # std 1/(m√c) (circulant_init): with the depthwise std 1/m, h²λ_max(K^T K) grows like
-        # c and lean_hamiltonian_circulant's float32 reconstruction error was 2.6e5 at init.
-        params["circ"] = circulant_init(kernel_size, channels)(k_op, shape, dtype)
+        # Stored at the depthwise std 1/m and applied divided by √c (circulant_stencils), as
+        # in the circular RD step: applied at std 1/m, h²λ_max(K^T K) grows like c (the
+        # float32 reconstruction error was 2.6e5 at init); stored at 1/(m√c), Adam's
+        # per-weight steps move the applied spectrum √c times faster.
+        params["circ"] = depthwise_init(kernel_size)(k_op, shape, dtype)
     else:
         raise ValueError(
             f"unknown low-cost operator {kind!r}; expected one of {LOW_COST_OPERATORS}"
