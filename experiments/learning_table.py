@@ -5,6 +5,7 @@ Every row is one zoo config (``revjax/configs/zoo.py``) trained by the one train
 the mean and the sample standard deviation over seeds. Runs, then the table::
 
     for m in resnet32 revnet38 hamiltonian74 midpoint62 leapfrog62 revup20 lean_hamiltonian \
+             lean_hamiltonian_circulant \
              lean_b_resnet lean_b_mobilenet lean_b_linear_mix lean_b_explicit_rd \
              lean_b_implicit_rd lean_b_circular_rd hyperbolic2d; do
       for s in 0 1 2; do
@@ -21,7 +22,8 @@ mode; "—" without a reversible body) and the compiled temp memory of one train
 reversible vs store mode (XLA ``memory_analysis()``, optimizer update included, state donated).
 
 Writes ``--out`` (default experiments/results/learning_table.json: one record per config
-with the per-seed values) and prints the markdown table.
+with the per-seed values and the held-out score at every periodic evaluation, mean over seeds)
+and prints the markdown table.
 """
 
 from __future__ import annotations
@@ -65,6 +67,22 @@ def score(summary: dict) -> tuple[str, float]:
     return "test accuracy", float(summary["test_accuracy"])
 
 
+def score_curve(workdir: str, metric: str) -> dict[int, float]:
+    """{step: held-out score} of one run's periodic evaluations (``metrics.jsonl``)."""
+    key = "mean_iou" if metric == "mean IoU" else "accuracy"
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["step"]: float(r[key]) for r in records if r.get("split") == "test" and key in r}
+
+
+def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
+    """Mean over runs at the steps every run evaluated."""
+    steps = set.intersection(*(set(c) for c in curves)) if curves else set()
+    return {step: sum(c[step] for c in curves) / len(curves) for step in sorted(steps)}
+
+
 def rows(summaries: list[dict]) -> list[dict]:
     """One record per config name (in first-seen order), aggregated over its seeds."""
     groups: dict[str, list[dict]] = {}
@@ -78,6 +96,7 @@ def rows(summaries: list[dict]) -> list[dict]:
         seconds = [s["steps"] / s["steps_per_sec"] for s in runs if s.get("steps_per_sec")]
         errors = [s["reconstruction_error"] for s in runs if s.get("reconstruction_error")]
         memory = runs[0].get("memory_temp_bytes", {})
+        curve = mean_curve([score_curve(s["workdir"], metric) for s in runs])
         out.append(
             {
                 "config": name,
@@ -93,6 +112,7 @@ def rows(summaries: list[dict]) -> list[dict]:
                 "reconstruction_error": max(errors) if errors else None,
                 "reversible_mib": memory["reversible"] / MIB if "reversible" in memory else None,
                 "store_mib": memory["store"] / MIB if "store" in memory else None,
+                "score_by_step": {str(step): v for step, v in curve.items()},
                 "workdirs": [s["workdir"] for s in runs],
             }
         )
@@ -147,6 +167,10 @@ def main(argv=None):
     if not records:
         raise SystemExit(f"no finished run's summary.json under {args.runs}")
     print(format_table(records))
+    for r in records:
+        if len(r["score_by_step"]) > 1:
+            growth = ", ".join(f"{v:.3f} @ {k}" for k, v in r["score_by_step"].items())
+            print(f"{r['model']}: held-out {r['metric']} (mean over seeds) {growth}")
     write_json(args.out, {"runs": args.runs, "rows": records})
     return records
 

@@ -23,6 +23,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from revjax import configs, tasks
+from revjax.configs import zoo
 from revjax.train import checkpointing, load, optim, sharding, trainer
 from revjax.train.__main__ import resolve_config_argument
 
@@ -602,6 +603,28 @@ def test_fake_data_runs_cifar_smoke_offline(tmp_path):
     assert a["image"].shape == (4, 32, 32, 3) and a["image"].dtype == np.float32
     np.testing.assert_array_equal(a["image"], b["image"])
     assert abs(float(a["image"].mean())) < 1e-4  # per-image standardised by the CIFAR recipe
+
+
+@pytest.mark.parametrize("model", zoo.RECIPES)
+def test_every_zoo_recipe_is_a_config_that_trains_one_step(model, tmp_path):
+    """``--config=zoo:<model>,smoke``: the recipe's model, task and optimiser through the one
+    trainer, one step on random canvases (the learning table's runs differ only in size)."""
+    recipe = zoo.RECIPES[model]
+    full = configs.load_config("zoo", model)
+    assert (full.model, full.task, full.num_steps) == (
+        model,
+        recipe.get("task", "classification"),
+        recipe["steps"],
+    )
+    assert (full.optimizer.name, full.optimizer.learning_rate) == (
+        recipe["optimizer"],
+        recipe["learning_rate"],
+    )
+    config = configs.load_config("zoo", f"{model},smoke")
+    config.progress_bar, config.tensorboard = False, False
+    summary = trainer.train_and_evaluate(config, tmp_path / "w")
+    assert summary["steps"] == 1 and np.isfinite(summary["train_loss"])
+    assert summary["task"] == full.task and summary["model"] == model
 
 
 def test_unprepared_dataset_fails_first_and_leaves_no_workdir(tmp_path):

@@ -290,9 +290,48 @@ def video_segmentation() -> str:
     return table(header, rows)
 
 
+def _learning_table_models() -> set[str]:
+    path = RESULTS / "learning_table.json"
+    return {r["model"] for r in load("learning_table.json")["rows"]} if path.exists() else set()
+
+
+def learning_table() -> str:
+    """`experiments/learning_table.py`'s rows: mean ± std over the seeds of each config."""
+    rows = []
+    for r in load("learning_table.json")["rows"]:
+        score = f"{r['score_mean']:.3f}"
+        if r["score_std"] is not None:
+            score += f" ± {r['score_std']:.3f}"
+        num = lambda v, fmt: "—" if v is None else format(v, fmt)  # noqa: E731
+        rows.append([r["model"], r["metric"], score, len(r["scores"]),
+                     f"{min(r['scores']):.3f}", f"{r['steps']} x {r['batch']}",
+                     num(r["train_seconds"], ".0f"),
+                     "—" if r["reconstruction_error"] is None else sci(r["reconstruction_error"]),
+                     num(r["reversible_mib"], ".1f"), num(r["store_mib"], ".1f")])  # fmt: skip
+    header = ["model", "metric", "mean ± std", "seeds", "worst seed", "steps x batch",
+              "train s", "recon. err. (worst)", "rev. MiB", "store MiB"]  # fmt: skip
+    return table(header, rows, "llrrrrrrrr")
+
+
+def learning_curves() -> str:
+    """Held-out score at every periodic evaluation (mean over seeds), where a config has them."""
+    rows = []
+    for r in load("learning_table.json")["rows"]:
+        curve = r.get("score_by_step", {})
+        if len(curve) > 1:
+            rows.append(
+                [r["model"], r["metric"], " · ".join(f"{v:.3f} @ {k}" for k, v in curve.items())]
+            )
+    return table(["model", "metric", "held-out score @ step (mean over seeds)"], rows, "lll")
+
+
 def zoo_learning() -> str:
+    """The former loop's single-seed rows of the models not yet in learning_table.json."""
+    rerun = _learning_table_models()
     rows = []
     for r in load("zoo_learning.json")["rows"]:
+        if r["model"] in rerun:
+            continue
         mem = r["temp_mib"]
         rows.append([r["model"], r["metric"], f"{r['score']:.3f}", f"{r['steps']} x {r['batch']}",
                      f"{r['wall_s']:.0f}",
@@ -384,8 +423,8 @@ TABLES = {f.__name__: f for f in (
     memory_vs_depth, memory_vs_depth_exact, classifier_memory, classifier_depth,
     chang_block_memory, exact_cost, hyperbolic_memory, hyperbolic_largest_clip, revup_memory,
     sharding_spatial, sharding_spatial_quick, sharding_weak_scaling, torch_parity,
-    torch_parity_ops, video_segmentation, zoo_learning, reconstruction_drift,
-    reconstruction_drift_exact, hamiltonian1202_curve, gradient_precision,
+    torch_parity_ops, video_segmentation, learning_table, learning_curves, zoo_learning,
+    reconstruction_drift, reconstruction_drift_exact, hamiltonian1202_curve, gradient_precision,
     transformer_lm,
 )}  # fmt: skip
 
