@@ -30,11 +30,11 @@ Bodies (one stage, no transitions):
 
 - revnet: `couplings.additive_coupling` with F, G = conv3x3(ReLU(conv3x3(u) + b)), no BN;
   state (x1, x2) = channel halves.
-- hamiltonian: `families.chang.hamiltonian_step` (bias block) at its registered default
+- hamiltonian: `families.chang.hamiltonian_block_step` (bias block) at its registered default
   h = 0.1 (`revjax.models.chang.default_step_size`; the official code's h = 1 breaks the
   Verlet bound at the reference initialisation).
-- midpoint: forward-Euler start + `midpoint_step(h = 0.1)`.
-- leapfrog: zero-velocity start + `leapfrog_step(h = 0.5)`.
+- midpoint: forward-Euler start + `chang.midpoint_block_step(h = 0.1)`.
+- leapfrog: zero-velocity start + `chang.leapfrog_block_step(h = 0.5)`.
 
 Every family's h is read from the model registry, so the table states the h the models use.
 

@@ -7,7 +7,7 @@ and with them the gradients, into noise while the loss still looks like a run th
 trains badly. Every zoo model therefore reports its body's drift the same way:
 
     model.reconstruction_error(variables, x, train=False)  ->  scalar (or None)
-    revjax.models.reconstruction_error(model, variables, x)  (the same, for any module)
+    revjax.models.model_reconstruction_error(model, variables, x)  (the same, for any module)
 
 "Any module" includes the reversible modules a user builds with `revjax.nn` (e.g.
 `revjax.nn.CouplingStack`), whose `__call__` has no `train` argument: `train` is passed only
@@ -39,7 +39,7 @@ from revjax import engine
 __all__ = [
     "DIAGNOSTICS",
     "sow_reconstruction_error",
-    "reconstruction_error",
+    "model_reconstruction_error",
     "ReversibleModel",
 ]
 
@@ -62,7 +62,7 @@ def sow_reconstruction_error(
     module.sow(DIAGNOSTICS, _NAME, worst)
 
 
-def reconstruction_error(
+def model_reconstruction_error(
     model: nn.Module, variables: Any, x: jax.Array, *, train: bool = False
 ) -> jax.Array | None:
     """Worst relative reconstruction error of `model`'s reversible body on the batch `x`.
@@ -102,4 +102,4 @@ class ReversibleModel:
 
     def reconstruction_error(self, variables: Any, x: jax.Array, *, train: bool = False):
         """Worst relative reconstruction error of the body (see `revjax.drift`)."""
-        return reconstruction_error(self, variables, x, train=train)
+        return model_reconstruction_error(self, variables, x, train=train)

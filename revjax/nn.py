@@ -23,8 +23,8 @@ zero-initialised, as above (Fixup, Zhang, Dauphin, Ma 2019, arXiv:1901.09321; Sk
 Smith 2020, arXiv:2002.10444), or a small output scale. At Flax's default initialisation the
 stack above multiplies the norm of its input by several hundred in float32 and the
 reconstructed inputs, hence the reversible gradients, are percent-level wrong; the drift guard
-(`reconstruction_error`, also `revjax.models.reconstruction_error(stack, variables, x)` and the
-trainer's `drift_check_every`) reports it.
+(`reconstruction_error`, also `revjax.models.model_reconstruction_error(stack, variables, x)`
+and the trainer's `drift_check_every`) reports it.
 
 Stochastic residual functions draw from the "dropout" rng stream; `CouplingStack` splits
 one key per step from `self.make_rng("dropout")` when `deterministic=False`, so the backward

@@ -65,10 +65,10 @@ def test_block_kernel_adjoint_identity():
 def _step_cases():
     h = 0.3
     return {
-        "hamiltonian": (chang.hamiltonian_step(h), "hamiltonian", True),
-        "hamiltonian_first": (chang.hamiltonian_step(h), "hamiltonian", False),
-        "midpoint": (chang.midpoint_step(h), "midpoint", True),
-        "leapfrog": (chang.leapfrog_step(h), "leapfrog", True),
+        "hamiltonian": (chang.hamiltonian_block_step(h), "hamiltonian", True),
+        "hamiltonian_first": (chang.hamiltonian_block_step(h), "hamiltonian", False),
+        "midpoint": (chang.midpoint_block_step(h), "midpoint", True),
+        "leapfrog": (chang.leapfrog_block_step(h), "leapfrog", True),
         "midpoint_start": (chang.midpoint_start(h), "midpoint", True),
         "leapfrog_second_order": (chang.leapfrog_start("second_order", h), "leapfrog", True),
         "leapfrog_zero_velocity": (chang.leapfrog_start("zero_velocity", h), None, True),
@@ -276,7 +276,7 @@ def test_hamiltonian_verlet_stability_threshold(h2mu, expected):
     a = _linear_operator(lambda z: unit(blocks[0], z), shape)
     b = _linear_operator(lambda z: unit(blocks[1], z), shape)
     mu = float(np.max(np.linalg.eigvals(a @ b).real))
-    step = chang.hamiltonian_step(np.sqrt(h2mu / mu))
+    step = chang.hamiltonian_block_step(np.sqrt(h2mu / mu))
     rho = spectral_radius(step, {"F": blocks[0], "G": blocks[1]}, (jnp.zeros(shape),) * 2)
     assert abs(rho - expected) < 1e-8
     if h2mu > 4:
@@ -293,7 +293,7 @@ def test_leapfrog_stability_threshold(h2mu, expected):
     shape = (1, 4, 4, 2)
     jac = _linear_operator(lambda y: chang.leapfrog_force(params, y), shape)
     mu = float(np.max(-np.linalg.eigvalsh(jac)))
-    step = chang.leapfrog_step(np.sqrt(h2mu / mu))
+    step = chang.leapfrog_block_step(np.sqrt(h2mu / mu))
     assert abs(spectral_radius(step, params, (jnp.zeros(shape),) * 2) - expected) < 1e-8
 
 
@@ -308,7 +308,7 @@ def test_midpoint_stability_threshold(h_omega, expected):
     jac = _linear_operator(lambda y: chang.midpoint_residual(params, y), shape)
     assert np.allclose(jac, -jac.T)
     omega = float(np.max(np.abs(np.linalg.eigvals(jac))))
-    step = chang.midpoint_step(h_omega / omega)
+    step = chang.midpoint_block_step(h_omega / omega)
     rho = spectral_radius(step, params, (jnp.zeros(shape),) * 2)
     assert abs(rho - expected) < 1e-8
     if h_omega > 1:

@@ -121,7 +121,7 @@ class PlainResidual(nn.Module):
 
 
 def test_drift_guard_measures_a_coupling_stack():
-    """`revjax.models.reconstruction_error` and the `reconstruction_error` method work on a
+    """`revjax.models.model_reconstruction_error` and the `reconstruction_error` method work on a
     user's CouplingStack (which has no `train` argument), in both modes, and agree with the
     engine's measurement of the same body; in float64 the error is round-off."""
     from revjax import engine, models
@@ -131,7 +131,7 @@ def test_drift_guard_measures_a_coupling_stack():
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
     model = _model(depth=3)
     variables = model.init(jax.random.key(1), x)
-    error = models.reconstruction_error(model, variables, x)
+    error = models.model_reconstruction_error(model, variables, x)
     assert error is not None and error.shape == ()
     assert float(model.reconstruction_error(variables, x, train=True)) == float(error)
     f = residual_fn(ConvResidual())
@@ -159,7 +159,7 @@ def test_coupling_stack_drift_at_depth_32_float32(zero_last):
     stack = CouplingStack(F=res, G=res, depth=32)
     variables = stack.init(jax.random.key(0), x)
     growth = float(jnp.linalg.norm(stack.apply(variables, x)) / jnp.linalg.norm(x))
-    error = float(models.reconstruction_error(stack, variables, x))
+    error = float(models.model_reconstruction_error(stack, variables, x))
 
     def loss(params, backprop):
         return jnp.mean(stack.clone(backprop=backprop).apply({"params": params}, x) ** 2)

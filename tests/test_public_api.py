@@ -5,8 +5,11 @@ Adding a public name, or removing one, must be a deliberate change to these list
 README's "Public API"), as in optax/equinox: everything else is internal.
 """
 
+import importlib
+import pkgutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +54,7 @@ PUBLIC = {
     revjax.models.registry: REGISTRY,
     revjax.models: REGISTRY
     | {
-        "reconstruction_error",
+        "model_reconstruction_error",
         "ChangNet",
         "HyperbolicSegmenter",
         "LeanHamiltonian",
@@ -122,3 +125,85 @@ def test_the_model_classes_of_the_package_face_are_built_by_registered_models():
     built = {type(revjax.models.create(name)) for name in revjax.models.names()}
     exported = {getattr(revjax.models, name) for name in revjax.models.__all__ if name[0].isupper()}
     assert exported <= built, sorted(c.__name__ for c in exported - built)
+
+
+# --------------------------------------------------------------------------- the whole surface
+
+SURFACE_FILE = Path(__file__).with_name("public_surface.txt")
+
+# Names that sibling modules share on purpose because each module implements the same
+# protocol: a dataset module's `load` / `info_fields` / `split_source` / `load_split`, a
+# registry's `names`, a family's `make_config` / `check_input`. They are always called through
+# their module (`hyperbolic.make_config`, `digits.info_fields`), never star-imported together.
+PROTOCOL_NAMES = {
+    "names",
+    "load",
+    "load_split",
+    "info_fields",
+    "split_source",
+    "make_config",
+    "check_input",
+}
+
+
+def public_modules() -> list[str]:
+    """Every revjax module a user may import: no underscore segment, no config file (a
+    config module's one public name is `get_config`, the config-as-code protocol)."""
+    out = []
+    for info in pkgutil.walk_packages(revjax.__path__, "revjax."):
+        parts = info.name.split(".")
+        if any(p.startswith("_") for p in parts) or parts[:2] == ["revjax", "configs"]:
+            continue
+        out.append(info.name)
+    return sorted(out + ["revjax", "revjax.configs"])
+
+
+def public_surface() -> dict[str, list[str]]:
+    """{module: sorted __all__} over `public_modules()`."""
+    return {name: sorted(importlib.import_module(name).__all__) for name in public_modules()}
+
+
+def format_surface(surface: dict[str, list[str]]) -> str:
+    return "".join(f"{module}: {' '.join(names)}\n" for module, names in surface.items())
+
+
+def test_every_public_module_declares_all():
+    """A module without __all__ would make every name it defines public by default."""
+    missing = [m for m in public_modules() if not hasattr(importlib.import_module(m), "__all__")]
+    assert not missing, missing
+
+
+def test_the_whole_public_surface_is_pinned():
+    """Every public module's __all__ equals its line in tests/public_surface.txt: adding or
+    removing a public name anywhere is a deliberate edit of that file
+    (`python tests/test_public_api.py` rewrites it from the code)."""
+    pinned = {}
+    for line in SURFACE_FILE.read_text().splitlines():
+        module, _, names = line.partition(":")
+        pinned[module] = names.split()
+    actual = public_surface()
+    changes = [
+        f"{m}: +{sorted(set(actual.get(m, [])) - set(pinned.get(m, [])))} "
+        f"-{sorted(set(pinned.get(m, [])) - set(actual.get(m, [])))}"
+        for m in sorted(set(pinned) | set(actual))
+        if actual.get(m) != pinned.get(m)
+    ]
+    assert not changes, "public surface changed:\n" + "\n".join(changes)
+
+
+def test_no_two_public_functions_share_a_name():
+    """One public name, one function or class across the whole surface (a re-export is the
+    same object), except the protocol names above."""
+    owners: dict[str, set] = {}
+    for module, names in public_surface().items():
+        for name in names:
+            obj = getattr(importlib.import_module(module), name)
+            if callable(obj) and name not in PROTOCOL_NAMES:
+                owners.setdefault(name, set()).add((obj.__module__, obj.__qualname__))
+    shared = {name: sorted(objs) for name, objs in owners.items() if len(objs) > 1}
+    assert not shared, shared
+
+
+if __name__ == "__main__":
+    SURFACE_FILE.write_text(format_surface(public_surface()))
+    print(f"wrote {SURFACE_FILE}")

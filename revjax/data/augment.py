@@ -35,6 +35,21 @@ import math
 import numpy as np
 from PIL import Image
 
+__all__ = [
+    "per_image_standardization",
+    "flip_left_right",
+    "random_flip_left_right",
+    "random_crop",
+    "resize",
+    "sample_resized_crop_box",
+    "cifar_train",
+    "lean_train",
+    "imagenet_train",
+    "imagenet_eval",
+    "video_train",
+    "video_eval",
+]
+
 # ImageNet channel statistics on the [0, 1] scale (RGB).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -24,39 +24,24 @@ from typing import Any
 
 import numpy as np
 
+from revjax.data.arrays import ArraySource
+
+__all__ = [
+    "NUM_TRAIN",
+    "NUM_TEST",
+    "TEST_FRACTION",
+    "split_indices",
+    "load_split",
+    "split_source",
+    "info_fields",
+]
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
 NUM_TRAIN = 1437
 NUM_TEST = 360
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
-
-
-class ArraySource:
-    """Random-access grain source over in-memory arrays with a shared leading axis.
-
-    Record ``i`` is ``{key: array[i] for key, array in arrays.items()}``.
-
-    Args:
-      arrays: dict of arrays, each (N, ...).
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        lengths = {len(a) for a in arrays.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"arrays must share their leading dimension, got {lengths}")
-        self._arrays = arrays
-        self._length = lengths.pop()
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {k: v[index] for k, v in self._arrays.items()}
-
-    def __repr__(self) -> str:
-        shapes = {k: v.shape for k, v in self._arrays.items()}
-        return f"ArraySource({shapes})"
 
 
 def split_indices(
@@ -177,8 +162,10 @@ def split_source(
     """grain source for ``load_split(split)``, or ``load_canvas_split`` when `canvas` is set."""
     _check_options(canvas, task)
     if canvas:
-        return ArraySource(load_canvas_split(split, canvas, task))
-    return ArraySource(load_split(split))
+        arrays = load_canvas_split(split, canvas, task)
+    else:
+        arrays = load_split(split)
+    return ArraySource(arrays["image"], arrays["label"])
 
 
 def info_fields(canvas: int | None = None, task: str = "classification") -> dict[str, Any]:

@@ -25,6 +25,15 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "TEST_BASE_SEED",
+    "CLIP_DEFAULTS",
+    "SPLIT_DEFAULTS",
+    "generate_clip",
+    "split_source",
+    "info_fields",
+]
+
 # Clip i of the train split uses seed TRAIN_BASE_SEED + i, of the test split
 # TEST_BASE_SEED + i; the splits are disjoint while num_train <= TEST_BASE_SEED.
 TRAIN_BASE_SEED = 0

@@ -25,6 +25,17 @@ import functools
 
 import numpy as np
 
+__all__ = [
+    "VOCAB_SIZE",
+    "TEST_FRACTION",
+    "DEFAULT_CONTEXT",
+    "corpus",
+    "split_bytes",
+    "load_split",
+    "info_fields",
+    "split_source",
+]
+
 VOCAB_SIZE = 256
 TEST_FRACTION = 0.1
 DEFAULT_CONTEXT = 128

@@ -38,6 +38,22 @@ import numpy as np
 
 from revjax.data import augment
 
+__all__ = [
+    "TFDS_DATASETS",
+    "IMAGE_OPTIONS",
+    "AUGMENTATIONS",
+    "default_options",
+    "resolve_options",
+    "info_fields",
+    "DatasetNotPreparedError",
+    "tfds_split",
+    "preparation_instructions",
+    "classification_preprocess",
+    "clip_start",
+    "load",
+    "load_preprocess",
+]
+
 TFDS_DATASETS = ("cifar10", "cifar100", "stl10", "imagenet2012", "davis")
 
 # Standard split sizes (examples; DAVIS: videos), used by ``dataset_info`` without I/O.

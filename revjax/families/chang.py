@@ -78,13 +78,13 @@ __all__ = [
     "START_RULES",
     "WEIGHT_SMOOTH_RATE",
     "hamiltonian_residual",
-    "hamiltonian_step",
+    "hamiltonian_block_step",
     "antisymmetric_conv",
     "midpoint_residual",
-    "midpoint_step",
+    "midpoint_block_step",
     "midpoint_start",
     "leapfrog_force",
-    "leapfrog_step",
+    "leapfrog_block_step",
     "leapfrog_start",
     "init_block",
     "init_stage",
@@ -135,7 +135,7 @@ def hamiltonian_residual(h: float) -> Callable[..., jax.Array]:
     return residual
 
 
-def hamiltonian_step(h: float = 1.0, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
+def hamiltonian_block_step(h: float = 1.0, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """Verlet block Y' = Y + F(Z), Z' = Z − G(Y'); params {"F": ..., "G": ...}, state (Y, Z)."""
     residual = hamiltonian_residual(h)
     return arith.verlet_step(residual, residual, name="hamiltonian")
@@ -153,7 +153,7 @@ def midpoint_residual(p, y, rng=None) -> jax.Array:
     return jax.nn.relu(antisymmetric_conv(y, p["W"]) + p["b"])
 
 
-def midpoint_step(h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
+def midpoint_block_step(h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """(Y_{j−1}, Y_j) -> (Y_j, Y_{j−1} + 2h g(Y_j))."""
     return arith.midpoint_step(midpoint_residual, h, name="midpoint")
 
@@ -168,7 +168,7 @@ def leapfrog_force(p, y, rng=None) -> jax.Array:
     return -conv_transpose(jax.nn.relu(conv(y, p["K"]) + p["b"]), p["K"])
 
 
-def leapfrog_step(h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
+def leapfrog_block_step(h: float, arith: Arithmetic = FLOAT) -> engine.InvertibleStep:
     """(Y_{j−1}, Y_j) -> (Y_j, 2Y_j − Y_{j−1} + h² f(Y_j))."""
     return arith.leapfrog_step(leapfrog_force, h, name="leapfrog")
 
@@ -365,8 +365,8 @@ def body_plan(
     residual function F skips its input bias or input batch norm.
     """
     if step is None:
-        steps = {"hamiltonian": hamiltonian_step, "midpoint": midpoint_step}
-        step = steps.get(config.family, leapfrog_step)(config.h, arith)
+        steps = {"hamiltonian": hamiltonian_block_step, "midpoint": midpoint_block_step}
+        step = steps.get(config.family, leapfrog_block_step)(config.h, arith)
     first_step = step if first_step is None else first_step
     plan: list[tuple[engine.Layer, tuple[str, ...] | None]] = []
     start = _start(config, arith)

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from revjax import engine, transitions
+from revjax import engine
 from revjax.conv import conv
 from revjax.spectral_norm import (
     bilinear_norm_estimate,
@@ -89,7 +89,6 @@ __all__ = [
     "normalise_branch",
     "fixup_downsample_block",
     "init_fixup_downsample",
-    "zero_pad_channels_step",
     "reconstruction_trace",
 ]
 
@@ -449,17 +448,6 @@ def fixup_downsample_block(out_channels: int, activation: str = "relu") -> engin
         return out + pool_pad(u, out_channels)
 
     return engine.Transition(apply, name="fixup_downsample")
-
-
-def zero_pad_channels_step(in_channels: int, out_channels: int) -> engine.InvertibleStep:
-    """Injective zero-channel padding (i-RevNet "inj_pad"): (N,...,C) -> (N,...,C') with zeros.
-
-    Inverse (on the image) and backward drop the padded channels: x = y[..., :C],
-    x̄ = ȳ[..., :C].
-    """
-    if out_channels < in_channels:
-        raise ValueError(f"cannot zero-pad {in_channels} channels down to {out_channels}")
-    return transitions.zero_pad_channels_step(out_channels - in_channels)
 
 
 # --------------------------------------------------------------------------------------------

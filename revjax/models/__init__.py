@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from revjax.drift import reconstruction_error
+from revjax.drift import model_reconstruction_error
 from revjax.models.registry import (
     config_fields,
     count_params,
@@ -50,7 +50,7 @@ __all__ = [
     "config_fields",
     "count_params",
     "summary",
-    "reconstruction_error",
+    "model_reconstruction_error",
     # The linen modules the registered names build.
     "ChangNet",
     "HyperbolicSegmenter",

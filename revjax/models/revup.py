@@ -57,7 +57,7 @@ from revjax.families import revup
 from revjax.models.heads import check_num_classes, conv_init
 from revjax.models.registry import register
 from revjax.spectral_norm import check_coefficient
-from revjax.transitions import check_halvable, space_to_depth_step
+from revjax.transitions import check_halvable, space_to_depth_step, zero_pad_channels_step
 
 __all__ = ["RevUp", "TRANSITIONS", "STEM_MODES"]
 
@@ -183,7 +183,7 @@ class RevUp(ReversibleModel, nn.Module):
         else:
             if ch > self.widths[0]:
                 raise ValueError(f"stem='pad' needs widths[0] >= input channels ({ch})")
-            layers.append(revup.zero_pad_channels_step(ch, self.widths[0]))
+            layers.append(zero_pad_channels_step(self.widths[0] - ch))
             params.append(None)
         fns.append(None)
         ch = self.widths[0]

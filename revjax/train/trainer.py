@@ -30,16 +30,15 @@ The train state is a plain dict pytree::
     model_state:  the model's other variable collections, updated by every train step
                   (e.g. {"batch_stats": ...}, {"spectral_stats": ...}); absent if none
 
-Failure behaviour: a non-finite loss or parameter stops the run with
-``NonFiniteLossError`` naming the step, and a reconstruction error of the reversible body above
-``config.drift_rtol`` (measured at the first step and every ``config.drift_check_every`` steps
-with ``revjax.models.reconstruction_error``) with ``ReconstructionDriftError``; the bad state is
-never checkpointed. SIGTERM and SIGINT (Ctrl-C, a Jupyter interrupt) save a checkpoint at the
-next step boundary and return (``summary["stopped_by"]``). A restart in the same workdir resumes
-from the latest readable checkpoint if its run-defining config equals the current one (only
-``num_steps``/``num_epochs`` may grow); ``metrics.jsonl`` is cut back to the resumed step so no
-step is logged twice. ``EXIT_*`` are the command line's exit statuses.
-"""
+Failure behaviour: a non-finite loss or parameter stops the run with ``NonFiniteLossError`` naming
+the step, and a reconstruction error of the reversible body above ``config.drift_rtol`` (measured at
+the first step and every ``config.drift_check_every`` steps with
+``revjax.models.model_reconstruction_error``) with ``ReconstructionDriftError``; the bad state is
+never checkpointed. SIGTERM and SIGINT (Ctrl-C, a Jupyter interrupt) save a checkpoint at the next
+step boundary and return (``summary["stopped_by"]``). A restart in the same workdir resumes from the
+latest readable checkpoint if its run-defining config equals the current one (only
+``num_steps``/``num_epochs`` may grow); ``metrics.jsonl`` is cut back to the resumed step so no step
+is logged twice. ``EXIT_*`` are the command line's exit statuses."""
 
 from __future__ import annotations
 
@@ -553,14 +552,14 @@ def evaluate(eval_fn, state, config, task: tasks.Task, mesh, spatial_axis=None) 
 
 def drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
     """``(state, images) -> worst relative reconstruction error`` of the model's reversible
-    body, from ``revjax.models.reconstruction_error`` (None when that function is absent).
+    body, from ``revjax.models.model_reconstruction_error`` (None when that function is absent).
 
     The error is max over the body of ||x - f^{-1}(f(x))|| / ||x||, so it stays ~1e-7 in
     float32 while the body is well conditioned and grows when training makes the inverse
     unstable (Chang et al. 2018, arXiv:1709.03698, Sec. 3; Gomez et al. 2017,
     arXiv:1707.04585, Sec. 4.1).
     """
-    measure = getattr(models, "reconstruction_error", None)
+    measure = getattr(models, "model_reconstruction_error", None)
     if measure is None:
         return None
 
