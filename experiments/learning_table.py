@@ -119,6 +119,14 @@ def rows(summaries: list[dict]) -> list[dict]:
     return out
 
 
+def zoo_order(records: list[dict]) -> list[dict]:
+    """Records in the zoo's recipe order (``revjax/configs/zoo.py``), other configs after."""
+    from revjax.configs import zoo
+
+    order = {name: i for i, name in enumerate(zoo.RECIPES)}
+    return sorted(records, key=lambda r: (order.get(r["model"], len(order)), r["config"]))
+
+
 def format_table(records: list[dict]) -> str:
     """The README's markdown table; a score over several seeds reads "mean ± std (n)"."""
     lines = [
@@ -163,7 +171,7 @@ def main(argv=None):
             args.runs = [root]
             records = rows(find_summaries(args.runs))
     else:
-        records = rows(find_summaries(args.runs))
+        records = zoo_order(rows(find_summaries(args.runs)))
     if not records:
         raise SystemExit(f"no finished run's summary.json under {args.runs}")
     print(format_table(records))

@@ -627,6 +627,16 @@ def test_every_zoo_recipe_is_a_config_that_trains_one_step(model, tmp_path):
     assert summary["task"] == full.task and summary["model"] == model
 
 
+def test_memory_report_skips_the_modes_a_model_refuses(tmp_path):
+    """zoo:resnet32 (backprop "store" or "remat", never "reversible") reports the stored
+    step's memory instead of failing on the config's memory_modes ("reversible", "store")."""
+    config = configs.load_config("zoo", "resnet32,smoke")
+    config.progress_bar, config.tensorboard, config.memory_report = False, False, True
+    summary = trainer.train_and_evaluate(config, tmp_path / "w")
+    assert set(summary["memory_temp_bytes"]) == {"store"}, summary["memory_temp_bytes"]
+    assert summary["memory_temp_bytes"]["store"] > 0
+
+
 def test_unprepared_dataset_fails_first_and_leaves_no_workdir(tmp_path):
     """A missing TFDS dataset raises before anything is written; the message names
     data_dir and how to prepare it."""

@@ -768,9 +768,9 @@ def compile_train_step(train_step, state, state_shardings, config, info, task, m
 
 
 def step_memory(config, info, model, compiled, make_step, state, step_batch) -> dict[str, int]:
-    """{mode: compiled temp bytes} of the train step in each of ``config.memory_modes`` (the
-    configured mode's figure from ``compiled`` itself; ``make_step(model)`` builds the
-    others), or {"model": bytes} for a model without a reversible body; {} when
+    """{mode: compiled temp bytes} of the train step in each of ``config.memory_modes`` the
+    model accepts (the configured mode's figure from ``compiled`` itself; ``make_step(model)``
+    builds the others), or {"model": bytes} for a model without a backprop mode; {} when
     ``config.memory_report`` is off."""
     if not config.memory_report:
         return {}
@@ -780,7 +780,10 @@ def step_memory(config, info, model, compiled, make_step, state, step_batch) -> 
         if mode == own_mode:
             temp_bytes[mode] = compiled_memory(compiled)["temp"]
         else:
-            other = build_model(config, info, backprop=mode)
+            try:
+                other = build_model(config, info, backprop=mode)
+            except ValueError:  # a mode the model refuses: a ResNet cannot be reversible
+                continue
             temp_bytes[mode] = jitted_step_memory(make_step(other), state, step_batch)["temp"]
     return temp_bytes or {"model": compiled_memory(compiled)["temp"]}
 
