@@ -490,7 +490,7 @@ def test_drift_guard_logs_and_stops_keeping_last_good_checkpoint(tmp_path, monke
 
         return jax.pure_callback(host, jax.ShapeDtypeStruct((), jnp.float32))
 
-    monkeypatch.setattr(models, "reconstruction_error", fake_error, raising=False)
+    monkeypatch.setattr(models, "model_reconstruction_error", fake_error, raising=False)
     config = tiny_config(num_steps=20, checkpoint_every_steps=2, drift_check_every=3)
     with pytest.raises(trainer.ReconstructionDriftError) as error:
         trainer.train_and_evaluate(config, tmp_path)
@@ -518,7 +518,7 @@ def test_drift_guard_skips_models_without_reversible_body(tmp_path, monkeypatch)
 
     calls = []
     monkeypatch.setattr(
-        models, "reconstruction_error", lambda *a, **k: calls.append(1), raising=False
+        models, "model_reconstruction_error", lambda *a, **k: calls.append(1), raising=False
     )
     summary = trainer.train_and_evaluate(
         tiny_config(num_steps=4, checkpoint_every_steps=0, drift_check_every=1), tmp_path
