@@ -82,9 +82,10 @@ def test_every_model_with_stages_speaks_the_shared_vocabulary(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_model_validates_on_construction(name):
-    """One convention: a bad field raises ValueError in the module's constructor (its
-    `__post_init__` calls `check_config`), not at the first call and not only via `create`."""
+    """One convention: a bad field raises ValueError in the module's constructor (the
+    `CheckedConfig` mixin runs `check_config`), not at the first call and not only via `create`."""
     model = models.create(name)
+    assert isinstance(model, models.CheckedConfig)
     fields = {f.name for f in dataclasses.fields(model)}
     model.clone()  # the registered configuration is valid
     if "num_classes" in fields:

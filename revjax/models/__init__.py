@@ -7,8 +7,8 @@ The model contract. Every model is called as `model.init(rng, x, train=False)` a
 report their body's drift (`model.reconstruction_error`, `revjax.drift`); classifiers accept
 `num_classes`; models with exact arithmetic accept `arithmetic` ("float" | "exact") and
 `frac_bits`, turned into one `revjax.arithmetic.Arithmetic` that builds every step. Every model
-checks its fields in `__post_init__` (its `check_config()` method), so a bad configuration
-raises ValueError when the module is constructed, before anything is traced.
+checks its fields at construction (its `check_config()` method, run by the `CheckedConfig`
+mixin), so a bad configuration raises ValueError before anything is traced.
 
 Registration. A model registers itself where it is defined, with one decorator on a factory
 `(**overrides) -> nn.Module` (`revjax.models.registry.register`, re-exported here); every module
@@ -33,6 +33,7 @@ import pkgutil
 
 from revjax.drift import model_reconstruction_error
 from revjax.models.registry import (
+    CheckedConfig,
     config_fields,
     count_params,
     create,
@@ -43,6 +44,7 @@ from revjax.models.registry import (
 )
 
 __all__ = [
+    "CheckedConfig",
     "register",
     "create",
     "names",

@@ -90,7 +90,7 @@ from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import chang
 from revjax.families.revnet import initial_batch_stats
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
-from revjax.models.registry import register
+from revjax.models.registry import CheckedConfig, register
 from revjax.nn import residual_with_stats
 
 __all__ = ["ChangNet", "HamiltonianResidual", "DEFAULT_STEP_SIZES", "default_step_size"]
@@ -131,7 +131,7 @@ class HamiltonianResidual(nn.Module):
         return self.h * conv_transpose(jax.nn.relu(v), kernel)
 
 
-class ChangNet(ReversibleModel, nn.Module):
+class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
     """Stem + reversible body of Hamiltonian / midpoint / leapfrog blocks + classifier head.
 
     Attributes:
@@ -171,10 +171,6 @@ class ChangNet(ReversibleModel, nn.Module):
     arithmetic: str = "float"
     frac_bits: int = DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""

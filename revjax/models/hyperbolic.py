@@ -39,12 +39,12 @@ from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
 from revjax.models.heads import check_num_classes
-from revjax.models.registry import register
+from revjax.models.registry import CheckedConfig, register
 
 __all__ = ["HyperbolicSegmenter"]
 
 
-class HyperbolicSegmenter(ReversibleModel, nn.Module):
+class HyperbolicSegmenter(CheckedConfig, ReversibleModel, nn.Module):
     """Fully reversible multilevel hyperbolic network with a per-pixel 1x1-conv head.
 
     Attributes:
@@ -88,10 +88,6 @@ class HyperbolicSegmenter(ReversibleModel, nn.Module):
     arithmetic: str = "float"
     frac_bits: int = DEFAULT_FRAC_BITS
     dtype: Any = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing).

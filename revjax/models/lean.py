@@ -65,7 +65,7 @@ from revjax.families.lean import (
     off_diagonal,
 )
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
-from revjax.models.registry import create, register
+from revjax.models.registry import CheckedConfig, create, register
 
 __all__ = [
     "ResNetStep",
@@ -254,7 +254,7 @@ class ConnectingLayer(_LeanModule):
         return nn.avg_pool(u, (2, 2), strides=(2, 2))
 
 
-class LeanResNet(nn.Module):
+class LeanResNet(CheckedConfig, nn.Module):
     """Stem, ``len(units)`` blocks of ``units[i]`` low-cost steps, connecting layers, head.
 
     Attributes:
@@ -280,10 +280,6 @@ class LeanResNet(nn.Module):
     stem_kernel: int = 5
     h: float = lean.DEFAULT_H
     dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
@@ -312,7 +308,7 @@ class LeanResNet(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype)(x)
 
 
-class LeanHamiltonian(ReversibleModel, nn.Module):
+class LeanHamiltonian(CheckedConfig, ReversibleModel, nn.Module):
     """Reversible Hamiltonian network whose ``K`` is a low-cost FFT operator (this library's
     extension, not in the paper).
 
@@ -352,10 +348,6 @@ class LeanHamiltonian(ReversibleModel, nn.Module):
     arithmetic: str = "float"
     frac_bits: int = DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""

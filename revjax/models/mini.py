@@ -29,7 +29,7 @@ from revjax import conv as conv_ops
 from revjax import engine
 from revjax.drift import ReversibleModel
 from revjax.models.heads import ClassifierHead, Stem, check_num_classes, conv_init
-from revjax.models.registry import register
+from revjax.models.registry import CheckedConfig, register
 from revjax.nn import CouplingStack
 
 __all__ = ["ConvResidual", "RevNetMini", "revnet_mini"]
@@ -56,7 +56,7 @@ class ConvResidual(nn.Module):
         return self.out_scale * conv_ops.conv(h, k2) + b2
 
 
-class RevNetMini(ReversibleModel, nn.Module):
+class RevNetMini(CheckedConfig, ReversibleModel, nn.Module):
     """Stem -> `units[0]` reversible couplings of width `widths[0]` -> classifier head.
 
     Attributes:
@@ -72,10 +72,6 @@ class RevNetMini(ReversibleModel, nn.Module):
     units: tuple[int, ...] = (4,)
     backprop: str = "reversible"
     dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""

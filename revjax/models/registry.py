@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "CheckedConfig",
     "register",
     "create",
     "names",
@@ -33,6 +34,19 @@ __all__ = [
     "count_params",
     "summary",
 ]
+
+
+class CheckedConfig:
+    """Mixin for a model's linen module: its `check_config()` runs when it is constructed.
+
+    A bad configuration is then a ValueError at `Model(...)` (and at `create`), before anything
+    is traced. List it before `nn.Module`: `class RevNet(CheckedConfig, ReversibleModel,
+    nn.Module)`, and define `check_config(self) -> None`.
+    """
+
+    def __post_init__(self):
+        self.check_config()
+        super().__post_init__()
 
 
 class _Entry(NamedTuple):

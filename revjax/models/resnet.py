@@ -43,6 +43,7 @@ from revjax.families.resnet import (
     stage_widths,
 )
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, conv_init
+from revjax.models.registry import CheckedConfig
 
 __all__ = [
     "Conv",
@@ -197,7 +198,7 @@ class _ScannedUnit(nn.Module):
         return unit(h), None
 
 
-class ResNet(nn.Module):
+class ResNet(CheckedConfig, nn.Module):
     """Pre-activation CIFAR/ImageNet ResNet: Stem -> stages of ResNetUnits -> ClassifierHead.
 
     Stage s has `units[s]` units at width `widths[s]` (x4 for bottleneck units); its first
@@ -231,10 +232,6 @@ class ResNet(nn.Module):
     stem_strides: int = 1
     stem_pool: bool = False
     dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""

@@ -61,7 +61,7 @@ from revjax.families.resnet import (
 )
 from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
 from revjax.models.heads import ClassifierHead, Stem, conv_init
-from revjax.models.registry import register
+from revjax.models.registry import CheckedConfig, register
 from revjax.models.resnet import ResNet, residual_module, stem_width_of
 from revjax.nn import init_stacked, residual_with_stats
 
@@ -137,7 +137,7 @@ def _init_variables(module, key, depth, shape, dtype):
     return init_stacked(module, key, depth, example, train=False)
 
 
-class RevNet(ReversibleModel, nn.Module):
+class RevNet(CheckedConfig, ReversibleModel, nn.Module):
     """RevNet classifier: Stem -> reversible body (one `engine.apply`) -> ClassifierHead.
 
     The body is [Transition, Scan, Transition, Scan, ...] ("stored") or
@@ -179,10 +179,6 @@ class RevNet(ReversibleModel, nn.Module):
     arithmetic: str = "float"
     frac_bits: int = DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""

@@ -55,7 +55,7 @@ from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import revup
 from revjax.models.heads import check_num_classes, conv_init
-from revjax.models.registry import register
+from revjax.models.registry import CheckedConfig, register
 from revjax.spectral_norm import check_coefficient
 from revjax.transitions import check_halvable, space_to_depth_step, zero_pad_channels_step
 
@@ -83,7 +83,7 @@ _FLOAT_ONLY = (
 )
 
 
-class RevUp(ReversibleModel, nn.Module):
+class RevUp(CheckedConfig, ReversibleModel, nn.Module):
     """RevUp classifier. Input (N, H, W, C_in) -> logits (N, num_classes).
 
     Attributes:
@@ -126,10 +126,6 @@ class RevUp(ReversibleModel, nn.Module):
     backprop: str = "reversible"
     arithmetic: str = "float"
     dtype: jnp.dtype = jnp.float32
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""

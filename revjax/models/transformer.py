@@ -71,7 +71,7 @@ from revjax import arithmetic, engine, integrators, tasks
 from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.models.heads import check_num_classes
-from revjax.models.registry import register
+from revjax.models.registry import CheckedConfig, register
 from revjax.nn import init_stacked, residual_fn
 
 __all__ = [
@@ -348,30 +348,48 @@ def _sow_with_rngs(module, layers, params, state, *, rngs):
     sow_reconstruction_error(module, layers, params, state, rngs)
 
 
-def _body(model, causal: bool) -> TransformerBody:
-    return TransformerBody(
-        block=model.block, depth=model.depth, num_heads=model.num_heads,
-        mlp_ratio=model.mlp_ratio, causal=causal, dropout=model.dropout,
-        drop_path=model.drop_path, h=model.h, backprop=model.backprop, dtype=model.dtype,
-        param_dtype=model.param_dtype, arithmetic=model.arithmetic, frac_bits=model.frac_bits,
-        name="body",
-    )  # fmt: skip
+class _TransformerModel(CheckedConfig, ReversibleModel, nn.Module):
+    """The fields, checks and body that `ViT` and `ByteLM` share (see `ViT` for their meaning)."""
+
+    block: str = "coupling"
+    depth: int = 4
+    width: int = 128
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    drop_path: float = 0.0
+    h: float | None = None
+    backprop: str = "reversible"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    arithmetic: str = "float"
+    frac_bits: int = DEFAULT_FRAC_BITS
+
+    def check_config(self) -> None:
+        """ValueError for a configuration that cannot be built (before any tracing)."""
+        engine.check_backprop(self.backprop)
+        check_body_config(
+            self.block, self.width, self.num_heads, self.depth, self.mlp_ratio, self.dropout,
+            self.drop_path, self.h, self.arithmetic, self.frac_bits,
+        )  # fmt: skip
+        if self.block == "standard" and self.backprop == "reversible":
+            raise ValueError(
+                "block='standard' (the stored baseline) is not invertible: use backprop='store' "
+                "or 'remat', or a reversible block"
+            )
+
+    def _body(self, x: jax.Array, *, causal: bool, train: bool) -> jax.Array:
+        body = TransformerBody(
+            block=self.block, depth=self.depth, num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio, causal=causal, dropout=self.dropout,
+            drop_path=self.drop_path, h=self.h, backprop=self.backprop, dtype=self.dtype,
+            param_dtype=self.param_dtype, arithmetic=self.arithmetic, frac_bits=self.frac_bits,
+            name="body",
+        )  # fmt: skip
+        return body(x, deterministic=not train)
 
 
-def _check_model(model) -> None:
-    engine.check_backprop(model.backprop)
-    check_body_config(
-        model.block, model.width, model.num_heads, model.depth, model.mlp_ratio,
-        model.dropout, model.drop_path, model.h, model.arithmetic, model.frac_bits,
-    )  # fmt: skip
-    if model.block == "standard" and model.backprop == "reversible":
-        raise ValueError(
-            "block='standard' (the stored baseline) is not invertible: use backprop='store' "
-            "or 'remat', or a reversible block"
-        )
-
-
-class ViT(ReversibleModel, nn.Module):
+class ViT(_TransformerModel):
     """Vision transformer classifier: patch embedding (stored) -> body -> head (stored).
 
         x (N, H, W, C) -> patches p x p -> Dense(width) + learned positions   (N, HW/p², d)
@@ -391,30 +409,16 @@ class ViT(ReversibleModel, nn.Module):
       arithmetic, frac_bits: "float" | "exact" body states (`TransformerBody`).
     """
 
-    block: str = "coupling"
     depth: int = 6
     width: int = 64
-    num_heads: int = 4
     mlp_ratio: float = 2.0
     patch_size: int = 4
     num_classes: int = 10
-    dropout: float = 0.0
-    drop_path: float = 0.0
-    h: float | None = None
-    backprop: str = "reversible"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    arithmetic: str = "float"
-    frac_bits: int = DEFAULT_FRAC_BITS
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
         check_num_classes(self.num_classes)
-        _check_model(self)
+        super().check_config()
         if int(self.patch_size) < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
 
@@ -431,12 +435,12 @@ class ViT(ReversibleModel, nn.Module):
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="embed", **kw)(x)
         x = x.reshape(n, -1, self.width)
         pos = self.param("pos", nn.initializers.normal(0.02), (1, *x.shape[1:]), self.param_dtype)
-        x = _body(self, causal=False)(x + pos, deterministic=not train)
+        x = self._body(x + pos, causal=False, train=train)
         x = nn.LayerNorm(name="norm", **kw)(x)
         return nn.Dense(self.num_classes, name="head", **kw)(jnp.mean(x, axis=1))
 
 
-class ByteLM(ReversibleModel, nn.Module):
+class ByteLM(_TransformerModel):
     """Causal byte-level language model: embedding (stored) -> causal body -> head (stored).
 
         tokens (N, T) in [0, 256) -> Embed(256, d) + learned positions (T <= context)
@@ -452,28 +456,11 @@ class ByteLM(ReversibleModel, nn.Module):
       context: the longest sequence (the learned position table's length).
     """
 
-    block: str = "coupling"
-    depth: int = 4
-    width: int = 128
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
     context: int = 128
-    dropout: float = 0.0
-    drop_path: float = 0.0
-    h: float | None = None
-    backprop: str = "reversible"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    arithmetic: str = "float"
-    frac_bits: int = DEFAULT_FRAC_BITS
-
-    def __post_init__(self):
-        self.check_config()
-        super().__post_init__()
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
-        _check_model(self)
+        super().check_config()
         if int(self.context) < 1:
             raise ValueError(f"context must be >= 1, got {self.context}")
 
@@ -491,7 +478,7 @@ class ByteLM(ReversibleModel, nn.Module):
         x = nn.Embed(VOCAB_SIZE, self.width, name="embed", **kw)(tokens)
         table = (self.context, self.width)
         pos = self.param("pos", nn.initializers.normal(0.02), table, self.param_dtype)
-        x = _body(self, causal=True)(x + pos[:t], deterministic=not train)
+        x = self._body(x + pos[:t], causal=True, train=train)
         x = nn.LayerNorm(name="norm", **kw)(x)
         return nn.Dense(VOCAB_SIZE, name="head", **kw)(x)
 
