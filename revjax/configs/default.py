@@ -62,13 +62,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.scalar_lr_factor = 1.0  # rate factor of biases/scales (Fixup recipe: 0.1)
     config.optimizer.warmup_steps = 0  # linear warm-up multiplying the schedule
     config.optimizer.accumulate_steps = 1  # > 1: optax.MultiSteps gradient accumulation
-    # --- task and regularisers (revjax.tasks; trainer helper's edit) ---
+    # task and regularisers (revjax.tasks)
     config.task = ""  # a revjax.tasks name; "" = the dataset's own (classification, ...)
     # name -> weight of each registered regulariser; 0 switches it off
     config.regularisers = ml_collections.ConfigDict(
         {"weight_smoothness": 0.0}  # Chang et al.'s smoothness in depth (their 2e-4)
     )
-    # --- end of the trainer helper's edit ---
 
     config.log_every_steps = 10
     config.checkpoint_every_steps = 200

@@ -62,10 +62,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from revjax import configs, models, tasks
 from revjax import data as data_lib
-from revjax import models, tasks
 from revjax.memory import compiled_memory, jitted_step_memory
 from revjax.train import checkpointing, optim, sharding
+from revjax.train.inference import write_model_info
 
 __all__ = [
     "EXIT_ERROR",
@@ -821,11 +822,7 @@ def train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, dr
     config, writer = run.config, run.writer
     log_every = max(config.log_every_steps, 1)
     save_every = config.checkpoint_every_steps
-    # --- cli helper's edit: eval_every_steps < 0 is "auto" (revjax.configs.eval_every) ---
-    from revjax.configs import eval_every as _eval_every
-
-    eval_every = _eval_every(config.eval_every_steps, run.total_steps)
-    # --- end of the cli helper's edit ---
+    eval_every = configs.eval_every(config.eval_every_steps, run.total_steps)  # < 0: "auto"
     drift_every = config.drift_check_every if drift is not None else 0
     step, first_step = run.step, run.step
     last: dict = {}
@@ -991,12 +988,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_ds = open_train_data(config)  # a missing dataset is reported before any write
     model = build_model(config, info)
     workdir = prepare_workdir(workdir)
-    # --- cli helper's edit: what revjax.train.load needs without the training data ---
-    if jax.process_index() == 0:
-        from revjax.train.inference import write_model_info
-
+    if jax.process_index() == 0:  # what `revjax.train.load` needs, without the training data
         write_model_info(workdir, config, info)
-    # --- end of the cli helper's edit ---
     total_steps = run_length(config, info)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch(config, info), total_steps)
     train_step = make_train_step(model, tx, schedule, task, regularise)
