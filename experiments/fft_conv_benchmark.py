@@ -9,9 +9,14 @@ within-round ratio):
 
 * ``full``: fully coupled ``c -> c`` ``lax.conv`` (``SAME``), the reference (ratio 1);
 * ``depthwise_direct``: ``lax.conv`` with ``feature_group_count=c``;
+* ``depthwise_taps``: :func:`revjax.families.lean.depthwise_zero_pad`, the same operator as a
+  sum of ``k²`` shifted products (what the LeanResNet MobileNet and LinearMix steps use);
 * ``depthwise_fft``: :func:`revjax.fft.depthwise_conv` (periodic);
 * ``implicit_rd``: :func:`revjax.fft.implicit_diffusion_solve`;
 * ``circulant``: :func:`revjax.fft.circulant_conv`.
+
+``--grad`` times the forward and backward pass instead (the gradient of ``sum(op(x))`` with
+respect to the input and the stencils), the cost a training step pays.
 
 Sweeps (one varied, the others at the default point ``n = 64, k = 3, c = 256``): image size,
 kernel size 3/5/7, channels 64-1024. The paper (Titan Xp, cuDNN, batch 64) finds the ratio
@@ -24,6 +29,8 @@ Usage::
     python experiments/fft_conv_benchmark.py --quick               # < 1 min, tiny sizes
     python experiments/fft_conv_benchmark.py --batch 8 --channels 64 128 256 512
     python experiments/fft_conv_benchmark.py                        # paper settings (slow on CPU)
+    python experiments/fft_conv_benchmark.py --grad --batch 32 --size 32 --sizes 32 \
+        --kernels 3 --default-channels 64 --channels 16 32 64      # a LeanResNet training step's
 
 Writes ``<out>.json`` and ``<out>.png`` (default ``experiments/results/fft_conv_benchmark``).
 """
@@ -41,13 +48,15 @@ from jax import lax
 from result_files import default_out, write_json
 
 from revjax import benchmark, fft
+from revjax.families import lean
 
-OPS = ("full", "depthwise_direct", "depthwise_fft", "implicit_rd", "circulant")
+OPS = ("full", "depthwise_direct", "depthwise_taps", "depthwise_fft", "implicit_rd", "circulant")
 H = 0.1  # implicit step size; the cost does not depend on it
 
 
-def make_ops():
-    """name -> jitted ``(x, full_kernel (k,k,c,c), stencils (k,k,c)) -> y``."""
+def make_ops(grad: bool = False):
+    """name -> jitted ``(x, full_kernel (k,k,c,c), stencils (k,k,c)) -> y``, or with ``grad``
+    the gradient of ``sum(y)`` with respect to all three."""
     dn = ("NHWC", "HWIO", "NHWC")
 
     def full(x, w_full, w):
@@ -59,13 +68,17 @@ def make_ops():
             feature_group_count=x.shape[-1],
         )  # fmt: skip
 
-    return {
-        "full": jax.jit(full),
-        "depthwise_direct": jax.jit(depthwise_direct),
-        "depthwise_fft": jax.jit(lambda x, w_full, w: fft.depthwise_conv(x, w)),
-        "implicit_rd": jax.jit(lambda x, w_full, w: fft.implicit_diffusion_solve(x, w, H)),
-        "circulant": jax.jit(lambda x, w_full, w: fft.circulant_conv(x, w)),
+    ops = {
+        "full": full,
+        "depthwise_direct": depthwise_direct,
+        "depthwise_taps": lambda x, w_full, w: lean.depthwise_zero_pad(x, w),
+        "depthwise_fft": lambda x, w_full, w: fft.depthwise_conv(x, w),
+        "implicit_rd": lambda x, w_full, w: fft.implicit_diffusion_solve(x, w, H),
+        "circulant": lambda x, w_full, w: fft.circulant_conv(x, w),
     }
+    if grad:
+        ops = {n: jax.grad(lambda *a, op=op: jnp.sum(op(*a)), (0, 1, 2)) for n, op in ops.items()}
+    return {name: jax.jit(op) for name, op in ops.items()}
 
 
 MIN_MEASUREMENT_S = 0.02  # short ops are looped so that one measurement lasts at least this
@@ -110,7 +123,7 @@ def crossing(values, ratios) -> float | str | None:
 
 
 def run(args) -> dict:
-    ops = make_ops()
+    ops = make_ops(args.grad)
     d = {"size": args.size, "kernel": args.kernel, "channels": args.default_channels}
     sweeps = {"size": args.sizes, "kernel": args.kernels, "channels": args.channels}
     result = {"config": vars(args), "device": str(jax.devices()[0]), "sweeps": {}}
@@ -198,6 +211,7 @@ def parse_args(argv=None):
     p.add_argument("--kernels", type=int, nargs="+", default=None)
     p.add_argument("--channels", type=int, nargs="+", default=None)
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds per point")
+    p.add_argument("--grad", action="store_true", help="time forward + backward (a training step)")
     p.add_argument("--out", default=default_out("fft_conv_benchmark"), help="output path stem")
     args = p.parse_args(argv)
     if args.quick:

@@ -63,6 +63,31 @@ def test_step_gradients_match_finite_differences(name):
     check_grads(f, (params, x), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernel_shape", [(1, 1), (2, 2), (3, 3), (4, 4), (5, 3)])
+def test_depthwise_zero_pad_equals_grouped_lax_conv(kernel_shape):
+    """The sum over taps is lax's grouped "SAME" convolution, even kernels' padding included,
+    and so are its gradients (float64)."""
+    x = image(shape=(2, 7, 6, C))
+    dw = jax.random.normal(jax.random.key(2), (*kernel_shape, C), F64)
+
+    def grouped(x, dw):
+        return lax.conv_general_dilated(
+            x, dw[:, :, None, :], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=C,
+        )  # fmt: skip
+
+    np.testing.assert_allclose(
+        lean.depthwise_zero_pad(x, dw), grouped(x, dw), rtol=1e-12, atol=1e-12
+    )
+    probe = jax.random.normal(jax.random.key(3), x.shape, F64)
+
+    def grads(f):
+        return jax.grad(lambda x, dw: jnp.sum(probe * f(x, dw)), (0, 1))(x, dw)
+
+    for got, expected in zip(grads(lean.depthwise_zero_pad), grads(grouped), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_linear_mix_equals_masked_full_conv():
     """K_lm u = K_dw u + M_off u equals the full conv whose off-centre taps are diagonal."""
     x = image(shape=(2, 6, 6, C))
