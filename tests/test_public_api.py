@@ -177,6 +177,26 @@ def test_every_public_module_declares_all():
     assert not missing, missing
 
 
+def test_every_function_and_class_is_exported_or_underscored():
+    """Implementation is private by name: each module-level function or class a module
+    defines is either in its __all__ or starts with an underscore, so `dir(module)` and the
+    API reference show no helper as if it were API."""
+    unmarked = []
+    for name in public_modules():
+        module = importlib.import_module(name)
+        exported = set(module.__all__)
+        for attr, value in vars(module).items():
+            defined_here = getattr(value, "__module__", None) == name
+            if (
+                isinstance(value, (type, types.FunctionType))
+                and defined_here
+                and not attr.startswith("_")
+                and attr not in exported
+            ):
+                unmarked.append(f"{name}.{attr}")
+    assert not unmarked, unmarked
+
+
 def test_the_whole_public_surface_is_pinned():
     """Every public module's __all__ equals its line in tests/public_surface.txt: adding or
     removing a public name anywhere is a deliberate edit of that file

@@ -133,7 +133,7 @@ def _paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return out
 
 
-def nearest(path: str, valid: list[str]) -> str:
+def _nearest(path: str, valid: list[str]) -> str:
     """The valid dotted path nearest to ``path``: one ending in the same field name (so
     ``learning_rate`` finds ``optimizer.learning_rate``), else the closest full path, else
     the path whose field name is closest."""
@@ -150,7 +150,7 @@ def nearest(path: str, valid: list[str]) -> str:
 
 
 def _unknown(path: str, valid: list[str], where: str = "") -> ValueError:
-    best = nearest(path, valid)
+    best = _nearest(path, valid)
     hint = f'; did you mean "{best}" instead of "{path}"?' if best else ""
     return ValueError(f"unknown config field '{path}'{where}{hint}")
 
@@ -158,7 +158,7 @@ def _unknown(path: str, valid: list[str], where: str = "") -> ValueError:
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-def parse_value(path: str, text: str, like: Any, kind: type | None = None) -> Any:
+def _parse_value(path: str, text: str, like: Any, kind: type | None = None) -> Any:
     """The command-line string ``text`` as a value of ``like``'s type (``kind`` if given).
 
     bool: true/false/1/0/yes/no; int, float; str as is; tuple: a Python literal ("(8, 16)",
@@ -193,7 +193,7 @@ def parse_value(path: str, text: str, like: Any, kind: type | None = None) -> An
             first = like[0] if isinstance(like, (tuple, list)) and like else None
             if first is not None and not isinstance(first, (tuple, list)):
                 value = tuple(
-                    parse_value(path, v, first) if isinstance(v, str) else v for v in value
+                    _parse_value(path, v, first) if isinstance(v, str) else v for v in value
                 )
             return tuple(value)
     except ValueError:
@@ -229,7 +229,7 @@ def _set_open_field(
     like, kind = (node[key], _placeholder_type(node, key)) if key in node else (defaults[key], None)
     if like is not None:
         kind = type(like) if type(like) in (bool, int, float, str, tuple, list) else str
-    value = parse_value(path, text, like, kind)
+    value = _parse_value(path, text, like, kind)
     with node.unlocked():
         if key in node:
             del node[key]
@@ -267,7 +267,7 @@ def set_field(config: ml_collections.ConfigDict, path: str, text: str) -> None:
     if isinstance(like, ml_collections.ConfigDict):
         fields = ", ".join(f"{path}.{k}" for k in sorted(like.keys())) or "none"
         raise ValueError(f"config field '{path}' is a group; set its fields ({fields})")
-    value = parse_value(path, text, like, _placeholder_type(node, key))
+    value = _parse_value(path, text, like, _placeholder_type(node, key))
     try:
         node[key] = value
     except TypeError as error:

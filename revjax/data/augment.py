@@ -78,7 +78,7 @@ def per_image_standardization(image: np.ndarray) -> np.ndarray:
     return ((x - x.mean()) / adjusted_std).astype(np.float32)
 
 
-def normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def _normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Scales ``uint8`` pixels to [0, 1] and normalises per channel: ``(x / 255 - mean) / std``.
 
     Args:
@@ -172,7 +172,7 @@ def resize(
     return np.stack([one(image[..., c]) for c in range(image.shape[-1])], axis=-1)
 
 
-def relative_box(box: Box, shape: tuple[int, ...]) -> Box:
+def _relative_box(box: Box, shape: tuple[int, ...]) -> Box:
     """Converts a box given as fractions of the image to pixels of an (H, W, ...) array."""
     h, w = shape[:2]
     return (box[0] * h, box[1] * w, box[2] * h, box[3] * w)
@@ -225,7 +225,7 @@ def sample_resized_crop_box(
     return (top, left, top + h, left + w)
 
 
-def sample_zoom_box(rng: np.random.Generator, max_scale: float = 1.25) -> Box:
+def _sample_zoom_box(rng: np.random.Generator, max_scale: float = 1.25) -> Box:
     """Samples a random zoom window as fractions of the image (LeanResNet "random resize").
 
     Zooming in by ``s ~ U[1, max_scale]`` and cropping back to the original size is the
@@ -243,7 +243,7 @@ def sample_zoom_box(rng: np.random.Generator, max_scale: float = 1.25) -> Box:
     return (float(top), float(left), float(top + side), float(left + side))
 
 
-def center_crop_box(height: int, width: int, crop_fraction: float) -> Box:
+def _center_crop_box(height: int, width: int, crop_fraction: float) -> Box:
     """Centred box covering ``crop_fraction`` of the shorter side, square.
 
     Args:
@@ -290,7 +290,7 @@ def lean_train(image: np.ndarray, rng: np.random.Generator, max_scale: float = 1
       (H, W, C) float32.
     """
     h, w = image.shape[:2]
-    box = relative_box(sample_zoom_box(rng, max_scale), image.shape)
+    box = _relative_box(_sample_zoom_box(rng, max_scale), image.shape)
     image = resize(image, (h, w), box=box)
     image = random_flip_left_right(image, rng)
     return per_image_standardization(image)
@@ -310,7 +310,7 @@ def imagenet_train(image: np.ndarray, rng: np.random.Generator, size: int = 224)
     box = sample_resized_crop_box(rng, *image.shape[:2])
     image = resize(image, (size, size), box=box)
     image = random_flip_left_right(image, rng)
-    return normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+    return _normalize(image, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def imagenet_eval(image: np.ndarray, size: int = 224, resize_size: int = 256) -> np.ndarray:
@@ -326,12 +326,12 @@ def imagenet_eval(image: np.ndarray, size: int = 224, resize_size: int = 256) ->
     Returns:
       (size, size, 3) float32.
     """
-    box = center_crop_box(*image.shape[:2], size / resize_size)
+    box = _center_crop_box(*image.shape[:2], size / resize_size)
     image = resize(image, (size, size), box=box)
-    return normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+    return _normalize(image, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def clip_resize(
+def _clip_resize(
     frames: np.ndarray, masks: np.ndarray, size: tuple[int, int], box: Box = (0.0, 0.0, 1.0, 1.0)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resamples the same relative window of every frame and mask to ``size``.
@@ -347,9 +347,9 @@ def clip_resize(
     Returns:
       frames (T, height, width, 3) uint8 and masks (T, height, width) uint8.
     """
-    out_frames = np.stack([resize(f, size, box=relative_box(box, f.shape)) for f in frames])
+    out_frames = np.stack([resize(f, size, box=_relative_box(box, f.shape)) for f in frames])
     out_masks = np.stack(
-        [resize(m, size, box=relative_box(box, m.shape), nearest=True) for m in masks]
+        [resize(m, size, box=_relative_box(box, m.shape), nearest=True) for m in masks]
     )
     return out_frames, out_masks
 
@@ -374,7 +374,7 @@ def video_train(
       clip (T, height, width, 3) float32 standardised over the clip, masks (T, height,
       width) uint8.
     """
-    frames, masks = clip_resize(frames, masks, size, sample_zoom_box(rng, max_scale))
+    frames, masks = _clip_resize(frames, masks, size, _sample_zoom_box(rng, max_scale))
     if rng.random() < 0.5:
         frames, masks = flip_left_right(frames), np.ascontiguousarray(masks[..., ::-1])
     return per_image_standardization(frames), masks
@@ -393,5 +393,5 @@ def video_eval(
     Returns:
       clip (T, height, width, 3) float32, masks (T, height, width) uint8.
     """
-    frames, masks = clip_resize(frames, masks, size)
+    frames, masks = _clip_resize(frames, masks, size)
     return per_image_standardization(frames), masks

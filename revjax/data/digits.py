@@ -9,7 +9,7 @@ inside scikit-learn). We split them once, deterministically and stratified by cl
   standard deviation of the *train* split's pixels, float32 NHWC ``(N, 8, 8, 1)``.
 * Labels: int32 ``(N,)``.
 * Options (``dataset_options``): ``canvas=32`` places every digit, upsampled x3, on a
-  32×32×3 canvas (a CIFAR-shaped real image task, `on_canvas`); ``task="segmentation"``
+  32×32×3 canvas (a CIFAR-shaped real image task, `_on_canvas`); ``task="segmentation"``
   (with a canvas) labels every pixel 0 (background) or 1 + class on the strokes.
 
 >>> arrays = load_split("test")
@@ -105,7 +105,7 @@ CANVAS_SCALE = 3  # 8x8 digit -> 24x24 (nearest neighbour), centred on the canva
 SEGMENTATION_THRESHOLD = 0.25  # raw intensity in [0, 1] above which a pixel is "digit"
 
 
-def on_canvas(images: np.ndarray, size: int = 32, channels: int = 3) -> np.ndarray:
+def _on_canvas(images: np.ndarray, size: int = 32, channels: int = 3) -> np.ndarray:
     """Digits as CIFAR-shaped images: (N, 8, 8, 1) -> (N, size, size, channels).
 
     Each 8x8 image is upsampled x3 by pixel repetition to 24x24, centred on a `size` x `size`
@@ -125,7 +125,7 @@ def on_canvas(images: np.ndarray, size: int = 32, channels: int = 3) -> np.ndarr
     return np.repeat(canvas, channels, axis=-1)
 
 
-def segmentation_labels(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _segmentation_labels(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-pixel labels of canvas images: 0 background, 1 + digit class on the digit's strokes.
 
     A pixel is a stroke where the raw (unstandardised) intensity exceeds
@@ -136,14 +136,14 @@ def segmentation_labels(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(strokes, labels[:, None, None] + 1, 0).astype(np.int32)
 
 
-def load_canvas_split(split: str, size: int = 32, task: str = "classification"):
-    """``load_split`` on a CIFAR-shaped canvas (`on_canvas`); segmentation labels per pixel."""
+def _load_canvas_split(split: str, size: int = 32, task: str = "classification"):
+    """``load_split`` on a CIFAR-shaped canvas (`_on_canvas`); segmentation labels per pixel."""
     arrays = load_split(split)
-    image = on_canvas(arrays["image"], size)
+    image = _on_canvas(arrays["image"], size)
     if task == "classification":
         label = arrays["label"]
     elif task == "segmentation":
-        label = segmentation_labels(image, arrays["label"])
+        label = _segmentation_labels(image, arrays["label"])
     else:
         raise ValueError(f"digits task must be 'classification' or 'segmentation', got {task!r}")
     return {"image": image, "label": label}
@@ -159,10 +159,10 @@ def _check_options(canvas: int | None, task: str) -> None:
 def split_source(
     split: str, canvas: int | None = None, task: str = "classification"
 ) -> ArraySource:
-    """grain source for ``load_split(split)``, or ``load_canvas_split`` when `canvas` is set."""
+    """grain source for ``load_split(split)``, or ``_load_canvas_split`` when `canvas` is set."""
     _check_options(canvas, task)
     if canvas:
-        arrays = load_canvas_split(split, canvas, task)
+        arrays = _load_canvas_split(split, canvas, task)
     else:
         arrays = load_split(split)
     return ArraySource(arrays["image"], arrays["label"])

@@ -97,7 +97,7 @@ def info_fields(name: str, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-class ImageFolderSource:
+class _ImageFolderSource:
     """``source[i] = {"image": (S, S, 3) uint8, "label": int32}`` for one split."""
 
     def __init__(self, files: list[Path], labels: np.ndarray, image_size: int):
@@ -130,4 +130,4 @@ def load(name: str, split: str, **kwargs: Any):
         pad=options["pad"],
         max_scale=options["max_scale"],
     )
-    return ImageFolderSource(files, labels, options["image_size"]), preprocess
+    return _ImageFolderSource(files, labels, options["image_size"]), preprocess

@@ -51,7 +51,7 @@ CLIP_DEFAULTS: dict[str, Any] = {
 SPLIT_DEFAULTS: dict[str, int] = {"num_train": 1000, "num_test": 100}
 
 
-def class_palette(num_classes: int, channels: int) -> np.ndarray:
+def _class_palette(num_classes: int, channels: int) -> np.ndarray:
     """Fixed colour of each class, independent of the clip seed.
 
     Args:
@@ -109,7 +109,7 @@ def _shape_parameters(
     }
 
 
-def shape_trajectories(params: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
+def _shape_trajectories(params: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
     """Evaluates the smooth per-frame geometry of every shape.
 
     ``center(t) = c + A sin(w t + phi)``; ``radius(t) = r (1 + a_r sin(w_r t + phi_r))``;
@@ -138,7 +138,7 @@ def shape_trajectories(params: dict[str, np.ndarray], frames: int) -> dict[str, 
     }
 
 
-def textured_background(
+def _textured_background(
     rng: np.random.Generator, frames: int, y: np.ndarray, x: np.ndarray, channels: int
 ) -> np.ndarray:
     """Low-saturation grey level plus three drifting plane waves.
@@ -200,10 +200,10 @@ def generate_clip(
     x = ((np.arange(width) + 0.5) / unit)[None, :]  # (1, W)
 
     params = _shape_parameters(rng, num_shapes, num_classes, extent)
-    geometry = shape_trajectories(params, frames)
-    clip = textured_background(rng, frames, y, x, channels)  # (T, H, W, C)
+    geometry = _shape_trajectories(params, frames)
+    clip = _textured_background(rng, frames, y, x, channels)  # (T, H, W, C)
     labels = np.zeros((frames, height, width), np.int32)
-    palette = class_palette(num_classes, channels)
+    palette = _class_palette(num_classes, channels)
 
     for s in range(num_shapes):
         g = {k: v[:, s, None, None] for k, v in geometry.items()}  # each (T, 1, 1)
@@ -225,7 +225,7 @@ def generate_clip(
     return clip.astype(np.float32), labels.astype(np.int32)
 
 
-class SyntheticVideoSource:
+class _SyntheticVideoSource:
     """Random-access source of clips for grain: record ``i`` is clip ``base_seed + i``.
 
     Records are dicts ``{"image": (T, H, W, C) float32, "label": (T, H, W) int32}``.
@@ -257,7 +257,7 @@ class SyntheticVideoSource:
         )
 
 
-def split_source(split: str, **kwargs: Any) -> SyntheticVideoSource:
+def split_source(split: str, **kwargs: Any) -> _SyntheticVideoSource:
     """Train or test split with disjoint seed ranges.
 
     Args:
@@ -265,16 +265,16 @@ def split_source(split: str, **kwargs: Any) -> SyntheticVideoSource:
       **kwargs: ``num_train``, ``num_test`` and ``generate_clip`` arguments.
 
     Returns:
-      the split's ``SyntheticVideoSource``.
+      the split's ``_SyntheticVideoSource``.
     """
     _check_kwargs(kwargs)
     sizes = {k: kwargs.pop(k, v) for k, v in SPLIT_DEFAULTS.items()}
     if sizes["num_train"] > TEST_BASE_SEED - TRAIN_BASE_SEED:
         raise ValueError(f"num_train must be <= {TEST_BASE_SEED} to keep splits disjoint.")
     if split == "train":
-        return SyntheticVideoSource(sizes["num_train"], TRAIN_BASE_SEED, **kwargs)
+        return _SyntheticVideoSource(sizes["num_train"], TRAIN_BASE_SEED, **kwargs)
     if split == "test":
-        return SyntheticVideoSource(sizes["num_test"], TEST_BASE_SEED, **kwargs)
+        return _SyntheticVideoSource(sizes["num_test"], TEST_BASE_SEED, **kwargs)
     raise ValueError(f"synthetic_video has splits 'train' and 'test', got {split!r}.")
 
 

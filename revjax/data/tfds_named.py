@@ -206,7 +206,7 @@ def _split(info, split: str, options: dict[str, Any]) -> str:
     return head + bracket + rest
 
 
-class KeySource:
+class _KeySource:
     """``source[i] = {"image": record[image_key], "label": record[label_key]}``."""
 
     def __init__(self, records: Sequence[dict[str, Any]], image_key: str, label_key: str):
@@ -261,7 +261,7 @@ def _open(name: str, split: str, data_dir, options: dict[str, Any]):
         )
     except Exception as error:  # not array_record, missing shards
         raise _not_prepared(name, data_dir, error) from error
-    return info, KeySource(records, image_key, label_key), num_classes
+    return info, _KeySource(records, image_key, label_key), num_classes
 
 
 def info_fields(
@@ -292,7 +292,7 @@ def info_fields(
 
 def load(
     name: str, split: str, *, data_dir: str | os.PathLike | None = None, **kwargs: Any
-) -> tuple[KeySource, Preprocess]:
+) -> tuple[_KeySource, Preprocess]:
     """(source, preprocess) of one split of ``tfds:<name>`` (see the module docstring)."""
     options = _options(kwargs)
     _, source, _ = _open(name, split, data_dir, options)

@@ -139,7 +139,7 @@ class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset is missing from ``data_dir`` (or not in array_record format)."""
 
 
-def tfds_builder_name(name: str, options: dict[str, Any]) -> str:
+def _tfds_builder_name(name: str, options: dict[str, Any]) -> str:
     """TFDS name including the builder config (``davis/480p``)."""
     return f"davis/{options['resolution']}" if name == "davis" else name
 
@@ -176,7 +176,7 @@ def preparation_instructions(name: str, data_dir: str | os.PathLike | None) -> s
     return "\n".join(lines)
 
 
-def open_source(
+def _open_source(
     name: str, split: str, data_dir: str | os.PathLike | None, options: dict[str, Any]
 ) -> Sequence[dict[str, Any]]:
     """Opens a random-access TFDS source; raises ``DatasetNotPreparedError`` if absent.
@@ -199,7 +199,7 @@ def open_source(
     split = tfds_split(name, split)
     try:
         return tfds.data_source(
-            tfds_builder_name(name, options), split=split, data_dir=data_dir, download=False
+            _tfds_builder_name(name, options), split=split, data_dir=data_dir, download=False
         )
     except (
         tfds.core.registered.DatasetNotFoundError,
@@ -216,7 +216,7 @@ def open_source(
         ) from error
 
 
-class ClipIndexSource:
+class _ClipIndexSource:
     """Repeats each video ``clips_per_video`` times: record ``i`` is video ``i // k``.
 
     Adds ``"clip_index": i % k`` so evaluation can take evenly spaced clips.
@@ -268,7 +268,7 @@ def classification_preprocess(
     return {"image": image, "label": np.int32(example["label"])}
 
 
-def imagenet_preprocess(
+def _imagenet_preprocess(
     example: dict[str, Any],
     rng: np.random.Generator | None,
     *,
@@ -304,7 +304,7 @@ def clip_start(num_frames: int, clip_length: int, clip_index: int, clips_per_vid
     return round(clip_index * span / max(clips_per_video - 1, 1))
 
 
-def davis_preprocess(
+def _davis_preprocess(
     example: dict[str, Any],
     rng: np.random.Generator | None,
     *,
@@ -361,9 +361,9 @@ def load(
       DatasetNotPreparedError: the split is not available under ``data_dir``.
     """
     options = resolve_options(name, kwargs)
-    source = open_source(name, split, data_dir, options)
+    source = _open_source(name, split, data_dir, options)
     if name == "davis":
-        source = ClipIndexSource(source, options["clips_per_video"])
+        source = _ClipIndexSource(source, options["clips_per_video"])
     return source, load_preprocess(name, options)
 
 
@@ -372,7 +372,7 @@ def load_preprocess(
 ) -> Callable[[dict[str, Any], Any], dict[str, np.ndarray]]:
     """The per-example preprocess of ``name`` bound to resolved ``options``."""
     if name == "davis":
-        return functools.partial(davis_preprocess, **options)
+        return functools.partial(_davis_preprocess, **options)
     if name == "imagenet2012":
-        return functools.partial(imagenet_preprocess, **options)
+        return functools.partial(_imagenet_preprocess, **options)
     return functools.partial(classification_preprocess, **options)

@@ -78,6 +78,7 @@ __all__ = [
     "START_RULES",
     "WEIGHT_SMOOTH_RATE",
     "hamiltonian_residual",
+    "init_stage_params",
     "hamiltonian_block_step",
     "antisymmetric_conv",
     "midpoint_residual",

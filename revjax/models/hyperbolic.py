@@ -178,7 +178,7 @@ RENAMED = {
 
 
 @register("hyperbolic2d", stages=True, renamed=RENAMED)
-def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
+def _hyperbolic2d(**overrides) -> HyperbolicSegmenter:
     """2-D segmentation (NHWC): width 16, 3 levels, 2 layers per unit, rank = width, h = 0.5."""
     config = dict(spatial_dims=2, num_classes=2, levels=3, units=2, ranks=None, h=0.5, width=16)
     config.update(overrides)
@@ -186,7 +186,7 @@ def hyperbolic2d(**overrides) -> HyperbolicSegmenter:
 
 
 @register("hyperbolic3d", stages=True, renamed=RENAMED)
-def hyperbolic3d(**overrides) -> HyperbolicSegmenter:
+def _hyperbolic3d(**overrides) -> HyperbolicSegmenter:
     """3-D video/volume segmentation (NDHWC): width 8, 2 levels, 2 layers per unit, rank = width."""
     config = dict(spatial_dims=3, num_classes=4, levels=2, units=2, ranks=None, h=0.5, width=8)
     config.update(overrides)

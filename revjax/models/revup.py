@@ -309,25 +309,25 @@ RENAMED = {
 
 
 @register("revup20", stages=True, renamed=RENAMED)
-def revup20(**overrides) -> RevUp:
+def _revup20(**overrides) -> RevUp:
     """RevUp-20 (CIFAR): [3, 3, 3] blocks, widths 16/32/64, depth 6n+2 = 20."""
     return _cifar(3, **overrides)
 
 
 @register("revup56", stages=True, renamed=RENAMED)
-def revup56(**overrides) -> RevUp:
+def _revup56(**overrides) -> RevUp:
     """RevUp-56 (CIFAR): [9, 9, 9] blocks, widths 16/32/64."""
     return _cifar(9, **overrides)
 
 
 @register("revup110", stages=True, renamed=RENAMED)
-def revup110(**overrides) -> RevUp:
+def _revup110(**overrides) -> RevUp:
     """RevUp-110 (CIFAR): [18, 18, 18] blocks, widths 16/32/64."""
     return _cifar(18, **overrides)
 
 
 @register("revup_imagenet", stages=True, renamed=RENAMED)
-def revup_imagenet(**overrides) -> RevUp:
+def _revup_imagenet(**overrides) -> RevUp:
     """ImageNet-shaped RevUp: 7x7/2 conv stem + max-pool, [2,2,2,2] blocks, widths 64..512.
 
     Defaults to stored strided transitions (ResNet-18 layout); `transition="reversible"` makes

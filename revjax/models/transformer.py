@@ -170,7 +170,7 @@ def _split(rng):
     return (None, None) if rng is None else tuple(jax.random.split(rng))
 
 
-def transformer_force(attn_fn, mlp_fn):
+def _transformer_force(attn_fn, mlp_fn):
     """f(params, u, rng) = a + M(u + a), a = A(u): a pre-LN block's residual branch.
 
     `attn_fn`, `mlp_fn`: pure (variables, u, rng) -> v; params {"attn": ..., "mlp": ...}.
@@ -184,7 +184,7 @@ def transformer_force(attn_fn, mlp_fn):
     return force
 
 
-def check_body_config(
+def _check_body_config(
     block, width, num_heads, depth, mlp_ratio, dropout, drop_path, h, arith_name="float",
     frac_bits=DEFAULT_FRAC_BITS,
 ):  # fmt: skip
@@ -265,9 +265,9 @@ class TransformerBody(nn.Module):
 
             step = arith.verlet_step(scaled(attn_fn), scaled(mlp_fn), name="verlet")
         elif self.block == "midpoint":
-            step = arith.midpoint_step(transformer_force(attn_fn, mlp_fn), h, name="midpoint")
+            step = arith.midpoint_step(_transformer_force(attn_fn, mlp_fn), h, name="midpoint")
         else:
-            step = arith.leapfrog_step(transformer_force(attn_fn, mlp_fn), h, name="leapfrog")
+            step = arith.leapfrog_step(_transformer_force(attn_fn, mlp_fn), h, name="leapfrog")
         return [arith.duplicate_state(), engine.Scan(step, name=self.block)]
 
     def _modules(self):
@@ -293,7 +293,7 @@ class TransformerBody(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        check_body_config(
+        _check_body_config(
             self.block, x.shape[-1], self.num_heads, self.depth, self.mlp_ratio, self.dropout,
             self.drop_path, self.h, self.arithmetic, self.frac_bits,
         )  # fmt: skip
@@ -368,7 +368,7 @@ class _TransformerModel(CheckedConfig, ReversibleModel, nn.Module):
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
         engine.check_backprop(self.backprop)
-        check_body_config(
+        _check_body_config(
             self.block, self.width, self.num_heads, self.depth, self.mlp_ratio, self.dropout,
             self.drop_path, self.h, self.arithmetic, self.frac_bits,
         )  # fmt: skip

@@ -32,7 +32,7 @@ __all__ = ["load", "predict", "evaluate", "config_from_json", "write_model_info"
 MODEL_INFO = "model_info.json"
 
 
-def normalisation(config: Any) -> str:
+def _normalisation(config: Any) -> str:
     """How the dataset of ``config`` normalises the inputs it feeds the model (test split)."""
     name = config.dataset
     options = dict(config.get("dataset_options", {}) or {})
@@ -61,7 +61,7 @@ def write_model_info(workdir: str | os.PathLike, config: Any, info: Any) -> Path
         "num_train": int(info.num_train),
         "num_test": int(info.num_test),
         "task": info.task,
-        "normalisation": normalisation(config),
+        "normalisation": _normalisation(config),
     }
     path.write_text(json.dumps(record, indent=2))
     return path

@@ -26,7 +26,7 @@
                      eta(t) = schedule(t) * min(1, (t + 1) / W); the schedule keeps its own
                      (absolute) step boundaries
     scalar_lr_factor: f (default 1) multiplies the learning rate of every non-kernel leaf
-                     (biases, scalar multipliers, see ``is_kernel``) by f. Fixup's recipe uses
+                     (biases, scalar multipliers, see ``_is_kernel``) by f. Fixup's recipe uses
                      f = 0.1: its reference training script gives the scalar biases and
                      multipliers a tenth of the base rate (Zhang, Dauphin, Ma 2019,
                      arXiv:1901.09321; github.com/hongyi-zhang/Fixup, cifar/cifar_train.py)
@@ -74,7 +74,7 @@ def _leaf_name(path) -> str:
 _NOT_KERNEL = re.compile(r"(.*_)?(bias|b\d*[a-z]?|scale|scale_raw|offset|mean|var)")
 
 
-def is_kernel(path) -> bool:
+def _is_kernel(path) -> bool:
     """Whether a parameter path names a convolution/dense kernel (weight-decayed).
 
     Every registry family names biases and normalisation parameters ``bias``, ``b``,
@@ -85,8 +85,8 @@ def is_kernel(path) -> bool:
 
 
 def kernel_mask(params: Any) -> Any:
-    """Pytree of bools: True on conv/dense kernels (see ``is_kernel``), else False."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: is_kernel(path), params)
+    """Pytree of bools: True on conv/dense kernels (see ``_is_kernel``), else False."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
 
 
 def scale_non_kernels(factor: float) -> optax.GradientTransformation:
@@ -163,7 +163,7 @@ def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Sch
     raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
 
 
-def with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
+def _with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
     """eta(t) = schedule(t) * min(1, (t + 1) / W): linear warm-up over the first W steps."""
     if warmup_steps <= 0:
         return schedule
@@ -196,7 +196,7 @@ def make_optimizer(
     if warmup < 0:
         raise ValueError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
     updates_per_epoch = max(steps_per_epoch // accumulate, 1)
-    schedule = with_warmup(
+    schedule = _with_warmup(
         make_schedule(opt, updates_per_epoch, max(total_steps // accumulate, 1)), warmup
     )
     parts = []

@@ -3,12 +3,15 @@
 ``train_and_evaluate(config, workdir)`` runs one experiment end to end, as a sequence of named
 parts::
 
-    dataset_info, task_of -> make_run_mesh -> open_train_data -> build_model
-    -> make_optimizer, make_train_step -> init_state (jit, out_shardings)
-    -> open_run (checkpointer, restore latest: state, rng, input position; metrics.jsonl)
-    -> compile_train_step -> step_memory -> train_loop: shard batch -> compiled step
+    dataset_info, task_of -> _make_run_mesh -> _open_train_data -> build_model
+    -> make_optimizer, make_train_step -> _init_state (jit, out_shardings)
+    -> _open_run (checkpointer, restore latest: state, rng, input position; metrics.jsonl)
+    -> _compile_train_step -> _step_memory -> _train_loop: shard batch -> compiled step
     (donated state) -> metrics.jsonl / progress / checkpoint / eval / drift guard
-    -> final evaluate -> summarize -> summary.json
+    -> final _evaluate -> _summarize -> summary.json
+
+The parts other modules and experiments use are public (``__all__``); the rest are private
+to this module.
 
 One ``train_step`` serves every model: loss = mean over the label entries of the task's loss
 (``config.task``, a name in ``revjax.tasks``; "" takes the dataset's own task: softmax
@@ -81,6 +84,14 @@ __all__ = [
     "make_eval_step",
     "task_of",
     "train_and_evaluate",
+    "train_step_memory",
+    # Named parts that experiments and the checkpointer build on.
+    "abstract_state",
+    "abstract_batch",
+    "batch_shardings",
+    "objective",
+    "run_length",
+    "steps_per_epoch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,7 +105,7 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------- model and state
 
 
-def model_fields(model_or_factory: Any) -> set[str]:
+def _model_fields(model_or_factory: Any) -> set[str]:
     """Dataclass field names of a linen module (its configurable attributes)."""
     return {f.name for f in dataclasses.fields(model_or_factory)}
 
@@ -107,14 +118,14 @@ def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo, *
     kwargs = dict(config.model_kwargs)
     kwargs.update(overrides)
     model = models.create(config.model, **kwargs)
-    if "num_classes" in model_fields(model) and "num_classes" not in kwargs:
+    if "num_classes" in _model_fields(model) and "num_classes" not in kwargs:
         model = models.create(config.model, **kwargs, num_classes=info.num_classes)
     return model
 
 
-def has_backprop(model) -> bool:
+def _has_backprop(model) -> bool:
     """Whether the model takes a ``backprop`` mode (i.e. has a reversible body)."""
-    return "backprop" in model_fields(model)
+    return "backprop" in _model_fields(model)
 
 
 def create_state(model, tx: optax.GradientTransformation, seed: int, image_shape) -> dict:
@@ -249,7 +260,7 @@ def make_eval_step(
     model, task: tasks.Task | str = "classification"
 ) -> Callable[[dict, dict], dict]:
     """``(state, batch with "weight") -> task.eval_sums``: the loss and metric sums of one
-    padded eval batch (``evaluate`` adds them over the test split and reports)."""
+    padded eval batch (``_evaluate`` adds them over the test split and reports)."""
     task = tasks.get_task(task) if isinstance(task, str) else task
 
     def eval_step(state, batch):
@@ -263,7 +274,7 @@ def make_eval_step(
 # ----------------------------------------------------------------------------- helpers
 
 
-def prepare_workdir(workdir: str | os.PathLike) -> Path:
+def _prepare_workdir(workdir: str | os.PathLike) -> Path:
     """Creates ``workdir`` and checks it is writable (clear error otherwise)."""
     path = Path(workdir).expanduser().absolute()
     try:
@@ -511,7 +522,7 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def memory_line(temp_bytes: Mapping[str, int]) -> str:
+def _memory_line(temp_bytes: Mapping[str, int]) -> str:
     """One line comparing compiled train-step temp bytes across backprop modes."""
     parts = [f"{mode} {_fmt_bytes(b)}" for mode, b in temp_bytes.items()]
     line = "train-step memory (compiled temp bytes): " + ", ".join(parts)
@@ -523,16 +534,16 @@ def memory_line(temp_bytes: Mapping[str, int]) -> str:
 # ----------------------------------------------------------------------------- main loop
 
 
-def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+def _eval_batch_size(config: ml_collections.ConfigDict) -> int:
     """``config.eval_batch_size``, or the training batch when it is 0."""
     return int(config.eval_batch_size or config.global_batch_size)
 
 
-def evaluate(eval_fn, state, config, task: tasks.Task, mesh, spatial_axis=None) -> dict:
+def _evaluate(eval_fn, state, config, task: tasks.Task, mesh, spatial_axis=None) -> dict:
     """The task's report over the whole test split (last batch padded and masked): the mean
     loss and each metric (accuracy; segmentation also ``iou_<k>`` per class present and
     ``mean_iou``; next_token ``bits_per_byte``)."""
-    batch_size = eval_batch_size(config)
+    batch_size = _eval_batch_size(config)
     ds = data_lib.make_dataset(
         config.dataset,
         "test",
@@ -551,7 +562,7 @@ def evaluate(eval_fn, state, config, task: tasks.Task, mesh, spatial_axis=None) 
     return task.eval_report(totals)
 
 
-def drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
+def _drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
     """``(state, images) -> worst relative reconstruction error`` of the model's reversible
     body, from ``revjax.models.model_reconstruction_error`` (None when that function is absent).
 
@@ -576,7 +587,7 @@ def drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
     return check
 
 
-def drift_message(step: int, error: float, rtol: float, where: str) -> str:
+def _drift_message(step: int, error: float, rtol: float, where: str) -> str:
     """The one-line stop message of the drift guard, naming the remedies."""
     return (
         f"Reconstruction drift at step {step}: relative error {error:.3g} > drift_rtol "
@@ -591,7 +602,7 @@ def drift_message(step: int, error: float, rtol: float, where: str) -> str:
 PROCESS_LOCAL_FIELDS = ("data_dir", "progress_bar")
 
 
-def check_processes_agree(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+def _check_processes_agree(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
     """Stops a multi-process job whose processes were started with different configs.
 
     Compares the flattened config (all fields but ``PROCESS_LOCAL_FIELDS``) and the absolute
@@ -628,14 +639,14 @@ def run_length(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) ->
     return int(round(config.num_epochs * steps_per_epoch(config, info)))
 
 
-def make_run_mesh(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
+def _make_run_mesh(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
     """(mesh, spatial_axis): the ("data", "space") mesh of ``config.mesh``, after checking
     that the train and eval batches (and, split over "space", the examples) divide over it;
     ``spatial_axis`` is None unless "space" > 1."""
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.space)
     data_devices = mesh.shape[sharding.DATA_AXIS]
     sharding.check_batch_divisible(config.global_batch_size, data_devices)
-    sharding.check_batch_divisible(eval_batch_size(config), data_devices)
+    sharding.check_batch_divisible(_eval_batch_size(config), data_devices)
     sharding.check_process_rows(mesh, config.global_batch_size)
     spatial_axis = config.mesh.spatial_axis if mesh.shape["space"] > 1 else None
     if spatial_axis is not None:
@@ -648,7 +659,7 @@ def make_run_mesh(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo)
     return mesh, spatial_axis
 
 
-def open_train_data(config: ml_collections.ConfigDict):
+def _open_train_data(config: ml_collections.ConfigDict):
     """The shuffled, repeated training stream of ``config.dataset`` (a grain dataset)."""
     return data_lib.make_dataset(
         config.dataset,
@@ -660,7 +671,7 @@ def open_train_data(config: ml_collections.ConfigDict):
     )
 
 
-def init_state(model, tx, config, info, mesh) -> tuple[dict, PyTree]:
+def _init_state(model, tx, config, info, mesh) -> tuple[dict, PyTree]:
     """(state, state shardings): ``create_state`` jitted with its output placed on ``mesh``
     (replicated, or split over "data" with ``config.fsdp``)."""
 
@@ -698,7 +709,7 @@ class _Run:
         self.checkpointer.save(step, state, self.train_iter.get_state(), self.config_dict)
 
 
-def open_run(config, workdir: Path, state: dict, train_ds, total_steps: int) -> tuple[_Run, dict]:
+def _open_run(config, workdir: Path, state: dict, train_ds, total_steps: int) -> tuple[_Run, dict]:
     """Opens the checkpointer and the metrics log of ``workdir`` and restores the latest
     checkpoint (state, data position) if there is one; writes ``config.json`` for a run that
     trains. Returns (run, state to start from)."""
@@ -753,7 +764,7 @@ def _resume(run: _Run, restored) -> dict:
     return state
 
 
-def compile_train_step(train_step, state, state_shardings, config, info, task, mesh, spatial_axis):
+def _compile_train_step(train_step, state, state_shardings, config, info, task, mesh, spatial_axis):
     """(compiled step, its abstract batch): ``train_step`` jitted with the state donated and
     sharded, the batch rows over "data", lowered once for the config's global batch."""
     label_shape = task.label_shape(info.image_shape)
@@ -768,7 +779,7 @@ def compile_train_step(train_step, state, state_shardings, config, info, task, m
     return jitted.lower(state, step_batch).compile(), step_batch
 
 
-def step_memory(config, info, model, compiled, make_step, state, step_batch) -> dict[str, int]:
+def _step_memory(config, info, model, compiled, make_step, state, step_batch) -> dict[str, int]:
     """{mode: compiled temp bytes} of the train step in each of ``config.memory_modes`` the
     model accepts (the configured mode's figure from ``compiled`` itself; ``make_step(model)``
     builds the others), or {"model": bytes} for a model without a backprop mode; {} when
@@ -777,7 +788,7 @@ def step_memory(config, info, model, compiled, make_step, state, step_batch) -> 
         return {}
     temp_bytes = {}
     own_mode = getattr(model, "backprop", None)
-    for mode in config.memory_modes if has_backprop(model) else ():
+    for mode in config.memory_modes if _has_backprop(model) else ():
         if mode == own_mode:
             temp_bytes[mode] = compiled_memory(compiled)["temp"]
         else:
@@ -789,7 +800,7 @@ def step_memory(config, info, model, compiled, make_step, state, step_batch) -> 
     return temp_bytes or {"model": compiled_memory(compiled)["temp"]}
 
 
-def fetch_metrics(step: int, metrics: dict, where_good: Callable[[], str]) -> dict:
+def _fetch_metrics(step: int, metrics: dict, where_good: Callable[[], str]) -> dict:
     """The step's metrics as floats; ``NonFiniteLossError`` if the loss or the parameters
     became non-finite (naming the step and the last good checkpoint)."""
     values = jax.device_get(metrics)
@@ -813,7 +824,7 @@ class _LoopEnd(NamedTuple):
     images: Any  # the last training batch's images (None if no step ran)
 
 
-def train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, drift) -> _LoopEnd:
+def _train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, drift) -> _LoopEnd:
     """Steps ``compiled`` from ``run.step`` to ``run.total_steps``: logs every
     ``log_every_steps`` (fetching each step's metrics one step late, so the device never
     waits), saves every ``checkpoint_every_steps``, evaluates every ``eval_every_steps``,
@@ -833,7 +844,7 @@ def train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, dr
         progress.write(line)
 
     def log(at_step: int, metrics: dict) -> None:
-        values = fetch_metrics(at_step, metrics, run.where_good)
+        values = _fetch_metrics(at_step, metrics, run.where_good)
         last.update(values)
         if at_step % log_every == 0 or at_step == 1 or at_step == run.total_steps:
             writer.write(at_step, "train", {**values, "steps_per_sec": progress.rate(at_step)})
@@ -847,7 +858,7 @@ def train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, dr
         writer.write(at_step, "train", {"reconstruction_error": error})
         if not error <= config.drift_rtol:
             raise ReconstructionDriftError(
-                drift_message(at_step, error, config.drift_rtol, run.where_good())
+                _drift_message(at_step, error, config.drift_rtol, run.where_good())
             )
         return True
 
@@ -887,7 +898,7 @@ def train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, dr
                 if eval_every and step % eval_every == 0 and step < run.total_steps:
                     side_start = time.time()
                     writer.write(
-                        step, "test", evaluate(eval_fn, state, config, task, mesh, spatial_axis)
+                        step, "test", _evaluate(eval_fn, state, config, task, mesh, spatial_axis)
                     )
                     side_time += time.time() - side_start
             if pending is not None:
@@ -913,7 +924,7 @@ def _show_bar(config: ml_collections.ConfigDict) -> bool:
     return bool(config.progress_bar) and _interactive()
 
 
-def summarize(
+def _summarize(
     config, task: tasks.Task, run: _Run, end: _LoopEnd, num_params: int, temp_bytes, drift
 ) -> dict:
     """The ``summary.json`` dict of a finished (or signal-stopped) loop: run facts,
@@ -937,7 +948,7 @@ def summarize(
         "preempted": end.stopped_by is not None,
         "stopped_by": end.stopped_by,
         "memory_temp_bytes": temp_bytes,
-        "memory_line": memory_line(temp_bytes) if temp_bytes else "",
+        "memory_line": _memory_line(temp_bytes) if temp_bytes else "",
         "steps_per_sec": (end.step - first_step) / end.train_time if end.train_time > 0 else 0.0,
         "reconstruction_error": None,
     }
@@ -979,27 +990,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         different run-defining config (and ``config.force_resume`` is not set).
     """
     start_time = time.time()
-    check_processes_agree(config, workdir)
+    _check_processes_agree(config, workdir)
     _validate(config)
     info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
     task = task_of(config, info)
     regularise = tasks.regulariser(config.regularisers)
-    mesh, spatial_axis = make_run_mesh(config, info)
-    train_ds = open_train_data(config)  # a missing dataset is reported before any write
+    mesh, spatial_axis = _make_run_mesh(config, info)
+    train_ds = _open_train_data(config)  # a missing dataset is reported before any write
     model = build_model(config, info)
-    workdir = prepare_workdir(workdir)
+    workdir = _prepare_workdir(workdir)
     if jax.process_index() == 0:  # what `revjax.train.load` needs, without the training data
         write_model_info(workdir, config, info)
     total_steps = run_length(config, info)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch(config, info), total_steps)
     train_step = make_train_step(model, tx, schedule, task, regularise)
-    state, state_shardings = init_state(model, tx, config, info, mesh)
+    state, state_shardings = _init_state(model, tx, config, info, mesh)
     num_params = models.count_params(state["params"])
-    run, state = open_run(config, workdir, state, train_ds, total_steps)
-    compiled, step_batch = compile_train_step(
+    run, state = _open_run(config, workdir, state, train_ds, total_steps)
+    compiled, step_batch = _compile_train_step(
         train_step, state, state_shardings, config, info, task, mesh, spatial_axis
     )
-    temp_bytes = step_memory(
+    temp_bytes = _step_memory(
         config,
         info,
         model,
@@ -1009,11 +1020,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         step_batch,
     )
     eval_fn = jax.jit(make_eval_step(model, task))
-    drift = drift_checker(model) if config.drift_check_every > 0 else None
-    end = train_loop(run, compiled, state, eval_fn, task, mesh, spatial_axis, drift)
-    summary = summarize(config, task, run, end, num_params, temp_bytes, drift)
+    drift = _drift_checker(model) if config.drift_check_every > 0 else None
+    end = _train_loop(run, compiled, state, eval_fn, task, mesh, spatial_axis, drift)
+    summary = _summarize(config, task, run, end, num_params, temp_bytes, drift)
     if end.stopped_by is None:
-        result = evaluate(eval_fn, end.state, config, task, mesh, spatial_axis)
+        result = _evaluate(eval_fn, end.state, config, task, mesh, spatial_axis)
         run.writer.write(end.step, "test", result)
         summary.update(_test_entries(result))
     run.writer.close()
