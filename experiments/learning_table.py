@@ -19,7 +19,8 @@ Columns: the task's score (test accuracy, or mean IoU for segmentation), steps x
 training loop's seconds (steps / steps_per_sec: compilation, evaluation and saves excluded),
 the body's reconstruction error after training (float32, on the last training batch, train
 mode; "—" without a reversible body) and the compiled temp memory of one training step in
-reversible vs store mode (XLA ``memory_analysis()``, optimizer update included, state donated).
+reversible vs store mode (XLA ``memory_analysis()``, optimizer update included, state donated;
+a model without a backprop mode is plain autodiff and has the store column only).
 
 Writes ``--out`` (default experiments/results/learning_table.json: one record per config
 with the per-seed values and the held-out score at every periodic evaluation, mean over seeds)
@@ -96,6 +97,8 @@ def rows(summaries: list[dict]) -> list[dict]:
         seconds = [s["steps"] / s["steps_per_sec"] for s in runs if s.get("steps_per_sec")]
         errors = [s["reconstruction_error"] for s in runs if s.get("reconstruction_error")]
         memory = runs[0].get("memory_temp_bytes", {})
+        # A model without a backprop mode (LeanResNet) is plain autodiff: it stores.
+        stored = memory.get("store", memory.get("model"))
         curve = mean_curve([score_curve(s["workdir"], metric) for s in runs])
         out.append(
             {
@@ -111,7 +114,7 @@ def rows(summaries: list[dict]) -> list[dict]:
                 "train_seconds": _mean_std(seconds)[0] if seconds else None,
                 "reconstruction_error": max(errors) if errors else None,
                 "reversible_mib": memory["reversible"] / MIB if "reversible" in memory else None,
-                "store_mib": memory["store"] / MIB if "store" in memory else None,
+                "store_mib": stored / MIB if stored is not None else None,
                 "score_by_step": {str(step): v for step, v in curve.items()},
                 "workdirs": [s["workdir"] for s in runs],
             }

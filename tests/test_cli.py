@@ -15,12 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 
 from revjax import configs
-from revjax.train import launch, optim
+from revjax.train import checkpointing, inference, launch, optim
 from revjax.train.__main__ import split_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,10 +194,28 @@ def test_halving_follows_the_run_length():
     config = configs.load_config("cifar10_lean_b_explicit_rd")
     assert optim.halving_period(config.optimizer, 500, 150_000) == 30_000
     assert optim.halving_period(config.optimizer, 500, 1000) == 200
+    config.optimizer.halve_every_fraction = 0.0
     with pytest.raises(ValueError, match="halve_every_fraction=0.0 gives 0 steps"):
-        optim.halving_period(ml_collections.ConfigDict({"halve_every_fraction": 0.0}), 5, 10)
+        optim.halving_period(config.optimizer, 5, 10)
+    config.optimizer.boundaries_fractions = (2,)
     with pytest.raises(ValueError, match="boundaries_fractions must lie in"):
-        optim.piecewise_boundaries(ml_collections.ConfigDict({"boundaries_fractions": (2,)}), 1, 9)
+        optim.piecewise_boundaries(config.optimizer, 1, 9)
+
+
+def test_a_config_saved_before_a_field_existed_loads_with_the_value_it_used():
+    """`revjax.train.load` rebuilds the optimizer from a workdir's saved config; one written
+    before optimizer.b1/b2/eps (or warmup/accumulation) were declared gets the values that
+    run used, and builds."""
+    saved = configs.load_config("zoo", "lean_b_mobilenet").to_dict()
+    for dotted in checkpointing.ADDED_FIELD_DEFAULTS:
+        *parents, field = dotted.split(".")
+        node = saved
+        for parent in parents:
+            node = node[parent]
+        del node[field]
+    config = inference.config_from_json(json.loads(json.dumps(saved)))
+    assert (config.optimizer.b1, config.optimizer.eps, config.fake_examples) == (0.9, 1e-8, 0)
+    optim.make_optimizer(config, 10, 100)
 
 
 def test_periodic_evaluation_is_on_for_long_runs():

@@ -131,3 +131,18 @@ def test_trainer_and_memory_measurement_differentiate_one_loss_function():
     assert task.loss is tasks.softmax_xent and measured.args[1] is trained.args[1]
     assert trained.func is tasks.training_loss
     assert tasks.get_task("next_token").loss is tasks.softmax_xent
+
+
+@pytest.mark.parametrize("path", ["revjax/train/trainer.py", "revjax/train/optim.py"])
+def test_trainer_reads_config_fields_without_local_defaults(path):
+    """Every config default is declared once, in revjax/configs/default.py: the trainer and
+    the optimizer read fields as attributes (``config.optimizer.schedule``), never
+    ``config.get(name, default)``, whose second default can disagree with the first."""
+    tree = ast.parse((ROOT / path).read_text())
+    local_defaults = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = ast.unparse(node.func.value)
+            if node.func.attr == "get" and (target in ("config", "opt") or "optimizer" in target):
+                local_defaults.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    assert not local_defaults, local_defaults

@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = False
+    config.optimizer.b1, config.optimizer.b2, config.optimizer.eps = 0.9, 0.999, 1e-8  # Adam(W)
     config.optimizer.weight_decay = 5e-4
     config.optimizer.schedule = "piecewise"
     # Piecewise boundaries as fractions of the run: they follow an overridden num_steps or

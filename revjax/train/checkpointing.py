@@ -99,6 +99,9 @@ ADDED_FIELD_DEFAULTS = {
     "fake_examples": 0,
     "optimizer.warmup_steps": 0,
     "optimizer.accumulate_steps": 1,
+    "optimizer.b1": 0.9,
+    "optimizer.b2": 0.999,
+    "optimizer.eps": 1e-8,
 }
 
 

@@ -92,8 +92,21 @@ def _tuples(value: Any) -> Any:
 
 
 def config_from_json(config: dict[str, Any]) -> ml_collections.ConfigDict:
-    """ConfigDict of a config saved as JSON (``config.json`` or a checkpoint's item)."""
-    return ml_collections.ConfigDict(_tuples(config))
+    """ConfigDict of a config saved as JSON (``config.json`` or a checkpoint's item).
+
+    Fields added to the config since older workdirs were written take the value those runs
+    implicitly used (``checkpointing.ADDED_FIELD_DEFAULTS``)."""
+    from revjax.train.checkpointing import ADDED_FIELD_DEFAULTS
+
+    config = ml_collections.ConfigDict(_tuples(config))
+    for dotted, value in ADDED_FIELD_DEFAULTS.items():
+        *parents, field = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        if field not in node:
+            node[field] = value
+    return config
 
 
 def load(

@@ -114,12 +114,12 @@ def piecewise_boundaries(opt: Any, steps_per_epoch: int, total_steps: int) -> li
     Raises:
       ValueError: a fraction outside (0, 1].
     """
-    boundaries = [int(s) for s in opt.get("boundaries_steps", ()) or ()]
+    boundaries = [int(s) for s in opt.boundaries_steps]
     if not boundaries:
-        epochs = opt.get("boundaries_epochs", ()) or ()
+        epochs = opt.boundaries_epochs
         boundaries = [int(round(e * steps_per_epoch)) for e in epochs]
     if not boundaries:
-        fractions = [float(f) for f in opt.get("boundaries_fractions", ()) or ()]
+        fractions = [float(f) for f in opt.boundaries_fractions]
         bad = [f for f in fractions if not 0.0 < f <= 1.0]
         if bad:
             raise ValueError(f"optimizer.boundaries_fractions must lie in (0, 1], got {bad}")
@@ -134,11 +134,11 @@ def halving_period(opt: Any, steps_per_epoch: int, total_steps: int) -> int:
     Raises:
       ValueError: the period is below one step.
     """
-    epochs = float(opt.get("halve_every_epochs", 0.0) or 0.0)
+    epochs = float(opt.halve_every_epochs)
     if epochs > 0:
         every, what = int(round(epochs * steps_per_epoch)), f"halve_every_epochs={epochs}"
     else:
-        fraction = float(opt.get("halve_every_fraction", 0.0) or 0.0)
+        fraction = float(opt.halve_every_fraction)
         every, what = int(round(fraction * total_steps)), f"halve_every_fraction={fraction}"
     if every < 1:
         raise ValueError(f"optimizer.{what} gives {every} steps; must be >= 1 step")
@@ -148,11 +148,11 @@ def halving_period(opt: Any, steps_per_epoch: int, total_steps: int) -> int:
 def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Learning-rate schedule eta(step) from ``config.optimizer`` (see module docstring)."""
     eta0 = float(opt.learning_rate)
-    name = opt.get("schedule", "constant")
+    name = opt.schedule
     if name == "constant":
         return optax.constant_schedule(eta0)
     if name == "piecewise":
-        factor = float(opt.get("decay_factor", 0.1))
+        factor = float(opt.decay_factor)
         boundaries = piecewise_boundaries(opt, steps_per_epoch, total_steps)
         return optax.piecewise_constant_schedule(eta0, {b: factor for b in boundaries})
     if name == "halving":
@@ -186,13 +186,13 @@ def make_optimizer(
       total_steps: train steps of the run.
     """
     opt = config.optimizer
-    name = opt.get("name", "sgd")
+    name = opt.name
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    accumulate = int(opt.get("accumulate_steps", 1))
+    accumulate = int(opt.accumulate_steps)
     if accumulate < 1:
         raise ValueError(f"optimizer.accumulate_steps must be >= 1, got {accumulate}")
-    warmup = int(opt.get("warmup_steps", 0) or 0)
+    warmup = int(opt.warmup_steps)
     if warmup < 0:
         raise ValueError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
     updates_per_epoch = max(steps_per_epoch // accumulate, 1)
@@ -200,41 +200,27 @@ def make_optimizer(
         make_schedule(opt, updates_per_epoch, max(total_steps // accumulate, 1)), warmup
     )
     parts = []
-    clip = float(opt.get("grad_clip_norm", 0.0) or 0.0)
+    clip = float(opt.grad_clip_norm)
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
-    wd = float(opt.get("weight_decay", 0.0) or 0.0)
+    wd = float(opt.weight_decay)
     if wd > 0 and name != "adamw":
         parts.append(optax.add_decayed_weights(wd, mask=kernel_mask))
     if name == "sgd":
         parts.append(
             optax.sgd(
                 schedule,
-                momentum=opt.get("momentum", 0.9) or None,
-                nesterov=bool(opt.get("nesterov", False)),
-            )
-        )
-    elif name == "adamw":
-        parts.append(
-            optax.adamw(
-                schedule,
-                b1=float(opt.get("b1", 0.9)),
-                b2=float(opt.get("b2", 0.999)),
-                eps=float(opt.get("eps", 1e-8)),
-                weight_decay=wd,
-                mask=kernel_mask,
+                momentum=opt.momentum or None,
+                nesterov=bool(opt.nesterov),
             )
         )
     else:
-        parts.append(
-            optax.adam(
-                schedule,
-                b1=float(opt.get("b1", 0.9)),
-                b2=float(opt.get("b2", 0.999)),
-                eps=float(opt.get("eps", 1e-8)),
-            )
-        )
-    scalar_factor = float(opt.get("scalar_lr_factor", 1.0))
+        moments = {"b1": float(opt.b1), "b2": float(opt.b2), "eps": float(opt.eps)}
+        if name == "adamw":
+            parts.append(optax.adamw(schedule, **moments, weight_decay=wd, mask=kernel_mask))
+        else:
+            parts.append(optax.adam(schedule, **moments))
+    scalar_factor = float(opt.scalar_lr_factor)
     if scalar_factor != 1.0:
         parts.append(scale_non_kernels(scalar_factor))
     tx = optax.chain(*parts)
@@ -247,13 +233,13 @@ def make_optimizer(
 def describe_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> str:
     """One line: the resolved learning-rate schedule in *train* steps, e.g.
     "schedule: piecewise, lr 0.1 -> 0.01 at step 1500 -> 0.001 at step 2250; warmup 0"."""
-    accumulate = max(int(opt.get("accumulate_steps", 1) or 1), 1)
+    accumulate = max(int(opt.accumulate_steps), 1)
     per_epoch = max(steps_per_epoch // accumulate, 1)
     updates = max(total_steps // accumulate, 1)
-    eta0, name = float(opt.learning_rate), opt.get("schedule", "constant")
+    eta0, name = float(opt.learning_rate), opt.schedule
     text = f"schedule: {name}, lr {eta0:g}"
     if name == "piecewise":
-        factor, eta = float(opt.get("decay_factor", 0.1)), eta0
+        factor, eta = float(opt.decay_factor), eta0
         for b in piecewise_boundaries(opt, per_epoch, updates):
             eta *= factor
             text += f" -> {eta:g} at step {b * accumulate}"
@@ -263,7 +249,7 @@ def describe_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> str:
         text += f" -> 0 at step {updates * accumulate} (cosine)"
     elif name != "constant":
         raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
-    text += f"; warmup {int(opt.get('warmup_steps', 0) or 0)}"
+    text += f"; warmup {int(opt.warmup_steps)}"
     if accumulate > 1:
         text += f"; {accumulate} steps per update"
     return text + f"; {total_steps} steps"
