@@ -58,6 +58,7 @@ Parameters of the body: params["body"] = {"attn": stacked Attention, "mlp": stac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import Any
@@ -348,6 +349,14 @@ def _sow_with_rngs(module, layers, params, state, *, rngs):
     sow_reconstruction_error(module, layers, params, state, rngs)
 
 
+# The body's configuration fields, which the models declare too and pass on unchanged.
+_BODY_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(TransformerBody)
+    if f.name not in ("causal", "parent", "name")
+)
+
+
 class _TransformerModel(CheckedConfig, ReversibleModel, nn.Module):
     """The fields, checks and body that `ViT` and `ByteLM` share (see `ViT` for their meaning)."""
 
@@ -379,13 +388,8 @@ class _TransformerModel(CheckedConfig, ReversibleModel, nn.Module):
             )
 
     def _body(self, x: jax.Array, *, causal: bool, train: bool) -> jax.Array:
-        body = TransformerBody(
-            block=self.block, depth=self.depth, num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio, causal=causal, dropout=self.dropout,
-            drop_path=self.drop_path, h=self.h, backprop=self.backprop, dtype=self.dtype,
-            param_dtype=self.param_dtype, arithmetic=self.arithmetic, frac_bits=self.frac_bits,
-            name="body",
-        )  # fmt: skip
+        shared = {name: getattr(self, name) for name in _BODY_FIELDS}
+        body = TransformerBody(**shared, causal=causal, name="body")
         return body(x, deterministic=not train)
 
 
