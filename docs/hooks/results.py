@@ -290,11 +290,6 @@ def video_segmentation() -> str:
     return table(header, rows)
 
 
-def _learning_table_models() -> set[str]:
-    path = RESULTS / "learning_table.json"
-    return {r["model"] for r in load("learning_table.json")["rows"]} if path.exists() else set()
-
-
 def learning_table() -> str:
     """`experiments/learning_table.py`'s rows: mean ± std over the seeds of each config."""
     rows = []
@@ -323,24 +318,6 @@ def learning_curves() -> str:
                 [r["model"], r["metric"], " · ".join(f"{v:.3f} @ {k}" for k, v in curve.items())]
             )
     return table(["model", "metric", "held-out score @ step (mean over seeds)"], rows, "lll")
-
-
-def zoo_learning() -> str:
-    """The former loop's single-seed rows of the models not yet in learning_table.json."""
-    rerun = _learning_table_models()
-    rows = []
-    for r in load("zoo_learning.json")["rows"]:
-        if r["model"] in rerun:
-            continue
-        mem = r["temp_mib"]
-        rows.append([r["model"], r["metric"], f"{r['score']:.3f}", f"{r['steps']} x {r['batch']}",
-                     f"{r['wall_s']:.0f}",
-                     "—" if r["reconstruction_error"] is None else sci(r["reconstruction_error"]),
-                     f"{mem['reversible']:.1f}" if mem else "—",
-                     f"{mem['store']:.1f}" if mem else "—"])  # fmt: skip
-    header = ["model", "metric", "score", "steps x batch", "train s", "recon. err.", "rev. MiB",
-              "store MiB"]  # fmt: skip
-    return table(header, rows, "llrrrrrr")
 
 
 def _drift_family(r) -> str:
@@ -423,7 +400,7 @@ TABLES = {f.__name__: f for f in (
     memory_vs_depth, memory_vs_depth_exact, classifier_memory, classifier_depth,
     chang_block_memory, exact_cost, hyperbolic_memory, hyperbolic_largest_clip, revup_memory,
     sharding_spatial, sharding_spatial_quick, sharding_weak_scaling, torch_parity,
-    torch_parity_ops, video_segmentation, learning_table, learning_curves, zoo_learning,
+    torch_parity_ops, video_segmentation, learning_table, learning_curves,
     reconstruction_drift, reconstruction_drift_exact, hamiltonian1202_curve, gradient_precision,
     transformer_lm,
 )}  # fmt: skip
