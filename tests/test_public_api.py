@@ -23,6 +23,7 @@ import revjax.train
 REGISTRY = {
     "CheckedConfig",
     "register",
+    "preset",
     "create",
     "names",
     "renamed_fields",

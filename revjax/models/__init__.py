@@ -38,6 +38,7 @@ from revjax.models.registry import (
     count_params,
     create,
     names,
+    preset,
     register,
     renamed_fields,
     summary,
@@ -46,6 +47,7 @@ from revjax.models.registry import (
 __all__ = [
     "CheckedConfig",
     "register",
+    "preset",
     "create",
     "names",
     "renamed_fields",

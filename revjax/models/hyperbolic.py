@@ -39,7 +39,7 @@ from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import hyperbolic
 from revjax.models.heads import check_num_classes
-from revjax.models.registry import CheckedConfig, register
+from revjax.models.registry import CheckedConfig, preset, register
 
 __all__ = ["HyperbolicSegmenter"]
 
@@ -177,17 +177,11 @@ RENAMED = {
 }
 
 
-@register("hyperbolic2d", stages=True, renamed=RENAMED)
-def _hyperbolic2d(**overrides) -> HyperbolicSegmenter:
-    """2-D segmentation (NHWC): width 16, 3 levels, 2 layers per unit, rank = width, h = 0.5."""
-    config = dict(spatial_dims=2, num_classes=2, levels=3, units=2, ranks=None, h=0.5, width=16)
-    config.update(overrides)
-    return HyperbolicSegmenter(**config)
-
-
-@register("hyperbolic3d", stages=True, renamed=RENAMED)
-def _hyperbolic3d(**overrides) -> HyperbolicSegmenter:
-    """3-D video/volume segmentation (NDHWC): width 8, 2 levels, 2 layers per unit, rank = width."""
-    config = dict(spatial_dims=3, num_classes=4, levels=2, units=2, ranks=None, h=0.5, width=8)
-    config.update(overrides)
-    return HyperbolicSegmenter(**config)
+# 2-D segmentation (NHWC) and 3-D video/volume segmentation (NDHWC); rank = width.
+_COMMON = dict(units=2, ranks=None, h=0.5)
+register("hyperbolic2d", stages=True, renamed=RENAMED)(
+    preset(HyperbolicSegmenter, spatial_dims=2, num_classes=2, levels=3, width=16, **_COMMON)
+)
+register("hyperbolic3d", stages=True, renamed=RENAMED)(
+    preset(HyperbolicSegmenter, spatial_dims=3, num_classes=4, levels=2, width=8, **_COMMON)
+)

@@ -65,7 +65,7 @@ from revjax.families.lean import (
     off_diagonal,
 )
 from revjax.models.heads import ClassifierHead, Stem, batch_norm, check_num_classes, conv_init
-from revjax.models.registry import CheckedConfig, create, register
+from revjax.models.registry import CheckedConfig, create, preset, register
 
 __all__ = [
     "ResNetStep",
@@ -418,19 +418,6 @@ def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
 # --------------------------------------------------------------------------- registry
 
 
-def _lean_factory(network: str, step: str):
-    width, num_blocks = NETWORKS[network]
-
-    def factory(**overrides) -> LeanResNet:
-        units = (STEPS_PER_BLOCK,) * num_blocks
-        return LeanResNet(**{"step": step, "width": width, "units": units, **overrides})
-
-    factory.__doc__ = (
-        f"LeanResNet {network.upper()} with {step} steps (Ephrath et al. 2019, Sec. 4)."
-    )
-    return factory
-
-
 # Field names LeanResNet used before the shared vocabulary.
 _RENAMED_RESNET = {
     "features": "width (the stem width c0; stage i runs at width * 2**i)",
@@ -439,27 +426,21 @@ _RENAMED_RESNET = {
     "units=(4, 4, 4))",
     "stem_kernel_size": "stem_kernel",
 }
-for _network in NETWORKS:
+# Networks A, B, C of Ephrath et al. (2019), Sec. 4, with every step type.
+for _network, (_width, _num_blocks) in NETWORKS.items():
     for _step in lean.STEP_TYPES:
         register(f"lean_{_network}_{_step}", stages=True, renamed=_RENAMED_RESNET)(
-            _lean_factory(_network, _step)
+            preset(LeanResNet, step=_step, width=_width, units=(STEPS_PER_BLOCK,) * _num_blocks)
         )
 
-
-def _hamiltonian_factory(operator: str):
-    def factory(**overrides) -> LeanHamiltonian:
-        return LeanHamiltonian(**{"operator": operator, **overrides})
-
-    return factory
-
-
 _RENAMED_HAMILTONIAN = {"depth": "units (Verlet steps per stage, one entry per stage)"}
-register("lean_hamiltonian", stages=True, renamed=_RENAMED_HAMILTONIAN)(
-    _hamiltonian_factory("dw_mix")
-)
-register("lean_hamiltonian_circulant", stages=True, renamed=_RENAMED_HAMILTONIAN)(
-    _hamiltonian_factory("circulant")
-)
+for _name, _operator in [
+    ("lean_hamiltonian", "dw_mix"),
+    ("lean_hamiltonian_circulant", "circulant"),
+]:
+    register(_name, stages=True, renamed=_RENAMED_HAMILTONIAN)(
+        preset(LeanHamiltonian, operator=_operator)
+    )
 
 
 # --------------------------------------------------------------------------- parameter table

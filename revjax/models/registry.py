@@ -5,6 +5,9 @@
 
     create("revnet_mini", units=(2,))   # -> a Flax linen module, validated on construction
 
+A named configuration of a linen class needs no function of its own:
+`register("revnet38", stages=True)(preset(RevNet, units=(3, 3, 3), widths=(32, 64, 112)))`.
+
 `stages=True` declares a stack of stages: such a model speaks the zoo's shared vocabulary
 (`units` blocks per stage, `widths` per stage or a scalar `width`; tests check it), which a
 model without stages (a transformer's `depth`, `num_heads`) need not. `renamed` maps the field
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 __all__ = [
     "CheckedConfig",
     "register",
+    "preset",
     "create",
     "names",
     "renamed_fields",
@@ -74,6 +78,16 @@ def register(name: str, *, stages: bool = False, renamed: Mapping[str, str] | No
         return factory
 
     return decorator
+
+
+def preset(cls: Callable[..., Any], **defaults) -> Callable[..., Any]:
+    """A factory `(**overrides) -> cls(**{**defaults, **overrides})` for `register`."""
+
+    def factory(**overrides):
+        return cls(**{**defaults, **overrides})  # validated on construction (`check_config`)
+
+    factory.__doc__ = f"{getattr(cls, '__name__', cls)} with {defaults} (any field overridable)."
+    return factory
 
 
 def names(*, stages: bool | None = None) -> list[str]:

@@ -61,7 +61,7 @@ from revjax.families.resnet import (
 )
 from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
 from revjax.models.heads import ClassifierHead, Stem, conv_init
-from revjax.models.registry import CheckedConfig, register
+from revjax.models.registry import CheckedConfig, preset, register
 from revjax.models.resnet import ResNet, residual_module, stem_width_of
 from revjax.nn import init_stacked, residual_with_stats
 
@@ -348,14 +348,6 @@ IMAGENET = dict(
 )
 
 
-def _factory(cls, **config):
-    def factory(**overrides):
-        return cls(**{**config, **overrides})
-
-    factory.__doc__ = f"{cls.__name__} with {config} (any field overridable)."
-    return factory
-
-
 _CONFIGS = {
     "resnet32": (ResNet, dict(CIFAR, units=(5, 5, 5), widths=(16, 32, 64))),
     "resnet110": (ResNet, dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64))),
@@ -386,4 +378,4 @@ RENAMED = {
     "stem_max_pool": "stem_pool",
 }
 for _name, (_cls, _config) in _CONFIGS.items():
-    register(_name, stages=True, renamed=RENAMED)(_factory(_cls, **_config))
+    register(_name, stages=True, renamed=RENAMED)(preset(_cls, **_config))

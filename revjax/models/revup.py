@@ -55,7 +55,7 @@ from revjax.conv import conv
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.families import revup
 from revjax.models.heads import check_num_classes, conv_init
-from revjax.models.registry import CheckedConfig, register
+from revjax.models.registry import CheckedConfig, preset, register
 from revjax.spectral_norm import check_coefficient
 from revjax.transitions import check_halvable, space_to_depth_step, zero_pad_channels_step
 
@@ -295,45 +295,24 @@ class RevUp(CheckedConfig, ReversibleModel, nn.Module):
         return self(x, train=False, trace=True)
 
 
-def _cifar(n: int, **overrides) -> RevUp:
-    config = dict(units=(n, n, n), widths=(16, 32, 64))
-    config.update(overrides)
-    return RevUp(**config)
-
-
 RENAMED = {
     "stage_sizes": "units (blocks per stage)",
     "downsample": "transition",
     "stem_stride": "stem_strides",
 }
 
+# RevUp-(6n+2) on CIFAR: n blocks in each of three stages, widths 16/32/64.
+for _n in (3, 9, 18):
+    register(f"revup{6 * _n + 2}", stages=True, renamed=RENAMED)(
+        preset(RevUp, units=(_n, _n, _n), widths=(16, 32, 64))
+    )
 
-@register("revup20", stages=True, renamed=RENAMED)
-def _revup20(**overrides) -> RevUp:
-    """RevUp-20 (CIFAR): [3, 3, 3] blocks, widths 16/32/64, depth 6n+2 = 20."""
-    return _cifar(3, **overrides)
-
-
-@register("revup56", stages=True, renamed=RENAMED)
-def _revup56(**overrides) -> RevUp:
-    """RevUp-56 (CIFAR): [9, 9, 9] blocks, widths 16/32/64."""
-    return _cifar(9, **overrides)
-
-
-@register("revup110", stages=True, renamed=RENAMED)
-def _revup110(**overrides) -> RevUp:
-    """RevUp-110 (CIFAR): [18, 18, 18] blocks, widths 16/32/64."""
-    return _cifar(18, **overrides)
-
-
-@register("revup_imagenet", stages=True, renamed=RENAMED)
-def _revup_imagenet(**overrides) -> RevUp:
-    """ImageNet-shaped RevUp: 7x7/2 conv stem + max-pool, [2,2,2,2] blocks, widths 64..512.
-
-    Defaults to stored strided transitions (ResNet-18 layout); `transition="reversible"` makes
-    the state 64·4^s channels wide (large).
-    """
-    config = dict(
+# ImageNet-shaped RevUp: 7x7/2 conv stem + max-pool, [2,2,2,2] blocks, widths 64..512, stored
+# strided transitions (ResNet-18 layout); `transition="reversible"` makes the state 64·4^s
+# channels wide (large).
+register("revup_imagenet", stages=True, renamed=RENAMED)(
+    preset(
+        RevUp,
         units=(2, 2, 2, 2),
         widths=(64, 128, 256, 512),
         num_classes=1000,
@@ -342,5 +321,4 @@ def _revup_imagenet(**overrides) -> RevUp:
         stem_pool=True,
         transition="stored",
     )
-    config.update(overrides)
-    return RevUp(**config)
+)

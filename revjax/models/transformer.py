@@ -72,7 +72,7 @@ from revjax import arithmetic, engine, integrators, tasks
 from revjax.arithmetic import DEFAULT_FRAC_BITS
 from revjax.drift import ReversibleModel, sow_reconstruction_error
 from revjax.models.heads import check_num_classes
-from revjax.models.registry import CheckedConfig, register
+from revjax.models.registry import CheckedConfig, preset, register
 from revjax.nn import init_stacked, residual_fn
 
 __all__ = [
@@ -551,14 +551,7 @@ def sample(
     return bytes(int(b) for b in jax.device_get(out))
 
 
-def _factory(cls, **defaults):
-    def build(**overrides):
-        return cls(**{**defaults, **overrides})  # validated on construction (`check_config`)
-
-    return build
-
-
-register("rev_vit")(_factory(ViT, block="coupling"))
-register("vit")(_factory(ViT, block="standard", backprop="store"))
-register("rev_byte_lm")(_factory(ByteLM, block="coupling"))
-register("byte_lm")(_factory(ByteLM, block="standard", backprop="store"))
+register("rev_vit")(preset(ViT, block="coupling"))
+register("vit")(preset(ViT, block="standard", backprop="store"))
+register("rev_byte_lm")(preset(ByteLM, block="coupling"))
+register("byte_lm")(preset(ByteLM, block="standard", backprop="store"))
