@@ -22,7 +22,9 @@ A network body is a sequence of *layers*:
 - an `InvertibleStep`;
 - `Scan(step)`: `depth` copies of one step with parameters stacked on a leading axis, run with
   `lax.scan` (compile time independent of depth; the backward pass scans in reverse;
-  `Scan(step, unroll=k)` runs k steps per loop iteration);
+  `Scan(step, unroll=k)` runs k steps per loop iteration; `Scan(step, store_every=k)` stores
+  the state every k steps, and the backward pass restarts from each stored state, so float
+  drift accumulates over at most k steps at the price of depth/k stored states);
 - `Transition(apply)`: a non-invertible map (pooling, strided projection, stem); its *input* is
   stored for the backward pass and reconstruction restarts from it.
 
@@ -31,7 +33,7 @@ backward strategies, all giving the same numbers:
 
 - "reversible": one `jax.custom_vjp` over the whole sequence; the forward saves only the final
   output and the inputs of transitions; the backward rebuilds every step's input from its output.
-  Activation memory is independent of depth.
+  Activation memory is independent of depth (with `Scan.store_every=k`, depth/k states).
 - "store": plain autodiff, all intermediate activations stored (the baseline).
 - "remat": `jax.checkpoint` around every step (stores each step's input).
 
@@ -80,6 +82,8 @@ __all__ = [
     "inverse_rule",
     "restart_at_transition",
     "reconstruction_error",
+    "store_every",
+    "check_store_every",
     "check_reconstruction",
     "ReconstructionError",
 ]
@@ -117,11 +121,18 @@ class Scan(NamedTuple):
         reverse sweep of the reversible backward pass): a positive int (k steps per loop
         iteration) or True (fully unrolled, compile time grows with depth). Numerics are
         unchanged; only the compiled loop differs.
+      store_every: None (store nothing), or k >= 1: the reversible forward stores the state
+        entering steps 0, k, 2k, ... and the reconstruction restarts from each stored state
+        (an identity `Transition` before every k-th step), so drift accumulates over at most
+        k steps. Memory: ceil(depth / k) stored states instead of none; the gradients are
+        mathematically the same. For float32 stacks too deep to reconstruct accurately
+        (store and remat ignore it).
     """
 
     step: InvertibleStep
     name: str = "scan"
     unroll: int | bool = 1
+    store_every: int | None = None
 
 
 class Transition(NamedTuple):
@@ -186,13 +197,21 @@ def _scan_depth(params: PyTree, rngs: PyTree, name: str) -> int:
     return depth
 
 
-def _check_unroll(layer: Scan, where: str) -> None:
-    """Raises ValueError unless the Scan's unroll is a bool or an int >= 1."""
+def check_store_every(every: Any, where: str = "store_every") -> None:
+    """Raises ValueError unless `every` (`Scan.store_every`) is None or an int >= 1."""
+    if every is not None and (
+        isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1
+    ):
+        raise ValueError(f"{where} must be None or an int >= 1, got {every!r}")
+
+
+def _check_scan_options(layer: Scan, where: str) -> None:
+    """Raises ValueError unless the Scan's unroll is a bool or an int >= 1, and its store_every
+    None or an int >= 1."""
     unroll = layer.unroll
-    if isinstance(unroll, bool):
-        return
-    if not isinstance(unroll, int | np.integer) or unroll < 1:
+    if not isinstance(unroll, bool) and (not isinstance(unroll, int | np.integer) or unroll < 1):
         raise ValueError(f"{where}: Scan unroll must be a positive int or a bool, got {unroll!r}")
+    check_store_every(layer.store_every, f"{where}: Scan store_every")
 
 
 def _is_layer(obj: Any) -> bool:
@@ -236,7 +255,7 @@ def _validate(layers, params, x, rngs) -> None:
         raise ValueError(f"{len(layers)} layers but {len(rngs)} rng entries")
     for i, (layer, p, r) in enumerate(zip(layers, params, rngs)):
         if isinstance(layer, Scan):
-            _check_unroll(layer, f"layer {i} ({layer.name})")
+            _check_scan_options(layer, f"layer {i} ({layer.name})")
             _scan_depth(p, r, f"layer {i} ({layer.name})")
     _check_dtypes(params, x, "apply")
 
@@ -284,6 +303,9 @@ def _map_layer(layer: Layer, params, carry, rng, extra, step_rule, transition_ru
     """
     if isinstance(layer, Transition):
         return transition_rule(layer, params, carry, rng, extra)
+    if isinstance(layer, Scan) and layer.store_every is not None:
+        return _map_stored_segments(layer, params, carry, rng, extra, step_rule, transition_rule,
+                                    reverse)  # fmt: skip
     if isinstance(layer, Scan):
 
         def body(c, xs, step=layer.step):
@@ -292,6 +314,71 @@ def _map_layer(layer: Layer, params, carry, rng, extra, step_rule, transition_ru
 
         return lax.scan(body, carry, (params, rng, extra), reverse=reverse, unroll=layer.unroll)
     return step_rule(layer, params, carry, rng, extra)
+
+
+def _identity(params, x, rng=None):
+    return x
+
+
+def _map_stored_segments(layer: Scan, params, carry, rng, extra, step_rule, transition_rule,
+                         reverse):  # fmt: skip
+    """`_map_layer` of a `Scan(step, store_every=k)`: segments of k steps (the last one
+    shorter if k does not divide the depth), each preceded by an identity `Transition`.
+
+    `extra` and the result's outs are pairs (stored segment inputs, the steps' own): the
+    anchors' stored inputs come first (None in the forward and in `invert`, which has nothing
+    stored and so reconstructs through every segment), the steps' extras and outs stacked on
+    the depth axis as for a plain Scan.
+    """
+    depth = _scan_depth(params, rng, layer.name)
+    k = min(layer.store_every, depth)
+    full, rest = divmod(depth, k)
+    anchor = Transition(_identity, name=f"{layer.name}_stored")
+    steps = layer._replace(store_every=None)
+    stored, steps_extra = (None, None) if extra is None else extra
+
+    def segment(c, xs):
+        p, r, (a, e) = xs
+        a_out = None
+        if not reverse:  # the forward stores the segment's input
+            c, a_out = transition_rule(anchor, None, c, None, a)
+        c, s_out = _map_layer(steps, p, c, r, e, step_rule, transition_rule, reverse)
+        if reverse and a is not None:  # the reconstruction restarts from it
+            c, a_out = transition_rule(anchor, None, c, None, a)
+        return c, (a_out, s_out)
+
+    def cut(tree, start, stop, shape):
+        return jax.tree.map(lambda u: u[start:stop].reshape(*shape, *u.shape[1:]), tree)
+
+    def scan_segments(c, xs):
+        return lax.scan(segment, c, xs, reverse=reverse)
+
+    pieces = [("head", partial(cut, start=0, stop=full * k, shape=(full, k)), scan_segments)]
+    if rest:
+        pieces.append(("tail", partial(cut, start=full * k, stop=depth, shape=(rest,)), segment))
+    a_head = None if stored is None else jax.tree.map(lambda u: u[:full], stored)
+    a_tail = None if stored is None else jax.tree.map(lambda u: u[full], stored)
+    outs = {}
+    for name, pick, run in reversed(pieces) if reverse else pieces:
+        a = a_head if name == "head" else a_tail
+        carry, outs[name] = run(carry, (pick(params), pick(rng), (a, pick(steps_extra))))
+    a_outs, s_outs = outs["head"]  # (full, ...) and (full, k, ...)
+    s_outs = jax.tree.map(lambda u: u.reshape(-1, *u.shape[2:]), s_outs)
+    if rest:
+        a_outs = jax.tree.map(lambda h, t: jnp.concatenate([h, t[None]]), a_outs, outs["tail"][0])
+        s_outs = jax.tree.map(lambda h, t: jnp.concatenate([h, t]), s_outs, outs["tail"][1])
+    return carry, (a_outs, s_outs)
+
+
+def store_every(layers: Sequence[Layer], every: int | None) -> list[Layer]:
+    """`layers` with every Scan's `store_every` set to `every` (None: store nothing), e.g. from
+    a model field that bounds float drift in deep stacks."""
+    return [layer._replace(store_every=every) if isinstance(layer, Scan) else layer
+            for layer in layers]  # fmt: skip
+
+
+def _stores_segments(layer: Layer) -> bool:
+    return isinstance(layer, Scan) and layer.store_every is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +417,12 @@ def forward_sweep(
     auxes, inputs = [], []
     h = x
     for layer, p, r in zip(layers, params, rngs):
-        h, (aux, inp) = _map_layer(layer, p, h, r, None, step_rule, transition_rule, False)
+        h, out = _map_layer(layer, p, h, r, None, step_rule, transition_rule, False)
+        if _stores_segments(layer):  # out: ((None, stored segment inputs), the steps' outs)
+            (_, stored), (aux, inp) = out
+            inp = (stored, inp)
+        else:
+            aux, inp = out
         auxes.append(aux)
         inputs.append(inp)
     return h, tuple(auxes), tuple(inputs)
@@ -392,6 +484,8 @@ def reverse_sweep(
         carry, outs[i] = _map_layer(
             layers[i], params[i], carry, rngs[i], inputs[i], rules[i], transition_rule, True
         )
+        if _stores_segments(layers[i]):
+            outs[i] = outs[i][1]  # the steps' outs; the stored segment inputs have none
     return carry, tuple(outs)
 
 
@@ -469,7 +563,8 @@ def apply_with_aux(
     _validate(layers, params, x, rngs)
     if backprop == "reversible":
         return _reversible(layers, params, x, rngs)
-    y, aux, _ = forward_sweep(layers, params, x, rngs, checkpoint=backprop == "remat")
+    plain = tuple(store_every(layers, None))  # storing states serves the reversible pass only
+    y, aux, _ = forward_sweep(plain, params, x, rngs, checkpoint=backprop == "remat")
     return y, aux
 
 

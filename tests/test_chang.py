@@ -143,12 +143,15 @@ def test_network_reversible_gradients_equal_store(family, transition, start):
     assert all(float(jnp.max(jnp.abs(b))) > 0 for b in jax.tree.leaves(body_grads))
 
 
-def test_bn_hamiltonian_train_mode_matches_store():
+@pytest.mark.parametrize("store_every", [None, 2], ids=["plain", "store_every2"])
+def test_bn_hamiltonian_train_mode_matches_store(store_every):
     """BN inside the block (the default): train-mode gradients and running averages equal
     those of stored backprop (float64): the reconstruction uses the forward's batch
-    statistics and never updates the running averages a second time."""
+    statistics and never updates the running averages a second time. Also with the stacks
+    storing their state every 2 blocks (stacks of 4: units 5)."""
     x = jax.random.normal(jax.random.key(4), (4, 8, 8, 3))
-    model = tiny_net("hamiltonian", "stored", None)
+    units = (2, 2) if store_every is None else (5, 5)
+    model = tiny_net("hamiltonian", "stored", None, units=units, store_every=store_every)
     assert model.config().block == "bn"
     variables = model.init(jax.random.key(5), x)
     assert "bn1" in variables["params"]["stage1"]["rest"]["F"]
@@ -379,6 +382,11 @@ def test_bad_configurations_raise():
         models.create("leapfrog62", transition="haar")
     with pytest.raises(ValueError, match="block"):
         models.create("hamiltonian74", units=(0, 6, 6))
+    for every in (0, 2.5):
+        with pytest.raises(ValueError, match="store_every must be None or an int >= 1"):
+            models.create("hamiltonian74", store_every=every)
+    with pytest.raises(ValueError, match="exact arithmetic reconstructs bit-exactly"):
+        models.create("hamiltonian74", arithmetic="exact", store_every=4)
     model = tiny_net("hamiltonian", "stored", None)
     with pytest.raises(ValueError, match="cannot halve"):
         model.init(jax.random.key(0), jnp.ones((1, 7, 7, 3)))

@@ -396,13 +396,25 @@ def gradient_precision() -> str:
     return table(header, rows)
 
 
+def gradient_precision_store_every() -> str:
+    data = load("gradient_precision_store_every.json")
+    rows = [[f"`{r['model']}`", str(r.get("store_every", "None")), sci(r["reconstruction_error"]),
+             sci(r["reversible_median"]), sci(r["reversible_max"]), sci(r["store_median"]),
+             sci(r["store_max"]), mib(r["reversible_temp_bytes"], 1),
+             mib(r["store_temp_bytes"], 1)] for r in data["rows"]]  # fmt: skip
+    header = ["model", "store_every", "reconstruction error", "reversible (median)",
+              "reversible (max)", "store (median)", "store (max)", "reversible temp",
+              "store temp"]  # fmt: skip
+    return table(header, rows)
+
+
 TABLES = {f.__name__: f for f in (
     memory_vs_depth, memory_vs_depth_exact, classifier_memory, classifier_depth,
     chang_block_memory, exact_cost, hyperbolic_memory, hyperbolic_largest_clip, revup_memory,
     sharding_spatial, sharding_spatial_quick, sharding_weak_scaling, torch_parity,
     torch_parity_ops, video_segmentation, learning_table, learning_curves,
     reconstruction_drift, reconstruction_drift_exact, hamiltonian1202_curve, gradient_precision,
-    transformer_lm,
+    gradient_precision_store_every, transformer_lm,
 )}  # fmt: skip
 
 

@@ -150,6 +150,11 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
         reconstruction; see the module docstring).
       frac_bits: fractional bits of the exact states.
       dtype: dtype of parameters and activations.
+      store_every: None, or k: every stage's stack stores its state every k blocks and the
+        reversible backward pass restarts from each (`revjax.engine.Scan.store_every`), so
+        float drift accumulates over at most k blocks; memory grows by about depth/k states.
+        For float32 networks too deep to reconstruct accurately (hamiltonian1202); float
+        arithmetic only.
 
     Parameters: params["stage{s}"] = {"first": block, "rest": stacked blocks}; a "bn"
     block is {"F": {"K", "bn1", "bn2"}, "G": {...}} with its running averages in
@@ -171,11 +176,18 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
     arithmetic: str = "float"
     frac_bits: int = DEFAULT_FRAC_BITS
     dtype: jnp.dtype = jnp.float32
+    store_every: int | None = None
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
         self.config()
         arithmetic.get(self.arithmetic, self.frac_bits)
+        engine.check_store_every(self.store_every)
+        if self.store_every is not None and self.arithmetic != "float":
+            raise ValueError(
+                "store_every bounds float drift; exact arithmetic reconstructs bit-exactly "
+                "without it (and its batch-norm blocks only in one compiled loop): leave it None"
+            )
 
     def config(self) -> chang.ChangConfig:
         """The validated body configuration (raises ValueError on a bad one)."""
@@ -271,7 +283,7 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
             }
             layers, params = chang.body_layers(config, arith), chang.body_params(tree, config)
         out, aux = arith.run(
-            layers,
+            engine.store_every(layers, self.store_every),
             params,
             state,
             backprop=self.backprop,
