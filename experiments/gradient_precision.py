@@ -80,10 +80,14 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", help="names (default: every reversible model)")
     parser.add_argument("--store-every", type=int, nargs="*", default=[],
                         help="also measure with store_every=K for each K")  # fmt: skip
-    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--out",
+        default=default_out("gradient_precision.json"),
+        help="(with --store-every: gradient_precision_store_every.json)",
+    )
     args = parser.parse_args(argv)
-    stem = "gradient_precision_store_every" if args.store_every else "gradient_precision"
-    args.out = args.out or default_out(f"{stem}.json")
+    if args.store_every and args.out == parser.get_default("out"):
+        args.out = default_out("gradient_precision_store_every.json")
     names = args.models or (["revnet_mini"] if args.quick else reversible_models())
     variants = [{}] + [{"store_every": k} for k in args.store_every]
     print(
