@@ -23,9 +23,10 @@ Two implementations share the interface:
 Residual functions are written once, `(params, u, rng) -> v` on float `u` (the real value
 q·2^−f of a fixed-point state). Two differences are by design: the exact Haar step is the
 integer lifting Haar, whose bands are scaled differently from the orthonormal one
-(`revjax.integer_haar`), and a step with no exact form (a damped leapfrog step) raises
-ValueError when it is built. Models keep `arithmetic: str` and `frac_bits` fields for configs
-and turn them into the value with `get`, in one place.
+(`revjax.integer_haar`), a step with no exact form (a damped leapfrog step) raises
+ValueError when it is built, and the exact `run` refuses a `Scan(store_every=k)` (a remedy for
+float drift that exact states do not need). Models keep `arithmetic: str` and `frac_bits`
+fields for configs and turn them into the value with `get`, in one place.
 """
 
 from __future__ import annotations
@@ -206,6 +207,11 @@ def _exact_run(
     (`ExactAux` -> its extra, a bare flag -> None), so batch statistics come back as in float.
     A non-int32 state in the output means some layer was not built by this arithmetic.
     """
+    if any(isinstance(layer, engine.Scan) and layer.store_every is not None for layer in layers):
+        raise ValueError(
+            "store_every bounds float drift; exact arithmetic reconstructs bit-exactly without "
+            "it (and its batch-norm blocks only in one compiled loop): leave it None"
+        )
     encoded = fixed_point.encode(x, frac_bits)
     out, aux = engine.apply_with_aux(layers, params, encoded, rngs, backprop=backprop)
     leaves = jax.tree.leaves(out, is_leaf=lambda s: isinstance(s, fixed_point.Fixed))

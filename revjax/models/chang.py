@@ -183,11 +183,6 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
         self.config()
         arithmetic.get(self.arithmetic, self.frac_bits)
         engine.check_store_every(self.store_every)
-        if self.store_every is not None and self.arithmetic != "float":
-            raise ValueError(
-                "store_every bounds float drift; exact arithmetic reconstructs bit-exactly "
-                "without it (and its batch-norm blocks only in one compiled loop): leave it None"
-            )
 
     def config(self) -> chang.ChangConfig:
         """The validated body configuration (raises ValueError on a bad one)."""
