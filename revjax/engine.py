@@ -322,52 +322,55 @@ def _identity(params, x, rng=None):
 
 def _map_stored_segments(layer: Scan, params, carry, rng, extra, step_rule, transition_rule,
                          reverse):  # fmt: skip
-    """`_map_layer` of a `Scan(step, store_every=k)`: segments of k steps (the last one
-    shorter if k does not divide the depth), each preceded by an identity `Transition`.
+    """`_map_layer` of a `Scan(step, store_every=k)`: one `lax.scan` over the depth in which an
+    identity `Transition` precedes every step i with i % k == 0 (segments of k steps, the last
+    one shorter if k does not divide the depth).
 
-    `extra` and the result's outs are pairs (stored segment inputs, the steps' own): the
-    anchors' stored inputs come first (None in the forward and in `invert`, which has nothing
-    stored and so reconstructs through every segment), the steps' extras and outs stacked on
-    the depth axis as for a plain Scan.
+    `extra` and the result's outs are pairs (stored segment inputs, the steps' own). The forward
+    writes each anchor's out into a carried (ceil(depth / k), ...) buffer in place; the reverse
+    restarts the carry from the stored input of each anchor it passes (from nothing in `invert`,
+    which has nothing stored and so reconstructs through every segment) and gives no anchor
+    outs. The steps' extras and outs are stacked on the depth axis as for a plain Scan, written
+    by the one scan directly: nested per-segment scans would hold k steps' outs (the parameter
+    cotangents) as temporaries, and a ragged tail would copy the whole stack.
     """
     depth = _scan_depth(params, rng, layer.name)
     k = min(layer.store_every, depth)
-    full, rest = divmod(depth, k)
     anchor = Transition(_identity, name=f"{layer.name}_stored")
-    steps = layer._replace(store_every=None)
     stored, steps_extra = (None, None) if extra is None else extra
+    xs = (jnp.arange(depth), params, rng, steps_extra)
 
-    def segment(c, xs):
-        p, r, (a, e) = xs
-        a_out = None
-        if not reverse:  # the forward stores the segment's input
-            c, a_out = transition_rule(anchor, None, c, None, a)
-        c, s_out = _map_layer(steps, p, c, r, e, step_rule, transition_rule, reverse)
-        if reverse and a is not None:  # the reconstruction restarts from it
-            c, a_out = transition_rule(anchor, None, c, None, a)
-        return c, (a_out, s_out)
+    if reverse:
 
-    def cut(tree, start, stop, shape):
-        return jax.tree.map(lambda u: u[start:stop].reshape(*shape, *u.shape[1:]), tree)
+        def restart(i, c):
+            a = jax.tree.map(lambda u: u[i // k], stored)
+            return transition_rule(anchor, None, c, None, a)[0]
 
-    def scan_segments(c, xs):
-        return lax.scan(segment, c, xs, reverse=reverse)
+        def back(c, x):
+            i, p, r, e = x
+            c, out = step_rule(layer.step, p, c, r, e)
+            if stored is not None:
+                c = lax.cond(i % k == 0, partial(restart, i), lambda c: c, c)
+            return c, out
 
-    pieces = [("head", partial(cut, start=0, stop=full * k, shape=(full, k)), scan_segments)]
-    if rest:
-        pieces.append(("tail", partial(cut, start=full * k, stop=depth, shape=(rest,)), segment))
-    a_head = None if stored is None else jax.tree.map(lambda u: u[:full], stored)
-    a_tail = None if stored is None else jax.tree.map(lambda u: u[full], stored)
-    outs = {}
-    for name, pick, run in reversed(pieces) if reverse else pieces:
-        a = a_head if name == "head" else a_tail
-        carry, outs[name] = run(carry, (pick(params), pick(rng), (a, pick(steps_extra))))
-    a_outs, s_outs = outs["head"]  # (full, ...) and (full, k, ...)
-    s_outs = jax.tree.map(lambda u: u.reshape(-1, *u.shape[2:]), s_outs)
-    if rest:
-        a_outs = jax.tree.map(lambda h, t: jnp.concatenate([h, t[None]]), a_outs, outs["tail"][0])
-        s_outs = jax.tree.map(lambda h, t: jnp.concatenate([h, t]), s_outs, outs["tail"][1])
-    return carry, (a_outs, s_outs)
+        carry, outs = lax.scan(back, carry, xs, reverse=True, unroll=layer.unroll)
+        return carry, (None, outs)
+
+    def store(i, c, kept):
+        c, a = transition_rule(anchor, None, c, None, None)
+        return c, jax.tree.map(lambda b, u: b.at[i // k].set(u), kept, a)
+
+    def fwd(state, x):
+        i, p, r, e = x
+        c, kept = lax.cond(i % k == 0, partial(store, i), lambda c, kept: (c, kept), *state)
+        c, out = step_rule(layer.step, p, c, r, e)
+        return (c, kept), out
+
+    anchor_out = jax.eval_shape(lambda c: transition_rule(anchor, None, c, None, None)[1], carry)
+    segments = -(-depth // k)
+    kept = jax.tree.map(lambda s: jnp.zeros((segments, *s.shape), s.dtype), anchor_out)
+    (carry, kept), outs = lax.scan(fwd, (carry, kept), xs, unroll=layer.unroll)
+    return carry, (kept, outs)
 
 
 def store_every(layers: Sequence[Layer], every: int | None) -> list[Layer]:
