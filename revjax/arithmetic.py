@@ -205,7 +205,6 @@ def _exact_run(
 
     The returned aux has the float body's structure: each layer's overflow flag is removed
     (`ExactAux` -> its extra, a bare flag -> None), so batch statistics come back as in float.
-    A non-int32 state in the output means some layer was not built by this arithmetic.
     """
     if any(isinstance(layer, engine.Scan) and layer.store_every is not None for layer in layers):
         raise ValueError(

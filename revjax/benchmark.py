@@ -1,10 +1,9 @@
 """Interleaved wall-clock timing: every benchmark's variants alternate round-robin in one process.
 
-Timing variants one after another (median of a few runs each) lets a shared or busy machine
-skew the ratios: a load spike during one variant's turn moves only that variant. Here each
-round runs every variant once, in a rotated order, and a ratio is taken *within* each round
-(t_variant / t_baseline of the same round) before the median over rounds, so slow periods
-cancel out of the ratios.
+Timing variants one after another (median of a few runs each) lets a shared or busy machine skew the
+ratios: a load spike during one variant's turn moves only that variant. Here each round runs every
+variant once, in a rotated order, and a ratio is taken *within* each round (t_variant / t_baseline
+of the same round) before the median over rounds, so slow periods cancel out of the ratios.
 
 >>> import jax.numpy as jnp
 >>> x = jnp.ones((64, 64))
@@ -35,11 +34,7 @@ def _run_once(fn: Callable[[], Any], number: int) -> float:
 
 
 def interleaved_times(
-    fns: dict[str, Callable[[], Any]],
-    rounds: int,
-    *,
-    warmup: int = 1,
-    min_seconds: float = 0.0,
+    fns: dict[str, Callable[[], Any]], rounds: int, *, warmup: int = 1, min_seconds: float = 0.0
 ) -> dict[str, list[float]]:
     """Seconds per call of each variant, measured round-robin: {name: [t_round0, t_round1, ...]}.
 
@@ -60,10 +55,8 @@ def interleaved_times(
     for name in names:
         for _ in range(warmup):
             jax.block_until_ready(fns[name]())
-        number[name] = 1
-        if min_seconds > 0:
-            first = _run_once(fns[name], 1)
-            number[name] = max(1, math.ceil(min_seconds / max(first, 1e-9)))
+        first = _run_once(fns[name], 1) if min_seconds > 0 else 0.0  # number: 1 if min_seconds <= 0
+        number[name] = max(1, math.ceil(min_seconds / max(first, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for k in range(len(names)):

@@ -29,10 +29,7 @@ from jax import lax
 
 __all__ = ["conv", "conv_transpose", "conv_padding"]
 
-_DIMENSION_NUMBERS = {
-    2: ("NHWC", "HWIO", "NHWC"),
-    3: ("NDHWC", "DHWIO", "NDHWC"),
-}
+_DIMENSION_NUMBERS = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -78,18 +75,13 @@ def _input_cotangent(g, kernel, stride, pads, in_spatial):
     k_spatial = kernel.shape[:rank]
     flipped = jnp.swapaxes(jnp.flip(kernel, axis=tuple(range(rank))), -1, -2)
     out_spatial = g.shape[1 : 1 + rank]
-    transpose_pads = []
-    for size, k, s, (lo, _), o in zip(in_spatial, k_spatial, stride, pads, out_spatial):
-        before = k - 1 - lo
-        after = size - (o - 1) * s - 1 + lo
-        transpose_pads.append((before, after))
+    transpose_pads = [
+        (k - 1 - lo, size - (o - 1) * s - 1 + lo)
+        for size, k, s, (lo, _), o in zip(in_spatial, k_spatial, stride, pads, out_spatial)
+    ]
+    dn = _DIMENSION_NUMBERS[rank]
     return lax.conv_general_dilated(
-        g,
-        flipped,
-        (1,) * rank,
-        transpose_pads,
-        lhs_dilation=stride,
-        dimension_numbers=_DIMENSION_NUMBERS[rank],
+        g, flipped, (1,) * rank, transpose_pads, lhs_dilation=stride, dimension_numbers=dn
     )
 
 
@@ -100,17 +92,10 @@ def _kernel_cotangent(x, g, stride, pads, kernel_spatial):
     batch: lhs = x^T (I, *S, N), rhs = g^T (*S_out, N, O), out (I, *K, O) -> (*K, I, O).
     """
     rank = len(kernel_spatial)
-    perm_x = (rank + 1, *range(1, rank + 1), 0)
-    perm_g = (*range(1, rank + 1), 0, rank + 1)
-    lhs = jnp.transpose(x, perm_x)
-    rhs = jnp.transpose(g, perm_g)
+    lhs = jnp.transpose(x, (rank + 1, *range(1, rank + 1), 0))
+    rhs = jnp.transpose(g, (*range(1, rank + 1), 0, rank + 1))
     out = lax.conv_general_dilated(
-        lhs,
-        rhs,
-        (1,) * rank,
-        pads,
-        rhs_dilation=stride,
-        dimension_numbers=_DIMENSION_NUMBERS[rank],
+        lhs, rhs, (1,) * rank, pads, rhs_dilation=stride, dimension_numbers=_DIMENSION_NUMBERS[rank]
     )
     out = out[(slice(None), *(slice(0, k) for k in kernel_spatial))]
     return jnp.transpose(out, (*range(1, rank + 1), 0, rank + 1))
@@ -129,10 +114,7 @@ def _check(x: jax.Array, kernel: jax.Array, name: str) -> int:
 
 
 def conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    stride: int | Sequence[int] = 1,
-    padding: Padding = "SAME",
+    x: jax.Array, kernel: jax.Array, stride: int | Sequence[int] = 1, padding: Padding = "SAME"
 ) -> jax.Array:
     """y = K x: strided, zero-padded convolution (cross-correlation, as `lax.conv`).
 
@@ -184,11 +166,7 @@ def conv_transpose(
     return _conv_t(y, kernel, stride, pads, in_spatial)
 
 
-def _conv_impl(x, kernel, stride, pads):
-    return _forward(x, kernel, stride, pads)
-
-
-_conv = jax.custom_vjp(_conv_impl, nondiff_argnums=(2, 3))
+_conv = jax.custom_vjp(_forward, nondiff_argnums=(2, 3))
 
 
 def _conv_fwd(x, kernel, stride, pads):
@@ -197,20 +175,15 @@ def _conv_fwd(x, kernel, stride, pads):
 
 def _conv_bwd(stride, pads, residuals, g):
     x, kernel = residuals
-    rank = kernel.ndim - 2
     x_bar = _input_cotangent(g, kernel, stride, pads, x.shape[1:-1])
-    k_bar = _kernel_cotangent(x, g, stride, pads, kernel.shape[:rank])
+    k_bar = _kernel_cotangent(x, g, stride, pads, kernel.shape[:-2])
     return x_bar, k_bar
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _conv_t_impl(y, kernel, stride, pads, in_spatial):
-    return _input_cotangent(y, kernel, stride, pads, in_spatial)
-
-
-_conv_t = jax.custom_vjp(_conv_t_impl, nondiff_argnums=(2, 3, 4))
+_conv_t = jax.custom_vjp(_input_cotangent, nondiff_argnums=(2, 3, 4))
 
 
 def _conv_t_fwd(y, kernel, stride, pads, in_spatial):
@@ -220,9 +193,8 @@ def _conv_t_fwd(y, kernel, stride, pads, in_spatial):
 def _conv_t_bwd(stride, pads, in_spatial, residuals, g):
     # z = K^T y  =>  ȳ = K z̄ and, since ⟨z̄, K^T y⟩ = ⟨K z̄, y⟩, W̄ = kernel_cotangent(z̄, y).
     y, kernel = residuals
-    rank = kernel.ndim - 2
     y_bar = _forward(g, kernel, stride, pads)
-    k_bar = _kernel_cotangent(g, y, stride, pads, kernel.shape[:rank])
+    k_bar = _kernel_cotangent(g, y, stride, pads, kernel.shape[:-2])
     return y_bar, k_bar
 
 

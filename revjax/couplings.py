@@ -1,5 +1,4 @@
-"""Coupling steps (RevNet: Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585, Sec. 3.1): additive
-and affine.
+"""Additive and affine coupling steps (RevNet: Gomez, Ren, Urtasun, Grosse 2017, arXiv:1707.04585).
 
 The state is a pair of halves (x1, x2). F and G are arbitrary pure functions
 `(params, u, rng) -> v` (they need not be invertible); only the coupling is.
@@ -110,11 +109,7 @@ def _check_max_log_scale(max_log_scale: float) -> None:
 
 
 def affine_coupling(
-    F: ResidualFn,
-    G: ResidualFn,
-    *,
-    max_log_scale: float = 2.0,
-    name: str = "affine_coupling",
+    F: ResidualFn, G: ResidualFn, *, max_log_scale: float = 2.0, name: str = "affine_coupling"
 ):
     """Two-sided affine coupling; F and G return (raw_log_scale, shift) of the other half's shape.
 
@@ -172,8 +167,6 @@ def affine_log_det(F: ResidualFn, G: ResidualFn, *, max_log_scale: float = 2.0):
         a = bounded_log_scale(raw_a, max_log_scale)
         y1 = x1 * jnp.exp(a) + b
         c = bounded_log_scale(G(params["G"], y1, rg)[0], max_log_scale)
-        axes_a = tuple(range(1, a.ndim))
-        axes_c = tuple(range(1, c.ndim))
-        return jnp.sum(a, axis=axes_a) + jnp.sum(c, axis=axes_c)
+        return jnp.sum(a, axis=tuple(range(1, a.ndim))) + jnp.sum(c, axis=tuple(range(1, c.ndim)))
 
     return log_det

@@ -9,19 +9,14 @@ trains badly. Every zoo model therefore reports its body's drift the same way:
     model.reconstruction_error(variables, x, train=False)  ->  scalar (or None)
     revjax.models.model_reconstruction_error(model, variables, x)  (the same, for any module)
 
-"Any module" includes the reversible modules a user builds with `revjax.nn` (e.g.
-`revjax.nn.CouplingStack`), whose `__call__` has no `train` argument: `train` is passed only
-to modules whose `__call__` takes it.
-
 the worst relative error ‖x̂ − x‖/‖x‖ over every reconstructed step input of the body, as the
-reversible backward pass would see it (`revjax.engine.reconstruction_error`). With
-`train=True` batch-norm layers use the batch's statistics (as the training step does); the
-running averages are not changed.
+reversible backward pass would see it (`revjax.engine.reconstruction_error`). "Any module"
+includes those built with `revjax.nn` (e.g. `revjax.nn.CouplingStack`, whose `__call__` has no
+`train` argument: see `model_reconstruction_error`).
 
-Models implement it by calling `sow_reconstruction_error(self, layers, params, x)` next to
-their `engine.apply`: when the caller asks for the "diagnostics" collection the body's drift
-is measured (one extra forward with stored states and one reverse sweep) and sown; otherwise
-it costs nothing.
+Models implement it by calling `sow_reconstruction_error(self, layers, params, x)` next to their
+`engine.apply`: when the caller asks for the "diagnostics" collection the body's drift is measured
+(one extra forward with stored states and one reverse sweep) and sown; otherwise it costs nothing.
 """
 
 from __future__ import annotations
@@ -73,7 +68,7 @@ def model_reconstruction_error(
       variables: its variables ({"params", ...}).
       x: an input batch, as passed to `model.apply`.
       train: measure in training mode (batch statistics, advanced spectral-norm iterates: as
-        the gradient sees them); the updated state is discarded, `variables` are not changed.
+        the gradient sees them); the updated state is discarded (`variables` are not changed).
         Passed on only when `model.__call__` takes a `train` argument; a module without one
         (`CouplingStack`: deterministic by default) is measured as its `__call__` defaults.
 
@@ -83,18 +78,16 @@ def model_reconstruction_error(
     mutable = [DIAGNOSTICS]
     if train:  # training mode updates state (batch norm, spectral-norm iterates): discarded here
         mutable += [k for k in variables if k not in ("params", DIAGNOSTICS)]
-    kwargs = {"train": train} if _takes_train(model) else {}
+    kwargs = {"train": train} if _takes(model, "train") else {}
     _, state = model.apply(variables, x, mutable=mutable, **kwargs)
     sown = jax.tree.leaves(state.get(DIAGNOSTICS, {}))
-    if not sown:
-        return None
-    return jnp.max(jnp.stack([jnp.asarray(v, jnp.float32) for v in sown]))
+    return jnp.max(jnp.stack([jnp.asarray(v, jnp.float32) for v in sown])) if sown else None
 
 
-def _takes_train(model: nn.Module) -> bool:
-    """Whether `model.__call__` has a `train` parameter (by name, or through **kwargs)."""
-    parameters = inspect.signature(type(model).__call__).parameters.values()
-    return any(p.name == "train" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+def _takes(module: nn.Module, name: str) -> bool:
+    """Whether `module.__call__` has a parameter `name` (by name, or through **kwargs)."""
+    parameters = inspect.signature(type(module).__call__).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class ReversibleModel:

@@ -1,7 +1,6 @@
 """The reversible engine: invertible steps as values, and the one `jax.custom_vjp` that runs them.
 
-An invertible step is a small NamedTuple of pure functions (like an optax
-`GradientTransformation`)::
+An invertible step is a NamedTuple of pure functions (like an optax `GradientTransformation`)::
 
     forward(params, x, rng)            -> y          (or (y, aux) when has_aux)
     inverse(params, y, rng)            -> x
@@ -21,10 +20,8 @@ A network body is a sequence of *layers*:
 
 - an `InvertibleStep`;
 - `Scan(step)`: `depth` copies of one step with parameters stacked on a leading axis, run with
-  `lax.scan` (compile time independent of depth; the backward pass scans in reverse;
-  `Scan(step, unroll=k)` runs k steps per loop iteration; `Scan(step, store_every=k)` stores
-  the state every k steps, and the backward pass restarts from each stored state, so float
-  drift accumulates over at most k steps at the price of depth/k stored states);
+  `lax.scan` (compile time independent of depth; the backward pass scans in reverse; `unroll`
+  and `store_every`, which bounds float drift by storing every k-th state: see `Scan`);
 - `Transition(apply)`: a non-invertible map (pooling, strided projection, stem); its *input* is
   stored for the backward pass and reconstruction restarts from it.
 
@@ -117,16 +114,14 @@ class Scan(NamedTuple):
     Attributes:
       step: the InvertibleStep applied at every depth index.
       name: for error messages and reports.
-      unroll: `lax.scan`'s unroll factor for every sweep over this stack (forward, and the
-        reverse sweep of the reversible backward pass): a positive int (k steps per loop
-        iteration) or True (fully unrolled, compile time grows with depth). Numerics are
-        unchanged; only the compiled loop differs.
-      store_every: None (store nothing), or k >= 1: the reversible forward stores the state
-        entering steps 0, k, 2k, ... and the reconstruction restarts from each stored state
-        (an identity `Transition` before every k-th step), so drift accumulates over at most
-        k steps. Memory: ceil(depth / k) stored states instead of none; the gradients are
-        mathematically the same. For float32 stacks too deep to reconstruct accurately
-        (store and remat ignore it).
+      unroll: `lax.scan`'s unroll factor for every sweep over this stack (forward, and the reverse
+        sweep of the reversible backward pass): a positive int (k steps per loop iteration) or True
+        (fully unrolled, compile time grows with depth). Numerics are unchanged.
+      store_every: None (store nothing), or k >= 1: the reversible forward stores the state entering
+        steps 0, k, 2k, ... and the reconstruction restarts from each stored state (an identity
+        `Transition` before every k-th step), so drift accumulates over at most k steps. Memory:
+        ceil(depth / k) stored states instead of none; the gradients are mathematically the same.
+        For float32 stacks too deep to reconstruct accurately (store and remat ignore it).
     """
 
     step: InvertibleStep
@@ -164,18 +159,6 @@ def _float_dtypes(tree: PyTree) -> set:
     }
 
 
-def _check_dtypes(params: PyTree, x: PyTree, where: str) -> None:
-    x_dtypes = _float_dtypes(x)
-    if len(x_dtypes) > 1:
-        raise ValueError(f"{where}: state leaves have mixed dtypes {sorted(map(str, x_dtypes))}")
-    p_dtypes = _float_dtypes(params)
-    if x_dtypes and p_dtypes and p_dtypes != x_dtypes:
-        raise ValueError(
-            f"{where}: parameter dtype(s) {sorted(map(str, p_dtypes))} differ from the state "
-            f"dtype {next(iter(x_dtypes))}; cast one of them (revjax never promotes silently)"
-        )
-
-
 def _scan_depth(params: PyTree, rngs: PyTree, name: str) -> int:
     leaves = jax.tree.leaves(params)
     if not leaves:
@@ -206,16 +189,11 @@ def check_store_every(every: Any, where: str = "store_every") -> None:
 
 
 def _check_scan_options(layer: Scan, where: str) -> None:
-    """Raises ValueError unless the Scan's unroll is a bool or an int >= 1, and its store_every
-    None or an int >= 1."""
+    """Raises ValueError unless the Scan's unroll is a bool or an int >= 1 and store_every valid."""
     unroll = layer.unroll
     if not isinstance(unroll, bool) and (not isinstance(unroll, int | np.integer) or unroll < 1):
         raise ValueError(f"{where}: Scan unroll must be a positive int or a bool, got {unroll!r}")
     check_store_every(layer.store_every, f"{where}: Scan store_every")
-
-
-def _is_layer(obj: Any) -> bool:
-    return isinstance(obj, InvertibleStep | Scan | Transition)
 
 
 def _normalise(layers, params, rngs):
@@ -225,7 +203,7 @@ def _normalise(layers, params, rngs):
     is expected (layers are NamedTuples, so `tuple(layer)` would silently yield its fields), and
     a single PRNG key (or key array) as `rngs`.
     """
-    if _is_layer(layers):
+    if isinstance(layers, Layer):
         raise TypeError(
             f"layers must be a sequence of layers, got a single {type(layers).__name__}; "
             "wrap it (and its params) in a list: apply([layer], [params], x)"
@@ -238,14 +216,12 @@ def _normalise(layers, params, rngs):
         )
     layers = tuple(layers)
     for i, layer in enumerate(layers):
-        if not _is_layer(layer):
+        if not isinstance(layer, Layer):
             raise TypeError(
                 f"layer {i} is {type(layer).__name__}, not a revjax layer "
                 "(InvertibleStep, Scan or Transition)"
             )
-    params = tuple(params)
-    rngs = (None,) * len(layers) if rngs is None else tuple(rngs)
-    return layers, params, rngs
+    return layers, tuple(params), (None,) * len(layers) if rngs is None else tuple(rngs)
 
 
 def _validate(layers, params, x, rngs) -> None:
@@ -257,7 +233,14 @@ def _validate(layers, params, x, rngs) -> None:
         if isinstance(layer, Scan):
             _check_scan_options(layer, f"layer {i} ({layer.name})")
             _scan_depth(p, r, f"layer {i} ({layer.name})")
-    _check_dtypes(params, x, "apply")
+    x_dtypes, p_dtypes = _float_dtypes(x), _float_dtypes(params)
+    if len(x_dtypes) > 1:
+        raise ValueError(f"apply: state leaves have mixed dtypes {sorted(map(str, x_dtypes))}")
+    if x_dtypes and p_dtypes and p_dtypes != x_dtypes:
+        raise ValueError(
+            f"apply: parameter dtype(s) {sorted(map(str, p_dtypes))} differ from the state "
+            f"dtype {next(iter(x_dtypes))}; cast one of them (revjax never promotes silently)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,11 +263,8 @@ def _forward_value(layer: InvertibleStep | Transition, params, x, rng=None):
 
 
 def step_backward(step: InvertibleStep, params, y, y_bar, rng):
-    """Reconstruct a step's input and pull back cotangents: (x, params_bar, x_bar).
-
-    Uses the step's fused rule when it has one; otherwise x = inverse(y) and the VJP of
-    `forward` at the reconstructed x.
-    """
+    """Reconstruct a step's input and pull back cotangents: (x, params_bar, x_bar), by the step's
+    fused rule when it has one, else x = inverse(y) and the VJP of `forward` at x."""
     if step.backward is not None:
         return step.backward(params, y, y_bar, rng)
     x = step.inverse(params, y, rng)
@@ -316,10 +296,6 @@ def _map_layer(layer: Layer, params, carry, rng, extra, step_rule, transition_ru
     return step_rule(layer, params, carry, rng, extra)
 
 
-def _identity(params, x, rng=None):
-    return x
-
-
 def _map_stored_segments(layer: Scan, params, carry, rng, extra, step_rule, transition_rule,
                          reverse):  # fmt: skip
     """`_map_layer` of a `Scan(step, store_every=k)`: one `lax.scan` over the depth in which an
@@ -336,7 +312,7 @@ def _map_stored_segments(layer: Scan, params, carry, rng, extra, step_rule, tran
     """
     depth = _scan_depth(params, rng, layer.name)
     k = min(layer.store_every, depth)
-    anchor = Transition(_identity, name=f"{layer.name}_stored")
+    anchor = Transition(lambda params, x, rng=None: x, name=f"{layer.name}_stored")
     stored, steps_extra = (None, None) if extra is None else extra
     xs = (jnp.arange(depth), params, rng, steps_extra)
 
@@ -417,8 +393,7 @@ def forward_sweep(
     if checkpoint:
         step_rule = jax.checkpoint(step_rule, static_argnums=(0,))
         transition_rule = jax.checkpoint(transition_rule, static_argnums=(0,))
-    auxes, inputs = [], []
-    h = x
+    h, auxes, inputs = x, [], []
     for layer, p, r in zip(layers, params, rngs):
         h, out = _map_layer(layer, p, h, r, None, step_rule, transition_rule, False)
         if _stores_segments(layer):  # out: ((None, stored segment inputs), the steps' outs)
@@ -456,19 +431,15 @@ def reverse_sweep(
     "The Reversible Residual Network", arXiv:1707.04585, Sec. 3.2 and Algorithm 1): with
     y_L the network output, x_i = f_i⁻¹(y_i) for every invertible step, and at a
     non-invertible transition the sweep restarts from its input stored by `forward_sweep`.
-    `engine.apply(..., backprop="reversible")`'s VJP, `invert` and `reconstruction_error` are
-    all this sweep with different rules.
 
     Args:
       layers, params, rngs: as for `apply`.
       carry: what flows from output to input, starting at the network output (a state, or
         (state, cotangent) for the VJP).
-      inputs: one entry per layer, as returned by `forward_sweep`: a Transition's stored input,
-        and for steps an `extra` handed to the step rule (None, or the true inputs, stacked
-        for a Scan).
-      step_rule: `(step, params, carry, rng, extra) -> (carry, out)` for one invertible step
-        (mapped with `lax.scan` in reverse over a Scan's stack), or one rule per layer.
-        Default `inverse_rule`.
+      inputs: one entry per layer, as returned by `forward_sweep`: a Transition's stored input, and
+        for steps an `extra` handed to the step rule (None, or the true inputs, stacked for a Scan).
+      step_rule: `(step, params, carry, rng, extra) -> (carry, out)` for one invertible step (mapped
+        by `lax.scan` in reverse over a Scan), or one rule per layer. Default `inverse_rule`.
       transition_rule: `(transition, params, carry, rng, stored_input) -> (carry, out)`.
         Default `restart_at_transition`.
 
@@ -557,8 +528,7 @@ def apply_with_aux(
       layers: a sequence of InvertibleStep / Scan / Transition values (static).
       params: one parameter pytree per layer (stacked on axis 0 for a Scan).
       x: the input state pytree.
-      rngs: None, or a sequence with one entry per layer: None, a key, or (for a Scan)
-        `depth` stacked keys.
+      rngs: None, or a sequence of one entry per layer: None, a key, or (Scan) `depth` stacked keys.
       backprop: "reversible" | "store" | "remat" (see module docstring).
     """
     check_backprop(backprop)
@@ -637,13 +607,12 @@ def reconstruction_error(
 ) -> tuple:
     """Relative drift ‖x̂ − x‖/‖x‖ of each reconstructed step input, as the backward pass sees it.
 
-    The forward pass stores every intermediate state; the reconstruction then runs from the
-    final output backwards exactly as `backprop="reversible"` does (each step's fused
-    `backward` rule when it has one, with a zero cotangent, else its `inverse`; restarting from
-    the stored input at each Transition), and compares. Returns one entry per layer: a scalar
-    for a step, a (depth,) array for a Scan (entry j = error of step j's reconstructed input),
-    and 0 for a Transition. Errors accumulate towards the network input, so `errors[0]` is the
-    worst.
+    The forward pass stores every intermediate state; the reconstruction then runs from the final
+    output backwards exactly as `backprop="reversible"` does (each step's fused `backward` rule when
+    it has one, with a zero cotangent, else its `inverse`; restarting from the stored input at each
+    Transition), and compares. Returns one entry per layer: a scalar for a step, a (depth,) array
+    for a Scan (entry j = error of step j's reconstructed input), and 0 for a Transition. Errors
+    accumulate towards the network input, so `errors[0]` is the worst.
     """
     layers, params, rngs = _normalise(layers, params, rngs)
     _validate(layers, params, x, rngs)
@@ -661,8 +630,7 @@ def reconstruction_error(
     def transition_rule(layer, p, h, r, stored_x):
         return stored_x, jnp.zeros(())
 
-    _, errors = reverse_sweep(layers, params, y, rngs, inputs, error_rule, transition_rule)
-    return errors
+    return reverse_sweep(layers, params, y, rngs, inputs, error_rule, transition_rule)[1]
 
 
 def check_reconstruction(

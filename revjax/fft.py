@@ -28,9 +28,8 @@ Operators, per sample, with ``x`` of shape ``(*spatial, C)``:
   (kernel ``(*k, C)``; slice ``[..., d]`` is the stencil :math:`C_d`).
 
 FFT formulas (Ephrath et al. 2019, Sec. 3.2, Eq. 10). A periodic cross-correlation is a circular
-convolution with the
-kernel ``c`` obtained by embedding tap ``a`` at index ``(r - a) mod n`` (the first column
-``C e_1`` of the circulant matrix), so with :math:`F` the DFT over the spatial axes
+convolution with the kernel ``c`` obtained by embedding tap ``a`` at index ``(r - a) mod n`` (the
+first column ``C e_1`` of the circulant matrix), so with :math:`F` the DFT over the spatial axes
 
 .. math::
 
@@ -50,8 +49,7 @@ Shapes: ``x`` is ``(N, *spatial, C)`` with 1 to 3 spatial axes (NWC, NHWC, NDHWC
 ``(*k, C)`` with ``len(k) == len(spatial)`` and ``k[i] <= spatial[i]``.
 
 Cost (``n`` pixels, ``c`` channels, ``m`` taps per axis, Ephrath et al. 2019, Table 1); the FFT cost
-does not
-depend on the stencil size:
+does not depend on the stencil size:
 
 =====================  =========  ==========================  ===========================
 operator               weights    direct cost                 FFT cost (this module)
@@ -84,9 +82,6 @@ __all__ = [
 ]
 
 _AXIS_NAMES = {1: ("width",), 2: ("height", "width"), 3: ("depth", "height", "width")}
-
-
-# --------------------------------------------------------------------------- validation
 
 
 def _check_kernel(kernel: jax.Array, spatial_shape: Sequence[int], channels: int) -> None:
@@ -139,33 +134,11 @@ def _check_step(h) -> None:
         raise ValueError(f"step size h must be >= 0, got {h}")
 
 
-# --------------------------------------------------------------------------- spectra
-
-
-def _anchor(k: int) -> int:
-    """Index of the tap that sits on the output pixel: the centre for odd ``k``."""
-    return (k - 1) // 2
-
-
 def _embed(kernel: jax.Array, shape: Sequence[int], anchors: Sequence[int]) -> jax.Array:
-    """Circulant first column: tap ``a`` of each leading axis goes to ``(anchor - a) mod n``.
-
-    Args:
-        kernel: ``(*k, *rest)``; the first ``len(shape)`` axes are embedded.
-        shape: periodic lengths ``n`` of the embedded axes, each ``>= k``.
-        anchors: anchor tap per embedded axis.
-
-    Returns:
-        ``(*shape, *rest)`` array with ``kernel`` scattered (no overlaps since ``k <= n``).
-    """
-    index = tuple(
-        np.ix_(
-            *[
-                (r - np.arange(k)) % n
-                for k, n, r in zip(kernel.shape[: len(shape)], shape, anchors, strict=True)
-            ]
-        )
-    )
+    """Circulant first column ``(*shape, *rest)`` of a ``(*k, *rest)`` kernel: tap ``a`` of each
+    leading axis goes to ``(anchor - a) mod n`` (no overlaps since ``k <= n``)."""
+    axes = zip(kernel.shape[: len(shape)], shape, anchors, strict=True)
+    index = np.ix_(*[(r - np.arange(k)) % n for k, n, r in axes])
     rest = kernel.shape[len(shape) :]
     return jnp.zeros((*shape, *rest), kernel.dtype).at[index].set(kernel)
 
@@ -182,7 +155,7 @@ def depthwise_spectrum(kernel: jax.Array, spatial_shape: Sequence[int]) -> jax.A
     """
     _check_kernel(kernel, tuple(spatial_shape), kernel.shape[-1])
     nd = len(spatial_shape)
-    column = _embed(kernel, spatial_shape, [_anchor(k) for k in kernel.shape[:nd]])
+    column = _embed(kernel, spatial_shape, [(k - 1) // 2 for k in kernel.shape[:nd]])
     return jnp.fft.rfftn(column, s=tuple(spatial_shape), axes=tuple(range(nd)))
 
 
@@ -197,13 +170,9 @@ def circulant_spectrum(kernel: jax.Array, spatial_shape: Sequence[int]) -> jax.A
         Complex ``(*spatial, C // 2 + 1)`` spectrum (the real FFT runs over channels).
     """
     _check_kernel(kernel, tuple(spatial_shape), kernel.shape[-1])
-    channels = kernel.shape[-1]
-    shape = (*spatial_shape, channels)
-    anchors = [_anchor(k) for k in kernel.shape[:-1]] + [0]
+    shape = (*spatial_shape, kernel.shape[-1])
+    anchors = [(k - 1) // 2 for k in kernel.shape[:-1]] + [0]
     return jnp.fft.rfftn(_embed(kernel, shape, anchors), s=shape, axes=tuple(range(len(shape))))
-
-
-# --------------------------------------------------------------------------- spectral apply
 
 
 def _apply_spectrum(x: jax.Array, spectrum: jax.Array, num_axes: int) -> jax.Array:
@@ -212,9 +181,6 @@ def _apply_spectrum(x: jax.Array, spectrum: jax.Array, num_axes: int) -> jax.Arr
     shape = x.shape[1 : 1 + num_axes]
     x_hat = jnp.fft.rfftn(x, s=shape, axes=axes)
     return jnp.fft.irfftn(x_hat * spectrum, s=shape, axes=axes).astype(x.dtype)
-
-
-# --------------------------------------------------------------------------- operators
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -313,5 +279,4 @@ def circulant_conv_adjoint(y: jax.Array, kernel: jax.Array) -> jax.Array:
     """
     _check_inputs(y, kernel)
     spatial = y.shape[1:-1]
-    spectrum = jnp.conj(circulant_spectrum(kernel, spatial))
-    return _apply_spectrum(y, spectrum, len(spatial) + 1)
+    return _apply_spectrum(y, jnp.conj(circulant_spectrum(kernel, spatial)), len(spatial) + 1)

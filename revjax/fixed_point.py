@@ -52,22 +52,20 @@ multiplicative update) and RevUp's fixed-point inverse are out of scope for the 
 Batch norm inside residual functions (`Arithmetic.additive_coupling_with_stats` of
 `revjax.arithmetic`): the forward's batch statistics come next to the overflow flag, as
 `ExactAux(overflow, stats)`; the reconstruction recomputes F and G from bit-identical inputs,
-hence from the same batch statistics. Non-invertible maps between exact
-stages (pooling, strided projection blocks) are `exact_stored_transition`s: float on the
-decoded state, re-encoded output, input stored.
+hence from the same batch statistics. Non-invertible maps between exact stages (pooling, strided
+projection blocks) are `exact_stored_transition`s: float on the decoded state, re-encoded output,
+input stored.
 
-Families and models do not call these constructors by name: they build their steps through
-`revjax.arithmetic.exact_arithmetic(frac_bits)`, whose `run` encodes the input, runs the engine,
-decodes the output and makes it NaN on overflow. Users can build exact steps here directly.
+Families and models build their steps through `revjax.arithmetic.exact_arithmetic(frac_bits)`
+(whose `run` encodes, runs the engine, decodes, NaN on overflow); users may build them here.
 
-Overflow. int32 arithmetic wraps modulo 2³²: reconstruction stays exact, but the real values
-become garbage. Every exact step returns, as its `aux`, a boolean "some state or increment
-left the representable range |x| < 2^(31−f)" (checked on a float32 estimate, conservative
-within 2^12 units of the limit; non-finite increments count as overflow). `check_overflow`
-turns the per-layer flags returned by `engine.apply_with_aux` into a `FixedPointOverflowError`
-naming the layer and step and the remedy (fewer `frac_bits`, a smaller step size h). The check
-costs a few element-wise operations and one reduction per update (included in the exact/float
-step times of README).
+Overflow. int32 arithmetic wraps modulo 2³²: reconstruction stays exact, but the real values become
+garbage. Every exact step returns, as its `aux`, a boolean "some state or increment left the
+representable range |x| < 2^(31−f)" (checked on a float32 estimate, conservative within 2^12 units
+of the limit; non-finite increments count as overflow). `check_overflow` turns the per-layer flags
+returned by `engine.apply_with_aux` into a `FixedPointOverflowError` naming the layer and step and
+the remedy (fewer `frac_bits`, a smaller step size h). The check costs a few element-wise operations
+and one reduction per update (included in the exact/float step times of README).
 
 `frac_bits`: ``DEFAULT_FRAC_BITS = 20`` gives a range |x| < 2048 with resolution
 2^−20 ≈ 9.5e-7 (the float32 spacing at |x| ≈ 8). The stable bodies of
@@ -85,7 +83,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from revjax import engine
+from revjax.couplings import _split_rng
 from revjax.engine import InvertibleStep, Scan, Transition
+from revjax.integrators import check_step_size
 
 __all__ = [
     "DEFAULT_FRAC_BITS",
@@ -160,9 +160,9 @@ def _is_fixed(x) -> bool:
     return isinstance(x, Fixed)
 
 
-def _float0(like: jax.Array) -> np.ndarray:
-    """The (empty) cotangent of an integer array."""
-    return np.zeros(jnp.shape(like), dtype=jax.dtypes.float0)
+def _cotangent(s: Fixed, g: jax.Array) -> Fixed:
+    """The cotangent of a fixed-point leaf: float0 (empty) for the integer q, and g."""
+    return Fixed(np.zeros(jnp.shape(s.q), dtype=jax.dtypes.float0), g)
 
 
 def out_of_range(x_scaled: jax.Array) -> jax.Array:
@@ -204,8 +204,7 @@ def quantize(v: jax.Array, frac_bits: int, dtype: Any = None):
     """A real increment v -> (dq, dg, overflow): dq = ⌊v·2^f⌉ int32, dg = v − sg(v) (≡ 0).
 
     Args:
-      v: float array (any floating dtype; cast to `dtype`, default float32 or v's dtype if
-        wider, before scaling).
+      v: float array, cast to `dtype` (default float32, or v's dtype if wider) before scaling.
       frac_bits: f.
       dtype: dtype of dg (the gradient carrier).
 
@@ -237,24 +236,10 @@ def _sub_exact(s: Fixed, v: jax.Array, frac_bits: int) -> Fixed:
     return Fixed(s.q - dq, s.g)
 
 
-def _split_rng(rng):
-    if rng is None:
-        return None, None
-    return tuple(jax.random.split(rng))
-
-
 def _residual_vjp(fn, params, s: Fixed, rng, frac_bits):
     """v = fn(params, real(s)) and its pullback ct -> (params_bar, g_bar) (ct cast to v's dtype)."""
     v, pullback = jax.vjp(lambda p, u: fn(p, u, rng), params, real(s, frac_bits))
-
-    def pull(ct):
-        return pullback(ct.astype(v.dtype))
-
-    return v, pull
-
-
-# --------------------------------------------------------------------------------------------
-# Exact steps.
+    return v, lambda ct: pullback(ct.astype(v.dtype))
 
 
 def exact_additive_coupling(
@@ -297,7 +282,7 @@ def exact_additive_coupling(
         f, f_pull = _residual_vjp(F, params["F"], x2, rf, frac_bits)
         x1 = _sub_exact(y1, f, frac_bits)
         f_params_bar, x2_from_f = f_pull(y1_hat)
-        x_bar = (Fixed(_float0(x1.q), y1_hat), Fixed(_float0(x2.q), y2_bar.g + x2_from_f))
+        x_bar = (_cotangent(x1, y1_hat), _cotangent(x2, y2_bar.g + x2_from_f))
         return (x1, x2), {"F": f_params_bar, "G": g_params_bar}, x_bar
 
     return InvertibleStep(forward, inverse, backward, has_aux=True, name=name)
@@ -307,10 +292,7 @@ def exact_verlet_step(
     F: ResidualFn, G: ResidualFn, *, frac_bits: int = DEFAULT_FRAC_BITS, name: str = "exact_verlet"
 ) -> InvertibleStep:
     """Verlet Y' = Y + ⌊F(Z)⌉, Z' = Z − ⌊G(Y')⌉ (the exact coupling with G negated)."""
-
-    def negated_G(p, u, rng):
-        return -G(p, u, rng)
-
+    negated_G = lambda p, u, rng: -G(p, u, rng)
     return exact_additive_coupling(F, negated_G, frac_bits=frac_bits, name=name)
 
 
@@ -330,8 +312,6 @@ def exact_leapfrog_step(
       ValueError: damping ≠ 0 (a damped step contracts volume, so it cannot be a bijection of
         the fixed-point grid; use `revjax.integrators.leapfrog_step` in float arithmetic).
     """
-    from revjax.integrators import check_step_size
-
     h = check_step_size(h)
     frac_bits = check_frac_bits(frac_bits)
     if damping != 0:
@@ -347,8 +327,7 @@ def exact_leapfrog_step(
 
     def forward(params, x, rng=None):
         prev, cur = x
-        v = increment(params, cur, rng)
-        dq, dg, bad = quantize(v, frac_bits, cur.g.dtype)
+        dq, dg, bad = quantize(increment(params, cur, rng), frac_bits, cur.g.dtype)
         q = 2 * cur.q - prev.q + dq
         estimate = (
             2 * cur.q.astype(jnp.float32) - prev.q.astype(jnp.float32) + dq.astype(jnp.float32)
@@ -368,8 +347,8 @@ def exact_leapfrog_step(
         dq, _, _ = quantize(h2 * f.astype(cur.g.dtype), frac_bits, cur.g.dtype)
         prev = Fixed(2 * cur.q - nxt.q + dq, nxt.g)
         params_bar, cur_from_f = pull(nxt_bar.g * h2)
-        prev_bar = Fixed(_float0(prev.q), -nxt_bar.g)
-        cur_bar = Fixed(_float0(cur.q), cur_bar_direct.g + 2 * nxt_bar.g + cur_from_f)
+        prev_bar = _cotangent(prev, -nxt_bar.g)
+        cur_bar = _cotangent(cur, cur_bar_direct.g + 2 * nxt_bar.g + cur_from_f)
         return (prev, cur), params_bar, (prev_bar, cur_bar)
 
     return InvertibleStep(forward, inverse, backward, has_aux=True, name=name)
@@ -379,8 +358,6 @@ def exact_midpoint_step(
     g_fn: ResidualFn, h: float, *, frac_bits: int = DEFAULT_FRAC_BITS, name: str = "exact_midpoint"
 ) -> InvertibleStep:
     """(Y_{j−1}, Y_j) -> (Y_j, Y_{j−1} + ⌊2h g(Y_j)⌉); P̄ = N̄, C̄ = C̄' + 2h J_g^T N̄."""
-    from revjax.integrators import check_step_size
-
     h = check_step_size(h)
     frac_bits = check_frac_bits(frac_bits)
 
@@ -401,10 +378,7 @@ def exact_midpoint_step(
         v, pull = _residual_vjp(g_fn, params, cur, rng, frac_bits)
         prev = _sub_exact(nxt, 2 * h * v.astype(cur.g.dtype), frac_bits)
         params_bar, cur_from_g = pull(nxt_bar.g * (2 * h))
-        x_bar = (
-            Fixed(_float0(prev.q), nxt_bar.g),
-            Fixed(_float0(cur.q), cur_bar_direct.g + cur_from_g),
-        )
+        x_bar = (_cotangent(prev, nxt_bar.g), _cotangent(cur, cur_bar_direct.g + cur_from_g))
         return (prev, cur), params_bar, x_bar
 
     return InvertibleStep(forward, inverse, backward, has_aux=True, name=name)
@@ -421,7 +395,7 @@ def exact_duplicate_state(name: str = "exact_duplicate_state") -> InvertibleStep
 
     def backward(params, y, y_bar, rng=None):
         x_bar = jax.tree.map(
-            lambda s, a, b: Fixed(_float0(s.q), a.g + b.g), y[1], *y_bar, is_leaf=_is_fixed
+            lambda s, a, b: _cotangent(s, a.g + b.g), y[1], *y_bar, is_leaf=_is_fixed
         )
         return y[1], jax.tree.map(jnp.zeros_like, params), x_bar
 
@@ -436,8 +410,6 @@ def exact_euler_start(
     name: str = "exact_euler_start",
 ) -> InvertibleStep:
     """Y0 -> (Y0, Y0 + ⌊scale·fn(Y0)⌉) (a single `Fixed` leaf); the inverse reads Y0."""
-    from revjax.integrators import check_step_size
-
     scale = check_step_size(scale, "scale")
     frac_bits = check_frac_bits(frac_bits)
 
@@ -454,13 +426,9 @@ def exact_euler_start(
         first_bar, cur_bar = y_bar
         _, pull = _residual_vjp(fn, params, x, rng, frac_bits)
         params_bar, x_from_fn = pull(cur_bar.g * scale)
-        return x, params_bar, Fixed(_float0(x.q), first_bar.g + cur_bar.g + x_from_fn)
+        return x, params_bar, _cotangent(x, first_bar.g + cur_bar.g + x_from_fn)
 
     return InvertibleStep(forward, inverse, backward, has_aux=True, name=name)
-
-
-# --------------------------------------------------------------------------------------------
-# Exact structural steps: permutations and zero padding act on q and g alike.
 
 
 def exact_linear_step(
@@ -499,7 +467,7 @@ def exact_linear_step(
     def backward(params, y, y_bar, rng=None):
         x = inverse(params, y)
         x_bar = jax.tree.map(
-            lambda s, b: Fixed(_float0(s.q), adjoint_fn(b.g)), x, y_bar, is_leaf=_is_fixed
+            lambda s, b: _cotangent(s, adjoint_fn(b.g)), x, y_bar, is_leaf=_is_fixed
         )
         return x, jax.tree.map(jnp.zeros_like, params), x_bar
 
@@ -524,16 +492,11 @@ def exact_stored_transition(
         y_float, inner_aux = engine.call_layer(transition, params, decode(x, frac_bits), rng)
         carrier = jax.tree.leaves(x, is_leaf=_is_fixed)[0].g.dtype  # keep the state's dtype
         pairs = [quantize(v, frac_bits, carrier) for v in jax.tree.leaves(y_float)]
-        treedef = jax.tree.structure(y_float)
-        y = jax.tree.unflatten(treedef, [Fixed(dq, dg) for dq, dg, _ in pairs])
+        y = jax.tree.unflatten(jax.tree.structure(y_float), [Fixed(dq, dg) for dq, dg, _ in pairs])
         overflow = jnp.any(jnp.stack([bad for _, _, bad in pairs]))
         return y, (ExactAux(overflow, inner_aux) if transition.has_aux else overflow)
 
     return Transition(apply, has_aux=True, name=transition.name)
-
-
-# --------------------------------------------------------------------------------------------
-# Overflow reporting.
 
 
 def _layer_flags(layer, aux) -> np.ndarray | None:
@@ -543,9 +506,7 @@ def _layer_flags(layer, aux) -> np.ndarray | None:
     if isinstance(aux, ExactAux):
         aux = aux.overflow
     flags = np.asarray(jax.device_get(aux))
-    if flags.dtype != np.bool_:
-        return None
-    return np.atleast_1d(flags)
+    return np.atleast_1d(flags) if flags.dtype == np.bool_ else None
 
 
 def any_overflow(aux: Sequence[Any]) -> jax.Array:
@@ -570,12 +531,9 @@ def check_overflow(
         flags = _layer_flags(layer, a)
         if flags is None or not flags.any():
             continue
-        steps = np.flatnonzero(flags)
-        where = (
-            f"steps {steps[:5].tolist()} of scan layer {i} ({layer.name})"
-            if isinstance(layer, Scan)
-            else f"layer {i} ({layer.name})"
-        )
+        where = f"layer {i} ({layer.name})"
+        if isinstance(layer, Scan):
+            where = f"steps {np.flatnonzero(flags)[:5].tolist()} of scan {where}"
         kind = "transition" if isinstance(layer, Transition) else "step"
         raise FixedPointOverflowError(
             f"fixed-point overflow at {where} ({kind}): a state or increment left the "

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from revjax import fixed_point
 from revjax.engine import InvertibleStep
 from revjax.space_to_depth import depth_to_space, space_to_depth
+from revjax.wavelets import _butterflies
 
 __all__ = [
     "lifting_haar_forward",
@@ -46,18 +47,6 @@ __all__ = [
     "exact_haar_step",
     "exact_haar_inverse_step",
 ]
-
-
-def _pairs(z, axis):
-    return (
-        jax.lax.index_in_dim(z, 0, axis, keepdims=False),
-        jax.lax.index_in_dim(z, 1, axis, keepdims=False),
-    )
-
-
-def _blocks(y: jax.Array, num_axes: int) -> jax.Array:
-    *leading, channels = y.shape
-    return y.reshape(*leading, *([2] * num_axes), channels // 2**num_axes)
 
 
 def _check_int(x: jax.Array, caller: str) -> None:
@@ -74,15 +63,6 @@ def _check_channels(y: jax.Array, caller: str) -> int:
             f"{caller}: channel axis has size {y.shape[-1]}, not divisible by {2**num_axes}"
         )
     return num_axes
-
-
-def _butterflies(y: jax.Array, num_axes: int, pair_fn) -> jax.Array:
-    z = _blocks(y, num_axes)
-    lead = y.ndim - 1
-    for k in range(num_axes):
-        u, v = _pairs(z, lead + k)
-        z = jnp.stack(pair_fn(u, v), axis=lead + k)
-    return z.reshape(y.shape)
 
 
 def _check_input(x: jax.Array, caller: str) -> int:
@@ -119,12 +99,7 @@ def lifting_haar_inverse(y: jax.Array) -> jax.Array:
         return d + v, v
 
     # Undo the axes in reverse order.
-    z = _blocks(y, num_axes)
-    lead = y.ndim - 1
-    for k in reversed(range(num_axes)):
-        s, d = _pairs(z, lead + k)
-        z = jnp.stack(pair(s, d), axis=lead + k)
-    return depth_to_space(z.reshape(y.shape), 2)
+    return depth_to_space(_butterflies(y, num_axes, pair, reverse=True), 2)
 
 
 def real_haar_forward(x: jax.Array) -> jax.Array:
@@ -153,10 +128,12 @@ def real_haar_inverse_adjoint(x_bar: jax.Array) -> jax.Array:
     return _butterflies(space_to_depth(x_bar, 2), num_axes, lambda u, v: (u + v, (u - v) / 2))
 
 
-def _overflow(q: jax.Array) -> jax.Array:
-    """Whether the lifting of q can leave int32: |d| ≤ 2^d · max|q| per level (float estimate)."""
-    num_axes = q.ndim - 2
-    return fixed_point.out_of_range(jnp.max(jnp.abs(q.astype(jnp.float32))) * 2**num_axes)
+def _overflow(q: jax.Array, growth: int) -> jax.Array:
+    """Whether a lifting level can take q out of int32, growing it by at most `growth` per axis
+    (float estimate): forward |d| ≤ 2·max|q|; inverse v = s − ⌊d/2⌋, u = d + v: ≤ 3·max|q|."""
+    return fixed_point.out_of_range(
+        jnp.max(jnp.abs(q.astype(jnp.float32))) * growth ** (q.ndim - 2)
+    )
 
 
 def exact_haar_step() -> InvertibleStep:
@@ -167,14 +144,8 @@ def exact_haar_step() -> InvertibleStep:
         real_haar_forward_adjoint,
         "exact_haar",
         real_fns=(real_haar_forward, real_haar_inverse),
-        overflow=_overflow,
+        overflow=lambda q: _overflow(q, 2),
     )
-
-
-def _inverse_overflow(q: jax.Array) -> jax.Array:
-    # v = s − ⌊d/2⌋, u = d + v: |u|, |v| ≤ 3·max|q| per axis (float estimate).
-    num_axes = q.ndim - 2
-    return fixed_point.out_of_range(jnp.max(jnp.abs(q.astype(jnp.float32))) * 3**num_axes)
 
 
 def exact_haar_inverse_step() -> InvertibleStep:
@@ -185,5 +156,5 @@ def exact_haar_inverse_step() -> InvertibleStep:
         real_haar_inverse_adjoint,
         "exact_haar_inverse",
         real_fns=(real_haar_inverse, real_haar_forward),
-        overflow=_inverse_overflow,
+        overflow=lambda q: _overflow(q, 3),
     )

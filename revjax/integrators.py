@@ -56,15 +56,14 @@ ForceFn = Callable[..., jax.Array]
 def check_step_size(h: float, name: str = "h") -> float:
     """The library's one step-size rule: h must be a finite number > 0, a concrete value.
 
-    Every `h` of the zoo (Verlet, leapfrog and midpoint steps, Chang et al. 2018,
-    arXiv:1709.03698, Sec. 3; the reaction-diffusion steps of Ephrath et al. 2019,
-    arXiv:1805.07821, Sec. 3; the hyperbolic units of Lensink, Peters, Haber 2019,
-    arXiv:1912.12137) is the time step of a discretised ODE/PDE and is checked here, before
-    tracing. h = 0 is rejected because it makes every step the identity, so the network
-    silently ignores its body parameters (their gradient is zero); h < 0 runs the dynamics
-    backwards (and makes the implicit step's I + h KᵀK indefinite); a traced h is refused
-    because the stability of a step (e.g. h²λ_max(KᵀK) ≤ 4 for Verlet) is a property of the
-    configuration. Returns float(h).
+    Every `h` of the zoo (Verlet, leapfrog and midpoint steps, Chang et al. 2018, arXiv:1709.03698,
+    Sec. 3; the reaction-diffusion steps of Ephrath et al. 2019, arXiv:1805.07821, Sec. 3; the
+    hyperbolic units of Lensink, Peters, Haber 2019, arXiv:1912.12137) is the time step of a
+    discretised ODE/PDE and is checked here, before tracing. h = 0 is rejected because it makes
+    every step the identity, so the network silently ignores its body parameters (their gradient is
+    zero); h < 0 runs the dynamics backwards (and makes the implicit step's I + h KᵀK indefinite); a
+    traced h is refused because the stability of a step (e.g. h²λ_max(KᵀK) ≤ 4 for Verlet) is a
+    property of the configuration. Returns float(h).
     """
     try:
         value = float(h)
@@ -77,11 +76,7 @@ def check_step_size(h: float, name: str = "h") -> float:
 
 def verlet_step(F: ForceFn, G: ForceFn, name: str = "verlet") -> InvertibleStep:
     """Y' = Y + F(Z), Z' = Z − G(Y'); params {"F": ..., "G": ...}, state (Y, Z)."""
-
-    def negated_G(p, u, rng):
-        return -G(p, u, rng)
-
-    return additive_coupling(F, negated_G, name=name)
+    return additive_coupling(F, lambda p, u, rng: -G(p, u, rng), name=name)
 
 
 def leapfrog_step(
@@ -155,8 +150,7 @@ def duplicate_state(name: str = "duplicate_state") -> InvertibleStep:
         return y[1]
 
     def backward(params, y, y_bar, rng=None):
-        params_bar = jax.tree.map(jnp.zeros_like, params)
-        return y[1], params_bar, jax.tree.map(lambda u, v: u + v, *y_bar)
+        return y[1], jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda u, v: u + v, *y_bar)
 
     return InvertibleStep(forward, inverse, backward, name=name)
 

@@ -51,12 +51,11 @@ PyTree = Any
 
 def abstract(tree: PyTree) -> PyTree:
     """ShapeDtypeStructs of `tree`'s leaves, keeping shardings (a sharded step is per device)."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(
-            jnp.shape(x), x.dtype, sharding=getattr(x, "sharding", None)
-        ),
-        tree,
-    )
+
+    def leaf(x):
+        return jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+
+    return jax.tree.map(leaf, tree)
 
 
 def compiled_memory(compiled: Any) -> dict[str, int]:
@@ -64,16 +63,9 @@ def compiled_memory(compiled: Any) -> dict[str, int]:
 
     total = temp + arguments + outputs (donated buffers counted once, as arguments).
     """
-    analysis = compiled.memory_analysis()
-
-    def get(field):
-        return int(getattr(analysis, field, 0) or 0) if analysis is not None else 0
-
-    out = {
-        "temp": get("temp_size_in_bytes"),
-        "arguments": get("argument_size_in_bytes"),
-        "outputs": get("output_size_in_bytes"),
-    }
+    analysis = compiled.memory_analysis()  # None, or fields missing, where unknown
+    fields = {"temp": "temp", "arguments": "argument", "outputs": "output"}
+    out = {k: int(getattr(analysis, f"{f}_size_in_bytes", 0) or 0) for k, f in fields.items()}
     out["total"] = out["temp"] + out["arguments"] + out["outputs"]
     return out
 
@@ -133,8 +125,7 @@ def update_step_memory(
       loss_fn: (params, batch) -> scalar loss (e.g. a closure over `model.apply`).
       params: the differentiated pytree (arrays or ShapeDtypeStructs).
       batch: the step's data (arrays or ShapeDtypeStructs).
-      optimizer: the optax transformation the training loop uses (its state is part of the
-        step's arguments).
+      optimizer: the optax transformation of the training loop (its state is a step argument).
 
     Returns:
       {"temp", "arguments", "outputs", "total"} in bytes.

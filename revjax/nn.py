@@ -35,7 +35,6 @@ argument in `__call__` (e.g. passed on to `nn.Dropout`), receive `CouplingStack`
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +43,7 @@ import jax
 
 from revjax import engine
 from revjax.couplings import additive_coupling, affine_coupling, merge_halves, split_halves
-from revjax.drift import ReversibleModel, sow_reconstruction_error
+from revjax.drift import ReversibleModel, _takes, sow_reconstruction_error
 
 __all__ = [
     "residual_fn",
@@ -90,10 +89,7 @@ def residual_with_stats(module: nn.Module, train: bool):
 
 def accepts_deterministic(module: nn.Module) -> bool:
     """Whether `module.__call__` takes a `deterministic` argument (by name or via **kwargs)."""
-    parameters = inspect.signature(type(module).__call__).parameters.values()
-    return any(
-        p.name == "deterministic" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
+    return _takes(module, "deterministic")
 
 
 def init_stacked(module: nn.Module, key: jax.Array, depth: int, *example_args, **kwargs):
@@ -132,8 +128,7 @@ class CouplingStack(ReversibleModel, nn.Module):
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
         x1, x2 = split_halves(x)
         F, G = self.F.clone(parent=None), self.G.clone(parent=None)
-        # F and G that take `deterministic` get this call's value (never silently dropped);
-        # at init they are built deterministic.
+        # F and G that take `deterministic` get this call's value; at init they are deterministic.
         f_init = {"deterministic": True} if accepts_deterministic(F) else {}
         g_init = {"deterministic": True} if accepts_deterministic(G) else {}
         f_call = {"deterministic": deterministic} if f_init else {}
@@ -147,17 +142,8 @@ class CouplingStack(ReversibleModel, nn.Module):
             step = affine_coupling(f_fn, g_fn, max_log_scale=self.max_log_scale)
         else:
             raise ValueError(f"unknown coupling {self.coupling!r}; use 'additive' or 'affine'")
-        rngs = None
-        if not deterministic:
-            rngs = (jax.random.split(self.make_rng("dropout"), self.depth),)
-        y = engine.apply(
-            [engine.Scan(step)],
-            [{"F": f_vars, "G": g_vars}],
-            (x1, x2),
-            rngs,
-            backprop=self.backprop,
-        )
-        sow_reconstruction_error(
-            self, [engine.Scan(step)], [{"F": f_vars, "G": g_vars}], (x1, x2), rngs
-        )
+        rngs = None if deterministic else (jax.random.split(self.make_rng("dropout"), self.depth),)
+        layers, params = [engine.Scan(step)], [{"F": f_vars, "G": g_vars}]
+        y = engine.apply(layers, params, (x1, x2), rngs, backprop=self.backprop)
+        sow_reconstruction_error(self, layers, params, (x1, x2), rngs)
         return merge_halves(y)

@@ -75,9 +75,8 @@ class GradientErrors(NamedTuple):
 
     Attributes:
       errors: one {"reversible": e, "store": e} per batch (relative to float64).
-      temp_bytes: {"reversible": n, "store": n}, the compiled float32 gradient's temporary
-        memory (XLA memory analysis; the reversible one is below the stored one when the body
-        really reconstructs).
+      temp_bytes: {"reversible": n, "store": n}, the compiled float32 gradient's temporary memory
+        (XLA memory analysis; the reversible one is below the stored one if the body reconstructs).
     """
 
     errors: list[dict]
@@ -94,10 +93,8 @@ def gradient_errors(model, variables: PyTree, batches: Sequence[tuple]) -> Gradi
         Each gradient is compiled once and evaluated on every batch.
 
     The gradient is that of the mean softmax cross-entropy in training mode (batch statistics
-    as the trainer sees them). Needs `jax_enable_x64`. At initialisation a float32 gradient can
-    sit within round-off of a kink (a ReLU or a batch statistic that changes with a relative
-    perturbation of 1e-6), where its error jumps by orders of magnitude; compare over several
-    batches (the median) rather than one.
+    as the trainer sees them). Needs `jax_enable_x64`. Near a kink (module docstring) the error
+    jumps by orders of magnitude: compare the median over several batches rather than one.
     """
     if not jax.config.read("jax_enable_x64"):
         raise ValueError("gradient_errors needs float64: jax.config.update('jax_enable_x64', True)")

@@ -34,8 +34,6 @@ import jax.numpy as jnp
 
 __all__ = ["channels_first_hint", "depth_to_space", "space_to_depth", "spatial_axis_names"]
 
-_AXIS_NAMES_BY_RANK = {4: ("H", "W"), 5: ("D", "H", "W")}
-
 
 def channels_first_hint(shape: Sequence[int]) -> str:
     """A hint for error messages when ``shape`` looks channels-first (NCHW / NCDHW).
@@ -55,40 +53,25 @@ def channels_first_hint(shape: Sequence[int]) -> str:
 
 
 def spatial_axis_names(ndim: int, *, caller: str) -> tuple[str, ...]:
-    """Returns the spatial axis names of a channels-last array of rank ``ndim``.
+    """The spatial axis names of a channels-last array of rank ``ndim``.
 
     Args:
-        ndim: rank of the array.
+        ndim: 4 (NHWC: ``("H", "W")``) or 5 (NDHWC: ``("D", "H", "W")``).
         caller: name of the public function, used in the error message.
-
-    Returns:
-        ``("H", "W")`` for rank 4 (NHWC), ``("D", "H", "W")`` for rank 5 (NDHWC).
 
     Raises:
         ValueError: if ``ndim`` is neither 4 nor 5.
     """
-    try:
-        return _AXIS_NAMES_BY_RANK[ndim]
-    except KeyError:
+    if ndim not in (4, 5):
         raise ValueError(
             f"{caller} expected an array of rank 4 (NHWC) or 5 (NDHWC), got rank {ndim}"
-        ) from None
+        )
+    return ("H", "W") if ndim == 4 else ("D", "H", "W")
 
 
 def _check_block(block: int) -> None:
     if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"block must be a positive int, got {block!r}")
-
-
-def _check_spatial_divisible(shape: Sequence[int], block: int, caller: str) -> None:
-    """Raises ValueError if a spatial size of the channels-last ``shape`` is not a multiple."""
-    names = spatial_axis_names(len(shape), caller=caller)
-    for name, size in zip(names, shape[1:-1], strict=True):
-        if size % block:
-            raise ValueError(
-                f"{caller}: axis {name} has size {size}, which is not divisible by "
-                f"block={block}; space-to-depth does not crop.{channels_first_hint(shape)}"
-            )
 
 
 def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
@@ -109,14 +92,17 @@ def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
     """
     x = jnp.asarray(x)
     _check_block(block)
-    _check_spatial_divisible(x.shape, block, "space_to_depth")
+    names = spatial_axis_names(x.ndim, caller="space_to_depth")
+    for name, size in zip(names, x.shape[1:-1], strict=True):
+        if size % block:
+            raise ValueError(
+                f"space_to_depth: axis {name} has size {size}, which is not divisible by "
+                f"block={block}; space-to-depth does not crop.{channels_first_hint(x.shape)}"
+            )
     batch, *spatial, channels = x.shape
     d = len(spatial)
     # (N, s1/b, b, s2/b, b, ..., C): each spatial axis split into (coarse, offset).
-    split = [batch]
-    for size in spatial:
-        split += [size // block, block]
-    z = x.reshape(*split, channels)
+    z = x.reshape(batch, *[n for size in spatial for n in (size // block, block)], channels)
     coarse_axes = [1 + 2 * k for k in range(d)]
     offset_axes = [2 + 2 * k for k in range(d)]
     z = z.transpose(0, *coarse_axes, *offset_axes, 2 * d + 1)
@@ -149,8 +135,5 @@ def depth_to_space(y: jax.Array, block: int = 2) -> jax.Array:
     out_channels = channels // block**d
     z = y.reshape(batch, *spatial, *([block] * d), out_channels)
     # (N, s1, ..., sd, b_1, ..., b_d, C) -> (N, s1, b_1, ..., sd, b_d, C).
-    order = [0]
-    for k in range(d):
-        order += [1 + k, 1 + d + k]
-    z = z.transpose(*order, 2 * d + 1)
+    z = z.transpose(0, *[a for k in range(d) for a in (1 + k, 1 + d + k)], 2 * d + 1)
     return z.reshape(batch, *(size * block for size in spatial), out_channels)

@@ -91,9 +91,6 @@ def _weights(weights: jax.Array | None, shape: tuple[int, ...]) -> jax.Array:
     return jnp.broadcast_to(w.reshape(w.shape + (1,) * (len(shape) - 1)), shape)
 
 
-# ----------------------------------------------------------------------------- metrics
-
-
 @dataclasses.dataclass(frozen=True)
 class Metric:
     """A metric as two functions: batch sums that add up, and the report from their totals.
@@ -186,9 +183,6 @@ def get_metric(name: str) -> Metric:
     if name not in _METRICS:
         raise ValueError(f"unknown metric {name!r}; valid metrics: {', '.join(sorted(_METRICS))}")
     return _METRICS[name]
-
-
-# ----------------------------------------------------------------------------- tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,17 +300,11 @@ def training_loss(
     """
     rngs = None if rng is None else {"dropout": rng}
     variables = {"params": params, **(model_state or {})}
-    if model_state:
-        logits, new_state = model.apply(
-            variables, images, train=True, mutable=list(model_state), rngs=rngs
-        )
-        model_state = dict(new_state)
-    else:
-        logits = model.apply(variables, images, train=True, rngs=rngs)
+    mutable = list(model_state or {}) or False
+    out = model.apply(variables, images, train=True, mutable=mutable, rngs=rngs)
+    logits, model_state = (out[0], dict(out[1])) if mutable else (out, model_state)
     return jnp.mean(loss(logits, labels)), (logits, model_state)
 
-
-# ----------------------------------------------------------------------------- regularisers
 
 _REGULARISERS: dict[str, Callable[[PyTree, float], jax.Array]] = {}
 # name -> module that registers it when imported (looked up on first use only).

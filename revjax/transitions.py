@@ -6,9 +6,7 @@ arXiv:1709.03698 downsample by average pooling and zero-padded channels):
 
 - `pool_pad(x, out_channels)`: 2x2 average pool, stride 2, then symmetric zero padding of the
   channel axis with (out − in)/2 on each side ("downsample by average pooling, increase filters
-  by padding zeros").
-- `pool_pad_transition(out_channels)`: that map applied to every state of a pair, as an
-  `engine.Transition`.
+  by padding zeros"); `pool_pad_transition(out_channels)` applies it to every state.
 
 Fully reversible (Jacobsen, Smeulders, Oyallon 2018, i-RevNet, arXiv:1802.07088; Haar wavelets as in
 Lensink, Peters, Haber 2019, arXiv:1912.12137): `space_to_depth_step()` and `haar_step()` (with
@@ -61,10 +59,8 @@ def pool_pad(x: jax.Array, out_channels: int) -> jax.Array:
             "(the difference must be even and >= 0)"
         )
     spatial = x.shape[1:-1]
-    shape = [x.shape[0]]
-    for size in spatial:
-        shape += [size // 2, 2]
-    pooled = x.reshape(*shape, x.shape[-1]).mean(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+    blocks = x.reshape(x.shape[0], *[n for size in spatial for n in (size // 2, 2)], x.shape[-1])
+    pooled = blocks.mean(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
     widths = [(0, 0)] * (pooled.ndim - 1) + [(pad // 2, pad // 2)]
     return jnp.pad(pooled, widths)
 
@@ -131,39 +127,30 @@ def space_to_depth_step() -> InvertibleStep:
     return orthogonal_step(space_to_depth, depth_to_space, name="space_to_depth")
 
 
-def _haar_adjoints(scaled: bool):
-    if not scaled:
-        return None, None
+# Scaled Haar is s·Q with s = 2^{-d/2}: adjoint of forward = s Q^T = s² · inverse_scaled.
+def _scaled_haar_forward_adjoint(y):
+    return 2.0 ** -(y.ndim - 2) * wavelets.haar_inverse(y, scaled=True)
 
-    # Scaled Haar is s·Q with s = 2^{-d/2}: adjoint of forward = s Q^T = s² · inverse_scaled.
-    def forward_adjoint(y):
-        s2 = 2.0 ** -(y.ndim - 2)
-        return s2 * wavelets.haar_inverse(y, scaled=True)
 
-    def inverse_adjoint(x):
-        s2 = 2.0 ** (x.ndim - 2)
-        return s2 * wavelets.haar_forward(x, scaled=True)
-
-    return forward_adjoint, inverse_adjoint
+def _scaled_haar_inverse_adjoint(x):
+    return 2.0 ** (x.ndim - 2) * wavelets.haar_forward(x, scaled=True)
 
 
 def haar_step(scaled: bool = False) -> InvertibleStep:
     """Haar coarsening of every state (2D: channels x4, 3D: x8)."""
-    forward_adjoint, _ = _haar_adjoints(scaled)
     return orthogonal_step(
         lambda x: wavelets.haar_forward(x, scaled=scaled),
         lambda y: wavelets.haar_inverse(y, scaled=scaled),
-        forward_adjoint,
+        _scaled_haar_forward_adjoint if scaled else None,
         name="haar",
     )
 
 
 def haar_inverse_step(scaled: bool = False) -> InvertibleStep:
     """Haar refinement (synthesis) of every state: the inverse of `haar_step`."""
-    _, inverse_adjoint = _haar_adjoints(scaled)
     return orthogonal_step(
         lambda y: wavelets.haar_inverse(y, scaled=scaled),
         lambda x: wavelets.haar_forward(x, scaled=scaled),
-        inverse_adjoint,
+        _scaled_haar_inverse_adjoint if scaled else None,
         name="haar_inverse",
     )

@@ -121,16 +121,6 @@ def check_divisible(shape: Sequence[int], levels: int) -> None:
             current //= 2
 
 
-def _check_even(shape: Sequence[int], caller: str) -> None:
-    names = spatial_axis_names(len(shape), caller=caller)
-    for name, size in zip(names, shape[1:-1], strict=True):
-        if size % 2:
-            raise ValueError(
-                f"{caller}: axis {name} has size {size}, which is odd; Haar coarsening needs "
-                f"even sizes (no silent cropping).{channels_first_hint(shape)}"
-            )
-
-
 def _check_rank(x: jax.Array, ndim: int, caller: str) -> None:
     layout = {4: "NHWC", 5: "NDHWC"}[ndim]
     if x.ndim != ndim:
@@ -142,41 +132,23 @@ def _check_floating(x: jax.Array, caller: str) -> None:
         raise TypeError(f"{caller} needs a floating dtype, got {x.dtype}")
 
 
-def _sum_difference(z: jax.Array, axis: int) -> jax.Array:
-    """Unscaled butterfly on a size-2 axis: ``(u, v) -> (u + v, u − v)``."""
-    u = jax.lax.index_in_dim(z, 0, axis, keepdims=False)
-    v = jax.lax.index_in_dim(z, 1, axis, keepdims=False)
-    return jnp.stack([u + v, u - v], axis=axis)
-
-
-def _blockwise_hadamard(y: jax.Array, num_axes: int, scale: float) -> jax.Array:
-    """``scale × Ĥ`` applied to each block of ``2**num_axes`` sub-band channels.
-
-    Args:
-        y: ``(N, *spatial, 2**num_axes · C)`` with channel index ``q·C + c``.
-        num_axes: number of spatial axes ``d``.
-        scale: scalar multiplying the unscaled Walsh–Hadamard matrix ``Ĥ`` (``Ĥ² = 2**d I``).
-
-    Returns:
-        Same shape and dtype as ``y``.
-    """
+def _butterflies(y: jax.Array, num_axes: int, pair_fn, reverse: bool = False) -> jax.Array:
+    """``pair_fn(u, v)`` along each size-2 axis of the blocks of ``2**num_axes`` sub-band channels
+    of ``y`` ``(N, *spatial, 2**num_axes · C)`` (channel index ``q·C + c``), last axis first
+    when ``reverse``; same shape as ``y``."""
     *leading, channels = y.shape
     z = y.reshape(*leading, *([2] * num_axes), channels // 2**num_axes)
-    for k in range(num_axes):
-        z = _sum_difference(z, axis=len(leading) + k)
-    if scale != 1.0:
-        z = z * jnp.asarray(scale, dtype=z.dtype)
+    for k in reversed(range(num_axes)) if reverse else range(num_axes):
+        u, v = (jax.lax.index_in_dim(z, i, len(leading) + k, keepdims=False) for i in (0, 1))
+        z = jnp.stack(pair_fn(u, v), axis=len(leading) + k)
     return z.reshape(y.shape)
 
 
-def _forward_scale(num_axes: int, scaled: bool) -> float:
-    # Orthonormal: (1/√2)**d = 2**(-d/2); HyperNet: (1/2)**d.
-    return 2.0 ** (-num_axes) if scaled else 2.0 ** (-num_axes / 2)
-
-
-def _inverse_scale(num_axes: int, scaled: bool) -> float:
-    # Orthonormal: self-inverse, 2**(-d/2); HyperNet: Ĥ² = 2**d I, so the inverse needs 1.
-    return 1.0 if scaled else 2.0 ** (-num_axes / 2)
+def _blockwise_hadamard(y: jax.Array, num_axes: int, scale: float) -> jax.Array:
+    """``scale × Ĥ`` on each block of sub-band channels; ``Ĥ`` is the unscaled Walsh–Hadamard
+    matrix (``Ĥ² = 2**d I``), one butterfly ``(u, v) -> (u + v, u − v)`` per spatial axis."""
+    z = _butterflies(y, num_axes, lambda u, v: (u + v, u - v))
+    return z * jnp.asarray(scale, dtype=z.dtype) if scale != 1.0 else z
 
 
 def haar_forward(x: jax.Array, *, scaled: bool = False) -> jax.Array:
@@ -195,10 +167,18 @@ def haar_forward(x: jax.Array, *, scaled: bool = False) -> jax.Array:
         TypeError: non-floating dtype.
     """
     x = jnp.asarray(x)
-    _check_even(x.shape, "haar_forward")
+    names = spatial_axis_names(x.ndim, caller="haar_forward")
+    for name, size in zip(names, x.shape[1:-1], strict=True):
+        if size % 2:
+            raise ValueError(
+                f"haar_forward: axis {name} has size {size}, which is odd; Haar coarsening needs "
+                f"even sizes (no silent cropping).{channels_first_hint(x.shape)}"
+            )
     _check_floating(x, "haar_forward")
     num_axes = x.ndim - 2
-    return _blockwise_hadamard(space_to_depth(x, 2), num_axes, _forward_scale(num_axes, scaled))
+    # Orthonormal: (1/√2)**d = 2**(-d/2); HyperNet: (1/2)**d.
+    scale = 2.0 ** (-num_axes) if scaled else 2.0 ** (-num_axes / 2)
+    return _blockwise_hadamard(space_to_depth(x, 2), num_axes, scale)
 
 
 def haar_inverse(y: jax.Array, *, scaled: bool = False) -> jax.Array:
@@ -224,7 +204,8 @@ def haar_inverse(y: jax.Array, *, scaled: bool = False) -> jax.Array:
             f"haar_inverse: channel axis has size {y.shape[-1]}, which is not divisible by "
             f"{2**num_axes} (the number of {num_axes}-D sub-bands)"
         )
-    z = _blockwise_hadamard(y, num_axes, _inverse_scale(num_axes, scaled))
+    # Orthonormal: self-inverse, 2**(-d/2); HyperNet: Ĥ² = 2**d I, so the inverse needs 1.
+    z = _blockwise_hadamard(y, num_axes, 1.0 if scaled else 2.0 ** (-num_axes / 2))
     return depth_to_space(z, 2)
 
 

@@ -11,18 +11,16 @@ Public API (used by the trainer):
   (with ``drop_remainder=False`` also ``"weight": float32 (B,)``, 0 for padding);
   the iterator has ``get_state()`` / ``set_state(state)`` for checkpointing.
 
-Datasets: ``digits`` (scikit-learn, no download), ``synthetic_video`` (generated),
-``cifar10``, ``cifar100``, ``stl10``, ``imagenet2012``, ``davis`` (TFDS array_record,
-prepared beforehand; see ``revjax.data.tfds_pipeline``), and the user's own in-memory arrays
-registered under a name with ``register_arrays(name, train=(x, y), test=(x, y))``, image
-folders ``"folder:<root>"`` (``root/{train,test}/<class>/<images>``, see
-``revjax.data.image_folder``), and any prepared TFDS image-classification dataset by name,
-``"tfds:<name>"``, with the user's per-example preprocessing (``register_preprocess``; see
-``revjax.data.tfds_named``). ``dataset_kwargs(config)`` gives the ``data_dir``,
-``fake_examples`` and dataset options of a config, for both ``dataset_info`` and
-``make_dataset``.
-TensorFlow is never imported. ``fake_examples=N`` (> 0) replaces any dataset by N random
-records per split with its shapes and classes (TFDS images go through the dataset's own
+Datasets: ``digits`` (scikit-learn, no download), ``synthetic_video`` (generated), ``cifar10``,
+``cifar100``, ``stl10``, ``imagenet2012``, ``davis`` (TFDS array_record, prepared beforehand; see
+``revjax.data.tfds_pipeline``), and the user's own in-memory arrays registered under a name with
+``register_arrays(name, train=(x, y), test=(x, y))``, image folders ``"folder:<root>"``
+(``root/{train,test}/<class>/<images>``, see ``revjax.data.image_folder``), and any prepared TFDS
+image-classification dataset by name, ``"tfds:<name>"``, with the user's per-example preprocessing
+(``register_preprocess``; see ``revjax.data.tfds_named``). ``dataset_kwargs(config)`` gives the
+``data_dir``, ``fake_examples`` and dataset options of a config, for both ``dataset_info`` and
+``make_dataset``. TensorFlow is never imported. ``fake_examples=N`` (> 0) replaces any dataset by N
+random records per split with its shapes and classes (TFDS images go through the dataset's own
 preprocessing), so smoke runs need no download.
 
 Pipeline (all grain ``MapDataset`` steps, so the stream is a pure function of ``seed``)::
@@ -78,6 +76,8 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "synthetic_video", "pydoc_text", *TFDS_DATASETS)
+# The generated or shipped datasets: modules with ``info_fields`` and ``split_source``.
+_BUILT_IN = {"digits": digits, "synthetic_video": synthetic_video, "pydoc_text": text}
 _ARRAYS: dict[str, dict[str, Any]] = {}  # name -> {"train": (x, y), "test": (x, y), ...}
 
 
@@ -122,10 +122,7 @@ def dataset_kwargs(config: Any) -> dict[str, Any]:
 
 
 def register_arrays(
-    name: str,
-    train: tuple[Any, Any],
-    test: tuple[Any, Any],
-    num_classes: int | None = None,
+    name: str, train: tuple[Any, Any], test: tuple[Any, Any], num_classes: int | None = None
 ) -> DatasetInfo:
     """Registers in-memory numpy data as dataset ``name`` (then ``config.dataset = name``).
 
@@ -162,10 +159,7 @@ def register_arrays(
 
 
 def dataset_info(
-    name: str,
-    fake_examples: int = 0,
-    data_dir: str | os.PathLike | None = None,
-    **options: Any,
+    name: str, fake_examples: int = 0, data_dir: str | os.PathLike | None = None, **options: Any
 ) -> DatasetInfo:
     """Describes ``name`` without reading data (``tfds:<name>``: its first training record).
 
@@ -188,12 +182,8 @@ def dataset_info(
         info = DatasetInfo(entry["num_classes"], tuple(x.shape[1:]), len(x), len(xt), task)
     elif image_folder.is_folder(name):
         info = DatasetInfo(**image_folder.info_fields(name, **options))
-    elif name == "digits":
-        info = DatasetInfo(**digits.info_fields(**options))
-    elif name == "synthetic_video":
-        info = DatasetInfo(**synthetic_video.info_fields(**options))
-    elif name == "pydoc_text":
-        info = DatasetInfo(**text.info_fields(**options))
+    elif name in _BUILT_IN:
+        info = DatasetInfo(**_BUILT_IN[name].info_fields(**options))
     elif tfds_named.is_tfds_name(name):
         if fake_examples:
             raise ValueError(
@@ -220,8 +210,7 @@ def host_batch_size(global_batch_size: int, *, process_count: int, device_count:
       the per-host batch size.
 
     Raises:
-      ValueError: the global batch is not positive or not divisible by the device or
-        process count.
+      ValueError: the global batch is not positive or not divisible by the device or process count.
     """
     if global_batch_size <= 0:
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
@@ -247,8 +236,7 @@ class ProcessRows(grain.MapDataset):
     only whole global batches are kept; with ``pad`` the last partial global batch is padded to
     ``B`` with copies of global element 0 and every element gets ``"weight"`` (float32 1 for
     a real example, 0 for padding), so every process yields the same number of batches (a
-    collective per batch never waits for a process that has run out).
-    """
+    collective per batch never waits for a process that has run out)."""
 
     def __init__(
         self,
@@ -304,12 +292,8 @@ def _load(
         return ArraySource(*_ARRAYS[name][key]), None
     if image_folder.is_folder(name):
         return image_folder.load(name, split, **options)
-    if name == "digits":
-        return digits.split_source(split, **options), None
-    if name == "synthetic_video":
-        return synthetic_video.split_source(split, **options), None
-    if name == "pydoc_text":
-        return text.split_source(split, **options), None
+    if name in _BUILT_IN:
+        return _BUILT_IN[name].split_source(split, **options), None
     if tfds_named.is_tfds_name(name):
         return tfds_named.load(name, split, data_dir=data_dir, **options)
     return tfds_pipeline.load(name, split, data_dir=data_dir, **options)
@@ -324,14 +308,11 @@ def _fake(
         resolved = tfds_pipeline.resolve_options(name, options)
         shape = info.image_shape
         if name == "imagenet2012":
-            side = resolved["resize_size"]
-            shape = (side, side, 3)
+            shape = (resolved["resize_size"], resolved["resize_size"], 3)
         source = FakeSource(size, split, info.num_classes, shape, raw=True, seed=seed)
-        preprocess = tfds_pipeline.load_preprocess(name, resolved)
-        return source, preprocess
+        return source, tfds_pipeline.load_preprocess(name, resolved)
     label_shape = tuple(info.image_shape[:-1]) if info.task == "segmentation" else ()
-    source = FakeSource(size, split, info.num_classes, info.image_shape, label_shape, seed=seed)
-    return source, None
+    return FakeSource(size, split, info.num_classes, info.image_shape, label_shape, seed=seed), None
 
 
 def _evaluate(preprocess: Callable[[Any, Any], Any], example: Any) -> Any:
@@ -380,9 +361,8 @@ def make_dataset(
       device_count: devices over all hosts (default ``jax.device_count()``).
       num_threads: grain reader threads in this process.
       prefetch_buffer_size: examples read ahead by those threads.
-      worker_count: grain worker processes (0 = in-process, the default). Workers need
-        absl flags parsed in the main program (``absl.app.run`` or
-        ``absl.flags.FLAGS.mark_as_parsed()``).
+      worker_count: grain worker processes (0 = in-process, the default). Workers need absl flags
+        parsed in the main program (``absl.app.run`` or ``absl.flags.FLAGS.mark_as_parsed()``).
       fake_examples: N > 0 reads N random records of the dataset's shapes instead of the
         data (``FakeSource``; CIFAR/STL/ImageNet records are uint8 images run through the
         dataset's preprocessing, the others are ready float32 examples). No download.
@@ -430,11 +410,8 @@ def make_dataset(
         if num_epochs not in (None, 1):
             ds = ds.repeat(num_epochs, reseed_each_epoch=False)
     ds = ProcessRows(ds, global_batch_size, process_index, process_count, not drop_remainder)
-
-    read_options = grain.ReadOptions(
-        num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size
-    )
-    batched = ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=drop_remainder)
+    reads = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    batched = ds.to_iter_dataset(reads).batch(batch_size, drop_remainder=drop_remainder)
     if worker_count > 0:
         batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return batched

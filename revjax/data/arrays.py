@@ -6,8 +6,7 @@
   shuffling, per-process sharding, checkpointable position).
 * ``FakeSource``: records with the shapes and label range of a named dataset and random
   content, a pure function of ``(seed, split, index)``; it lets every ``:smoke`` config run
-  offline (``config.fake_examples``).
-"""
+  offline (``config.fake_examples``)."""
 
 from __future__ import annotations
 

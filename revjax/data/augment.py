@@ -14,9 +14,8 @@ Recipes:
   * CIFAR / STL-10 (Hamiltonian and RevNet papers): pad-4 random crop, horizontal flip,
     per-image standardisation (STL-10: no padding).
   * LeanResNet (Ephrath et al. 2019, Sec. 4: "random resize, crop and flip"): crop a random
-    square-ish box
-    whose side is ``1/s`` of the image, ``s ~ U[1, max_scale]``, resize back, flip,
-    standardise. The exact PyTorch transform is not recoverable; this is our reading.
+    square-ish box whose side is ``1/s`` of the image, ``s ~ U[1, max_scale]``, resize back,
+    flip, standardise. The exact PyTorch transform is not recoverable; this is our reading.
   * ImageNet: Inception-style random-resized crop to 224 + flip + mean/std normalisation
     for training; resize shorter side to 256 + centre crop 224 for evaluation.
   * Video (DAVIS): one crop box and one flip decision shared by every frame of a clip and
@@ -79,16 +78,8 @@ def per_image_standardization(image: np.ndarray) -> np.ndarray:
 
 
 def _normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Scales ``uint8`` pixels to [0, 1] and normalises per channel: ``(x / 255 - mean) / std``.
-
-    Args:
-      image: (..., C) uint8 or float in [0, 255].
-      mean: (C,) channel means on the [0, 1] scale.
-      std: (C,) channel standard deviations on the [0, 1] scale.
-
-    Returns:
-      float32 array of the same shape.
-    """
+    """``(x / 255 - mean) / std`` as float32: image (..., C) in [0, 255]; mean, std (C,) on the
+    [0, 1] scale."""
     x = np.asarray(image, np.float32) / 255.0
     return ((x - mean) / std).astype(np.float32)
 
@@ -165,9 +156,7 @@ def resize(
         pil = Image.fromarray(plane)
         return np.asarray(pil.resize((width, height), resample=resample, box=pil_box))
 
-    if image.ndim == 2:
-        return one(image)
-    if image.shape[-1] == 3:
+    if image.ndim == 2 or image.shape[-1] == 3:
         return one(image)
     return np.stack([one(image[..., c]) for c in range(image.shape[-1])], axis=-1)
 
@@ -226,34 +215,17 @@ def sample_resized_crop_box(
 
 
 def _sample_zoom_box(rng: np.random.Generator, max_scale: float = 1.25) -> Box:
-    """Samples a random zoom window as fractions of the image (LeanResNet "random resize").
-
-    Zooming in by ``s ~ U[1, max_scale]`` and cropping back to the original size is the
-    window of side ``1/s`` at a uniform position.
-
-    Args:
-      rng: per-record generator.
-      max_scale: largest zoom factor (1 = no zoom).
-
-    Returns:
-      (top, left, bottom, right) as fractions in [0, 1].
-    """
+    """A random zoom window (top, left, bottom, right) as fractions in [0, 1] (LeanResNet
+    "random resize"): zooming in by ``s ~ U[1, max_scale]`` and cropping back to the original
+    size is the window of side ``1/s`` at a uniform position."""
     side = 1.0 / rng.uniform(1.0, max_scale)
     top, left = rng.uniform(0.0, 1.0 - side, size=2)
     return (float(top), float(left), float(top + side), float(left + side))
 
 
 def _center_crop_box(height: int, width: int, crop_fraction: float) -> Box:
-    """Centred box covering ``crop_fraction`` of the shorter side, square.
-
-    Args:
-      height: source height.
-      width: source width.
-      crop_fraction: side of the box relative to ``min(height, width)`` (224/256 = 0.875).
-
-    Returns:
-      (top, left, bottom, right) in pixels.
-    """
+    """Centred square (top, left, bottom, right) in pixels, of side ``crop_fraction`` x
+    ``min(height, width)`` (224/256 = 0.875)."""
     side = crop_fraction * min(height, width)
     top, left = (height - side) / 2, (width - side) / 2
     return (top, left, top + side, left + side)
@@ -334,19 +306,9 @@ def imagenet_eval(image: np.ndarray, size: int = 224, resize_size: int = 256) ->
 def _clip_resize(
     frames: np.ndarray, masks: np.ndarray, size: tuple[int, int], box: Box = (0.0, 0.0, 1.0, 1.0)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resamples the same relative window of every frame and mask to ``size``.
-
-    The window is relative, so frames and masks of different pixel sizes stay aligned.
-
-    Args:
-      frames: (T, H, W, 3) uint8.
-      masks: (T, H', W') uint8 label maps.
-      size: output (height, width).
-      box: (top, left, bottom, right) as fractions of each frame.
-
-    Returns:
-      frames (T, height, width, 3) uint8 and masks (T, height, width) uint8.
-    """
+    """Resamples the same window ``box`` (fractions of each frame, so frames (T, H, W, 3) and
+    masks (T, H', W') of different pixel sizes stay aligned) to ``size``: uint8 frames
+    (T, height, width, 3) and masks (T, height, width)."""
     out_frames = np.stack([resize(f, size, box=_relative_box(box, f.shape)) for f in frames])
     out_masks = np.stack(
         [resize(m, size, box=_relative_box(box, m.shape), nearest=True) for m in masks]

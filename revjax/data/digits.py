@@ -74,15 +74,13 @@ def _load_all() -> dict[str, dict[str, np.ndarray]]:
     images = (digits.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1)
     labels = digits.target.astype(np.int32)
     train_idx, test_idx = split_indices(labels)
-    mean = images[train_idx].mean()
-    std = images[train_idx].std()
+    mean, std = images[train_idx].mean(), images[train_idx].std()
     out = {"mean": float(mean), "std": float(std)}
     for split, idx in (("train", train_idx), ("test", test_idx)):
         image = ((images[idx] - mean) / std).astype(np.float32)
-        label = labels[idx]
-        image.flags.writeable = False
-        label.flags.writeable = False
-        out[split] = {"image": image, "label": label}
+        out[split] = {"image": image, "label": labels[idx]}
+        for array in out[split].values():
+            array.flags.writeable = False
     return out
 
 
@@ -95,10 +93,9 @@ def load_split(split: str) -> dict[str, np.ndarray]:
     Returns:
       {"image": (N, 8, 8, 1) float32, "label": (N,) int32}; N = 1437 or 360.
     """
-    splits = _load_all()
     if split not in ("train", "test"):
         raise ValueError(f"digits has splits 'train' and 'test', got {split!r}.")
-    return splits[split]
+    return _load_all()[split]
 
 
 CANVAS_SCALE = 3  # 8x8 digit -> 24x24 (nearest neighbour), centred on the canvas
@@ -112,14 +109,12 @@ def _on_canvas(images: np.ndarray, size: int = 32, channels: int = 3) -> np.ndar
     canvas filled with the image's background value (its minimum, i.e. the standardised
     value of a blank pixel), and repeated over `channels`. Nothing is learned from the
     placement: it gives the CIFAR networks (3 stages, two 2x down-samplings, 3 input
-    channels) a real image task that needs no download.
-    """
+    channels) a real image task that needs no download."""
     side = IMAGE_SHAPE[0] * CANVAS_SCALE
     if size < side:
         raise ValueError(f"canvas size {size} is smaller than the {side}x{side} upsampled digit")
     big = images.repeat(CANVAS_SCALE, axis=1).repeat(CANVAS_SCALE, axis=2)
-    blank = images.min()
-    canvas = np.full((len(images), size, size, 1), blank, dtype=np.float32)
+    canvas = np.full((len(images), size, size, 1), images.min(), dtype=np.float32)
     lo = (size - side) // 2
     canvas[:, lo : lo + side, lo : lo + side] = big
     return np.repeat(canvas, channels, axis=-1)
@@ -129,24 +124,10 @@ def _segmentation_labels(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-pixel labels of canvas images: 0 background, 1 + digit class on the digit's strokes.
 
     A pixel is a stroke where the raw (unstandardised) intensity exceeds
-    SEGMENTATION_THRESHOLD; images (N, H, W, C) standardised, labels (N,) -> (N, H, W) int32.
-    """
+    SEGMENTATION_THRESHOLD; images (N, H, W, C) standardised, labels (N,) -> (N, H, W) int32."""
     raw = images[..., 0] * _load_all()["std"] + _load_all()["mean"]
     strokes = raw > SEGMENTATION_THRESHOLD
     return np.where(strokes, labels[:, None, None] + 1, 0).astype(np.int32)
-
-
-def _load_canvas_split(split: str, size: int = 32, task: str = "classification"):
-    """``load_split`` on a CIFAR-shaped canvas (`_on_canvas`); segmentation labels per pixel."""
-    arrays = load_split(split)
-    image = _on_canvas(arrays["image"], size)
-    if task == "classification":
-        label = arrays["label"]
-    elif task == "segmentation":
-        label = _segmentation_labels(image, arrays["label"])
-    else:
-        raise ValueError(f"digits task must be 'classification' or 'segmentation', got {task!r}")
-    return {"image": image, "label": label}
 
 
 def _check_options(canvas: int | None, task: str) -> None:
@@ -159,13 +140,16 @@ def _check_options(canvas: int | None, task: str) -> None:
 def split_source(
     split: str, canvas: int | None = None, task: str = "classification"
 ) -> ArraySource:
-    """grain source for ``load_split(split)``, or ``_load_canvas_split`` when `canvas` is set."""
+    """grain source for ``load_split(split)``, placed on a CIFAR-shaped canvas (`_on_canvas`)
+    when `canvas` is set, with per-pixel labels for ``task="segmentation"``."""
     _check_options(canvas, task)
+    arrays = load_split(split)
+    image, label = arrays["image"], arrays["label"]
     if canvas:
-        arrays = _load_canvas_split(split, canvas, task)
-    else:
-        arrays = load_split(split)
-    return ArraySource(arrays["image"], arrays["label"])
+        image = _on_canvas(image, canvas)
+        if task == "segmentation":
+            label = _segmentation_labels(image, label)
+    return ArraySource(image, label)
 
 
 def info_fields(canvas: int | None = None, task: str = "classification") -> dict[str, Any]:

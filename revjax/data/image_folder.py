@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from revjax.data import tfds_pipeline
+from revjax.data.tfds_pipeline import AUGMENTATIONS
 
 __all__ = ["PREFIX", "is_folder", "info_fields", "load"]
 
@@ -54,11 +55,9 @@ def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
             f"image folder got unknown options {sorted(unknown)}; valid: {sorted(options)}"
         )
     options.update(kwargs)
-    if options["augmentation"] not in tfds_pipeline.AUGMENTATIONS:
-        raise ValueError(
-            f"augmentation must be one of {tfds_pipeline.AUGMENTATIONS}, got "
-            f"{options['augmentation']!r}"
-        )
+    augmentation = options["augmentation"]
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
     return options
 
 
@@ -107,11 +106,9 @@ class _ImageFolderSource:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        size = (self.image_size, self.image_size)
         with Image.open(self.files[index]) as image:
-            image = image.convert("RGB").resize(
-                (self.image_size, self.image_size), Image.Resampling.BOX
-            )
-            pixels = np.asarray(image, np.uint8)
+            pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BOX), np.uint8)
         return {"image": pixels, "label": self.labels[index]}
 
     def __repr__(self) -> str:
@@ -124,10 +121,6 @@ def load(name: str, split: str, **kwargs: Any):
         raise ValueError(f"image folders have splits 'train' and 'test', got {split!r}")
     root, options = _root(name), _options(kwargs)
     files, labels = _files(root, split, _classes(root))
-    preprocess = functools.partial(
-        tfds_pipeline.classification_preprocess,
-        augmentation=options["augmentation"],
-        pad=options["pad"],
-        max_scale=options["max_scale"],
-    )
+    image_options = {k: options[k] for k in tfds_pipeline.IMAGE_OPTIONS}  # augmentation, pad, ...
+    preprocess = functools.partial(tfds_pipeline.classification_preprocess, **image_options)
     return _ImageFolderSource(files, labels, options["image_size"]), preprocess

@@ -1,12 +1,11 @@
 """Synthetic video segmentation: moving, deforming shapes on a textured background.
 
-A stand-in for DAVIS (video data of Peters, Haber, Lensink 2019, arXiv:1912.12137) that
-needs no download: each clip is a pure function of an
-integer seed. Shapes (ellipses for odd classes, rectangles for even classes) follow smooth
-Lissajous trajectories while their size, aspect ratio and rotation oscillate; each class has
-a fixed colour (the same in every clip, so classes are learnable) with a striped texture;
-the background is a drifting sum of plane waves; Gaussian noise is added last. Labels are
-per pixel: 0 = background, 1..K-1 = shape class of the top-most shape (later shapes
+A stand-in for DAVIS (video data of Peters, Haber, Lensink 2019, arXiv:1912.12137) that needs no
+download: each clip is a pure function of an integer seed. Shapes (ellipses for odd classes,
+rectangles for even classes) follow smooth Lissajous trajectories while their size, aspect ratio and
+rotation oscillate; each class has a fixed colour (the same in every clip, so classes are learnable)
+with a striped texture; the background is a drifting sum of plane waves; Gaussian noise is added
+last. Labels are per pixel: 0 = background, 1..K-1 = shape class of the top-most shape (later shapes
 occlude earlier ones).
 
 Rendering is vectorised over (T, H, W); the only Python loop is over the few shapes.
@@ -52,17 +51,10 @@ SPLIT_DEFAULTS: dict[str, int] = {"num_train": 1000, "num_test": 100}
 
 
 def _class_palette(num_classes: int, channels: int) -> np.ndarray:
-    """Fixed colour of each class, independent of the clip seed.
-
-    Args:
-      num_classes: K, including background (row 0, unused, zeros).
-      channels: C.
-
-    Returns:
-      (K, C) float32 in [0, 1]. For C = 3, saturated colours at evenly spaced hues; for
-      C = 1, intensities alternating between bright ([0.8, 1]) and dark ([0, 0.15]) so
-      they differ from the mid-grey background; otherwise a fixed random draw.
-    """
+    """(K, C) float32 in [0, 1]: the fixed colour of each class (row 0, the background, zeros),
+    independent of the clip seed. For C = 3, saturated colours at evenly spaced hues; for C = 1,
+    intensities alternating between bright ([0.8, 1]) and dark ([0, 0.15]) so they differ from
+    the mid-grey background; otherwise a fixed random draw."""
     k = num_classes - 1
     palette = np.zeros((num_classes, channels), np.float32)
     if k <= 0:
@@ -84,10 +76,8 @@ def _class_palette(num_classes: int, channels: int) -> np.ndarray:
 def _shape_parameters(
     rng: np.random.Generator, num_shapes: int, num_classes: int, extent: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Draws the per-shape constants of the trajectories, each array of shape (S,).
-
-    ``extent`` is (2,) = (H, W) / min(H, W).
-    """
+    """Draws the per-shape constants of the trajectories, each array of shape (S,) (or (S, 2));
+    ``extent`` is (2,) = (H, W) / min(H, W)."""
     s = num_shapes
     return {
         "cls": rng.integers(1, num_classes, size=s) if num_classes > 1 else np.zeros(s, int),
@@ -110,18 +100,10 @@ def _shape_parameters(
 
 
 def _shape_trajectories(params: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
-    """Evaluates the smooth per-frame geometry of every shape.
+    """The smooth per-frame geometry of every shape: "cy", "cx", "ry", "rx", "angle", each (T, S).
 
     ``center(t) = c + A sin(w t + phi)``; ``radius(t) = r (1 + a_r sin(w_r t + phi_r))``;
-    ``aspect(t) = a (1 + a_a sin(w_a t))``; ``angle(t) = theta + spin t``.
-
-    Args:
-      params: output of ``_shape_parameters``.
-      frames: T.
-
-    Returns:
-      dict with "cy", "cx", "ry", "rx", "angle", each (T, S).
-    """
+    ``aspect(t) = a (1 + a_a sin(w_a t))``; ``angle(t) = theta + spin t``."""
     t = np.arange(frames, dtype=np.float64)[:, None, None]  # (T, 1, 1)
     center = params["center"] + params["amplitude"] * np.sin(params["omega"] * t + params["phase"])
     t = t[..., 0]  # (T, 1)
@@ -141,18 +123,8 @@ def _shape_trajectories(params: dict[str, np.ndarray], frames: int) -> dict[str,
 def _textured_background(
     rng: np.random.Generator, frames: int, y: np.ndarray, x: np.ndarray, channels: int
 ) -> np.ndarray:
-    """Low-saturation grey level plus three drifting plane waves.
-
-    Args:
-      rng: clip generator.
-      frames: T.
-      y: (H, 1) row coordinates.
-      x: (1, W) column coordinates.
-      channels: C.
-
-    Returns:
-      (T, H, W, C) float64, roughly in [0.1, 0.8].
-    """
+    """Low-saturation grey level plus three drifting plane waves: (T, H, W, C) float64, roughly
+    in [0.1, 0.8], from row coordinates ``y`` (H, 1) and column coordinates ``x`` (1, W)."""
     num_waves = 3
     base = rng.uniform(0.3, 0.55) + rng.uniform(-0.05, 0.05, channels)  # (C,)
     direction = rng.uniform(0.0, 2 * np.pi, num_waves)
@@ -226,15 +198,9 @@ def generate_clip(
 
 
 class _SyntheticVideoSource:
-    """Random-access source of clips for grain: record ``i`` is clip ``base_seed + i``.
-
-    Records are dicts ``{"image": (T, H, W, C) float32, "label": (T, H, W) int32}``.
-
-    Args:
-      num_clips: length of the source.
-      base_seed: seed of record 0.
-      **clip_kwargs: ``generate_clip`` arguments (frames, height, width, ...).
-    """
+    """Random-access source of ``num_clips`` clips for grain: record ``i`` is clip
+    ``base_seed + i`` (``generate_clip(**clip_kwargs)``), a dict
+    ``{"image": (T, H, W, C) float32, "label": (T, H, W) int32}``."""
 
     def __init__(self, num_clips: int, base_seed: int, **clip_kwargs: Any):
         self._num_clips = num_clips

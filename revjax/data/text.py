@@ -6,13 +6,12 @@ encoded as UTF-8 bytes (vocabulary 256). Fixed split: the first 90% of the bytes
 10% (``TEST_FRACTION``) are held out; the split point depends only on the corpus length.
 
 Records (``context`` = T, dataset option, default 128): windows of T + 1 consecutive bytes,
-``{"image": float32 (T,) bytes 0..255, "label": int32 (T,) the next byte of each}`` (``image``
-is float32 because the trainer's batches are; `revjax.models.transformer.ByteLM` casts it
-back to integers). Training windows start every T bytes (non-overlapping, shuffled by the
-pipeline); test windows likewise, so every held-out byte after the first of its split is
-predicted exactly once. ``DatasetInfo.task == "next_token"``: the label has the input's shape,
-and the natural metric is bits per byte, mean cross-entropy / ln 2
-(`revjax.models.transformer.bits_per_byte`).
+``{"image": float32 (T,) bytes 0..255, "label": int32 (T,) the next byte of each}`` (``image`` is
+float32 because the trainer's batches are; `revjax.models.transformer.ByteLM` casts it back to
+integers). Training windows start every T bytes (non-overlapping, shuffled by the pipeline); test
+windows likewise, so every held-out byte after the first of its split is predicted exactly once.
+``DatasetInfo.task == "next_token"``: the label has the input's shape, and the natural metric is
+bits per byte, mean cross-entropy / ln 2 (`revjax.models.transformer.bits_per_byte`).
 
 >>> arrays = load_split("test", context=64)
 >>> arrays["image"].shape[1:], arrays["label"].dtype
@@ -24,6 +23,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+from revjax.data.arrays import ArraySource
 
 __all__ = [
     "VOCAB_SIZE",
@@ -70,10 +71,8 @@ def load_split(split: str, context: int = DEFAULT_CONTEXT) -> dict[str, np.ndarr
     """{"image": float32 (N, T), "label": int32 (N, T)}: non-overlapping (T + 1)-byte windows."""
     t = _check_context(context)
     data = split_bytes(split)
-    n = (len(data) - 1) // t
-    starts = np.arange(n) * t
-    idx = starts[:, None] + np.arange(t + 1)[None, :]
-    windows = data[idx]
+    starts = np.arange((len(data) - 1) // t) * t
+    windows = data[starts[:, None] + np.arange(t + 1)[None, :]]
     return {"image": windows[:, :-1].astype(np.float32), "label": windows[:, 1:].astype(np.int32)}
 
 
@@ -90,19 +89,7 @@ def info_fields(context: int = DEFAULT_CONTEXT) -> dict:
     }
 
 
-class _Source:
-    """Random-access grain source over one split's windows."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self._arrays = arrays
-
-    def __len__(self) -> int:
-        return len(self._arrays["label"])
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {k: v[index] for k, v in self._arrays.items()}
-
-
-def split_source(split: str, context: int = DEFAULT_CONTEXT) -> _Source:
+def split_source(split: str, context: int = DEFAULT_CONTEXT) -> ArraySource:
     """The grain source of ``split`` (records as in the module docstring)."""
-    return _Source(load_split(split, context))
+    arrays = load_split(split, context)
+    return ArraySource(arrays["image"], arrays["label"])

@@ -28,8 +28,7 @@ The name is either one registered with ``register_preprocess(name, fn)`` (in the
 or before calling the trainer) or ``"package.module:function"`` (imported in each process, so
 it also works with grain worker processes and multi-process launches). The default,
 ``"standard"``, is the CIFAR recipe (``tfds_pipeline.classification_preprocess`` with options
-``augmentation``, ``pad``, ``max_scale``) and needs equal-sized images.
-"""
+``augmentation``, ``pad``, ``max_scale``) and needs equal-sized images."""
 
 from __future__ import annotations
 
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from revjax.data import tfds_pipeline
-from revjax.data.tfds_pipeline import DatasetNotPreparedError
+from revjax.data.tfds_pipeline import AUGMENTATIONS, DatasetNotPreparedError
 
 __all__ = [
     "PREFIX",
@@ -112,9 +111,8 @@ def resolve_preprocess(spec: str) -> Preprocess:
             return fn
     registered = ", ".join(sorted(_PREPROCESS)) or "none"
     raise ValueError(
-        f"unknown preprocess {spec!r}: register it with "
-        "revjax.data.register_preprocess(name, fn) or name it as 'package.module:function' "
-        f"(registered: {registered}; built in: standard)"
+        f"unknown preprocess {spec!r}: register it with revjax.data.register_preprocess(name, fn) "
+        f"or name it as 'package.module:function' (registered: {registered}; built in: standard)"
     )
 
 
@@ -125,11 +123,9 @@ def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
             f"tfds: datasets got unknown options {sorted(unknown)}; valid: {sorted(OPTIONS)}"
         )
     options = {**OPTIONS, **kwargs}
-    if options["augmentation"] not in tfds_pipeline.AUGMENTATIONS:
-        raise ValueError(
-            f"augmentation must be one of {tfds_pipeline.AUGMENTATIONS}, got "
-            f"{options['augmentation']!r}"
-        )
+    augmentation = options["augmentation"]
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
     return options
 
 
@@ -161,9 +157,8 @@ def _keys(name: str, info, options: dict[str, Any]) -> tuple[str, str, int]:
 
     features = info.features
     supervised = tuple(info.supervised_keys or ())
-    supervised = (
-        supervised if len(supervised) == 2 and all(isinstance(k, str) for k in supervised) else ()
-    )
+    if len(supervised) != 2 or not all(isinstance(k, str) for k in supervised):
+        supervised = ()
     images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
     images += [
         k
@@ -239,12 +234,8 @@ def _apply_user(
 def _preprocess(options: dict[str, Any]) -> Preprocess:
     spec = options["preprocess"]
     if spec == "standard":
-        return functools.partial(
-            tfds_pipeline.classification_preprocess,
-            augmentation=options["augmentation"],
-            pad=options["pad"],
-            max_scale=options["max_scale"],
-        )
+        image_options = {k: options[k] for k in tfds_pipeline.IMAGE_OPTIONS}
+        return functools.partial(tfds_pipeline.classification_preprocess, **image_options)
     return functools.partial(_apply_user, fn=resolve_preprocess(spec), spec=spec)
 
 

@@ -1,11 +1,11 @@
 """TFDS sources (array_record, random access) and the papers' per-example preprocessing.
 
-Datasets: ``cifar10``, ``cifar100``, ``stl10`` (the CIFAR/STL-10 experiments of RevNet,
-Gomez et al. 2017, arXiv:1707.04585; Chang et al. 2018, arXiv:1709.03698; LeanResNet,
-Ephrath et al. 2019, arXiv:1805.07821), ``imagenet2012`` (RevNet) and ``davis`` (video
-segmentation, Peters, Haber, Lensink 2019, arXiv:1912.12137). Records are read with
-``tfds.data_source(name, split=..., data_dir=..., download=False)``, which needs the
-dataset prepared in the ``array_record`` format but does **not** need TensorFlow; decoding uses PIL.
+Datasets: ``cifar10``, ``cifar100``, ``stl10`` (the CIFAR/STL-10 experiments of RevNet, Gomez et
+al. 2017, arXiv:1707.04585; Chang et al. 2018, arXiv:1709.03698; LeanResNet, Ephrath et al. 2019,
+arXiv:1805.07821), ``imagenet2012`` (RevNet) and ``davis`` (video segmentation, Peters, Haber,
+Lensink 2019, arXiv:1912.12137). Records are read with
+``tfds.data_source(name, split=..., data_dir=..., download=False)``, which needs the dataset
+prepared in the ``array_record`` format but does **not** need TensorFlow; decoding uses PIL.
 
 Preparing a dataset (once, in any environment that has TensorFlow: in tensorflow-datasets
 4.9 the ``tfds`` command line and the dataset builders import TensorFlow)::
@@ -17,14 +17,12 @@ Preparing a dataset (once, in any environment that has TensorFlow: in tensorflow
 ``DATA_DIR/downloads/manual`` first; ``davis`` is built as ``davis/480p``.
 
 Every preprocess function here has the signature ``preprocess(example, rng)`` and returns
-``{"image": float32, "label": int32}``; ``rng`` is a per-record ``np.random.Generator`` in
-training mode and ``None`` for evaluation (deterministic, no augmentation). They are
-module-level functions bound with ``functools.partial`` so that pipelines pickle (grain
-worker processes).
+``{"image": float32, "label": int32}``; ``rng`` is a per-record ``np.random.Generator`` in training
+mode and ``None`` for evaluation (deterministic, no augmentation). They are module-level functions
+bound with ``functools.partial`` so that pipelines pickle (grain worker processes).
 
-TFDS's ``davis`` builder is DAVIS-2017 (instance ids per pixel); we binarise the masks
-(foreground = any object), the DAVIS-2016 (single-object) task that Peters et al. (2019)
-evaluate on.
+TFDS's ``davis`` builder is DAVIS-2017 (instance ids per pixel); we binarise the masks (foreground =
+any object), the DAVIS-2016 (single-object) task that Peters et al. (2019) evaluate on.
 """
 
 from __future__ import annotations
@@ -91,8 +89,7 @@ def default_options(name: str) -> dict[str, Any]:
     standardisation; STL-10 defaults to ``pad=0``), "lean" (LeanResNet random zoom-crop +
     flip, zoom up to ``max_scale``) or "none". ImageNet: ``image_size``, ``resize_size``.
     DAVIS: ``clip_length`` T, output ``height`` × ``width``, ``clips_per_video`` records per
-    video and epoch, ``resolution`` ("480p" or "full_resolution"), ``max_scale``.
-    """
+    video and epoch, ``resolution`` ("480p" or "full_resolution"), ``max_scale``."""
     if name in ("cifar10", "cifar100"):
         return dict(IMAGE_OPTIONS)
     if name == "stl10":
@@ -124,10 +121,9 @@ def info_fields(name: str, **kwargs: Any) -> dict[str, Any]:
     if name == "imagenet2012":
         fields["image_shape"] = (options["image_size"], options["image_size"], 3)
     if name == "davis":
-        o = options
-        fields["image_shape"] = (o["clip_length"], o["height"], o["width"], 3)
-        fields["num_train"] *= o["clips_per_video"]
-        fields["num_test"] *= o["clips_per_video"]
+        fields["image_shape"] = (options["clip_length"], options["height"], options["width"], 3)
+        fields["num_train"] *= options["clips_per_video"]
+        fields["num_test"] *= options["clips_per_video"]
     fields["task"] = "segmentation" if name == "davis" else "classification"
     return fields
 
@@ -137,11 +133,6 @@ def info_fields(name: str, **kwargs: Any) -> dict[str, Any]:
 
 class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset is missing from ``data_dir`` (or not in array_record format)."""
-
-
-def _tfds_builder_name(name: str, options: dict[str, Any]) -> str:
-    """TFDS name including the builder config (``davis/480p``)."""
-    return f"davis/{options['resolution']}" if name == "davis" else name
 
 
 def tfds_split(name: str, split: str) -> str:
@@ -179,17 +170,9 @@ def preparation_instructions(name: str, data_dir: str | os.PathLike | None) -> s
 def _open_source(
     name: str, split: str, data_dir: str | os.PathLike | None, options: dict[str, Any]
 ) -> Sequence[dict[str, Any]]:
-    """Opens a random-access TFDS source; raises ``DatasetNotPreparedError`` if absent.
-
-    Args:
-      name: one of ``TFDS_DATASETS``.
-      split: TFDS split string; "test" maps to "validation" for imagenet2012 and davis.
-      data_dir: TFDS data directory (None: TFDS default).
-      options: resolved dataset options (``resolve_options``).
-
-    Returns:
-      ``ArrayRecordDataSource``-like sequence of decoded example dicts (numpy).
-    """
+    """The ``ArrayRecordDataSource``-like sequence of decoded example dicts (numpy) of a TFDS
+    split ("test" maps to "validation" for imagenet2012 and davis; ``data_dir`` None: TFDS
+    default); raises ``DatasetNotPreparedError`` if absent."""
     import tensorflow_datasets as tfds
 
     if name == "davis":
@@ -197,10 +180,10 @@ def _open_source(
         import tensorflow_datasets.video.davis  # noqa: F401
 
     split = tfds_split(name, split)
+    # The TFDS name with its builder config (``davis/480p``).
+    builder = f"davis/{options['resolution']}" if name == "davis" else name
     try:
-        return tfds.data_source(
-            _tfds_builder_name(name, options), split=split, data_dir=data_dir, download=False
-        )
+        return tfds.data_source(builder, split=split, data_dir=data_dir, download=False)
     except (
         tfds.core.registered.DatasetNotFoundError,
         NotImplementedError,
@@ -217,14 +200,8 @@ def _open_source(
 
 
 class _ClipIndexSource:
-    """Repeats each video ``clips_per_video`` times: record ``i`` is video ``i // k``.
-
-    Adds ``"clip_index": i % k`` so evaluation can take evenly spaced clips.
-
-    Args:
-      videos: random-access source of DAVIS examples.
-      clips_per_video: k.
-    """
+    """Repeats each video of ``videos`` ``k = clips_per_video`` times: record ``i`` is video
+    ``i // k`` with ``"clip_index": i % k``, so evaluation can take evenly spaced clips."""
 
     def __init__(self, videos: Sequence[dict[str, Any]], clips_per_video: int):
         if clips_per_video < 1:
@@ -256,8 +233,7 @@ def classification_preprocess(
     """CIFAR/STL record -> {"image": (H, W, C) float32, "label": () int32}.
 
     Training (``rng`` given): ``augmentation`` recipe from ``revjax.data.augment``.
-    Evaluation (``rng is None``) or "none": per-image standardisation only.
-    """
+    Evaluation (``rng is None``) or "none": per-image standardisation only."""
     image = example["image"]
     if rng is None or augmentation == "none":
         image = augment.per_image_standardization(image)
@@ -278,8 +254,7 @@ def _imagenet_preprocess(
     """ImageNet record -> {"image": (S, S, 3) float32, "label": () int32}, S = image_size.
 
     Training: random-resized crop + flip; evaluation: resize to ``resize_size`` and centre
-    crop; both normalised with the ImageNet channel mean/std.
-    """
+    crop; both normalised with the ImageNet channel mean/std."""
     image = example["image"]
     if rng is None:
         image = augment.imagenet_eval(image, image_size, resize_size)
@@ -321,8 +296,7 @@ def _davis_preprocess(
     starts for evaluation; videos shorter than T repeat their last frame), resizes frames
     and masks to (height, width) with a clip-consistent random zoom-crop + flip when
     training, standardises over the clip and binarises the masks (foreground = any
-    object). The whole video is decoded per record (TFDS decodes sequences eagerly).
-    """
+    object). The whole video is decoded per record (TFDS decodes sequences eagerly)."""
     del resolution  # Chooses the TFDS builder config, not the preprocessing.
     video = example["video"]
     frames, masks = video["frames"], video["segmentations"][..., 0]

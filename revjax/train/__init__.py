@@ -10,8 +10,7 @@ Public API:
 * ``make_optimizer`` (``revjax.train.optim``); ``Checkpointer`` (``checkpointing``);
   ``make_mesh``, ``maybe_initialize_distributed`` (``sharding``); ``train_step_memory``
   (compiled memory of the trainer's step, ``revjax.memory``). Named configs are loaded with
-  ``revjax.configs.load_config(name, arg)``.
-"""
+  ``revjax.configs.load_config(name, arg)``."""
 
 from revjax.train.checkpointing import Checkpointer, IncompatibleCheckpointError
 from revjax.train.inference import evaluate, load, predict

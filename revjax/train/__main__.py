@@ -1,23 +1,20 @@
 """``python -m revjax.train [--config=<name|path>[:arg]] [--config.x=y ...] [--workdir=DIR]``.
 
-With no arguments, trains the default config (``revnet_mini`` on digits) in
-``./workdir/default``. ``--config`` takes a config name from ``revjax/configs`` (e.g.
-``cifar10_revnet110``) or a path to a Python file with ``get_config``; ``:smoke`` selects the
-shrunken run. ``--config.<dotted.field>=<value>`` overrides one field, parsed as that field's
-type (tuples as ``'(8, 16)'``); ``model_kwargs.<field>`` takes any field of the chosen model
-(``revjax.models.config_fields``) and ``dataset_options.<option>`` any option of the chosen
-dataset, predefined by the config or not. ``--print_only`` checks the config (builds the
-model, abstract init), prints it as JSON on stdout and the workdir, model size and learning
-rate schedule on stderr, and exits. All training logic is in
-``revjax.train.trainer.train_and_evaluate``.
+With no arguments, trains the default config (``revnet_mini`` on digits) in ``./workdir/default``.
+``--config`` takes a config name from ``revjax/configs`` (e.g. ``cifar10_revnet110``) or a path to a
+Python file with ``get_config``; ``:smoke`` selects the shrunken run.
+``--config.<dotted.field>=<value>`` overrides one field, parsed as that field's type (tuples as
+``'(8, 16)'``); ``model_kwargs.<field>`` takes any field of the chosen model
+(``revjax.models.config_fields``) and ``dataset_options.<option>`` any option of the chosen dataset,
+predefined by the config or not. ``--print_only`` checks the config (builds the model, abstract
+init), prints it as JSON on stdout and the workdir, model size and learning rate schedule on stderr,
+and exits. All training logic is in ``revjax.train.trainer.train_and_evaluate``.
 
 Exit statuses: 0 done (also ``--help``); 1 error (bad config or input, dataset not prepared,
 non-finite loss, checkpoint of another config, processes of a multi-process job started with
-different configs); 3 reconstruction drift above ``drift_rtol``; 75 stopped by SIGTERM after
-saving a checkpoint (requeue); 76 another process of a multi-process job died (rerun the whole
-job: it resumes from the last complete checkpoint); 130 stopped by SIGINT (Ctrl-C) after
-saving.
-"""
+different configs); 3 reconstruction drift above ``drift_rtol``; 75 stopped by SIGTERM after saving
+a checkpoint (requeue); 76 another process of a multi-process job died (rerun the whole job: it
+resumes from the last complete checkpoint); 130 stopped by SIGINT (Ctrl-C) after saving."""
 
 from __future__ import annotations
 
@@ -71,8 +68,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """(argv without ``--config.<path>[=value]``, [(path, value), ...]) in command-line order.
 
     ``--config.<path> value`` (the value as the next word) and a bare ``--config.<path>``
-    (True, for booleans) are accepted as absl does.
-    """
+    (True, for booleans) are accepted as absl does."""
     rest, overrides, i = [], [], 0
     while i < len(argv):
         token = argv[i]

@@ -14,8 +14,7 @@ Each checkpoint step directory holds three orbax items (``ocp.args.Composite``):
 
 ``Checkpointer.restore_latest`` tries the newest step first; if it cannot be read (truncated
 or corrupted files, e.g. a crash during a non-atomic copy) it moves that step aside to
-``<workdir>/corrupted_checkpoints/`` and falls back to the previous one, and says so.
-"""
+``<workdir>/corrupted_checkpoints/`` and falls back to the previous one, and says so."""
 
 from __future__ import annotations
 
@@ -73,26 +72,6 @@ class NoReadableCheckpointError(RuntimeError):
     """Checkpoints exist but none of them can be restored."""
 
 
-def _get(tree: dict[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key in sorted(value):
-            out.update(_flatten(f"{prefix}.{key}", value[key]))
-        return out
-    if isinstance(value, tuple):
-        value = list(value)
-    return {prefix: value}
-
-
 # Run-defining fields added after checkpoints were first written, with the value that older
 # checkpoints (which lack them) implicitly used.
 ADDED_FIELD_DEFAULTS = {
@@ -113,7 +92,11 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     """Flat {dotted field: value} of a (nested) config dict; tuples become lists."""
     flat: dict[str, Any] = {}
     for key in sorted(config):
-        flat.update(_flatten(key, config[key]))
+        value = config[key]
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in flat_config(value).items()})
+        else:
+            flat[key] = list(value) if isinstance(value, tuple) else value
     return flat
 
 

@@ -72,13 +72,8 @@ def _dataset_info(workdir: Path, config: Any) -> data_lib.DatasetInfo:
     path = workdir / MODEL_INFO
     if path.exists():
         record = json.loads(path.read_text())
-        return data_lib.DatasetInfo(
-            int(record["num_classes"]),
-            tuple(record["image_shape"]),
-            int(record["num_train"]),
-            int(record["num_test"]),
-            record["task"],
-        )
+        record["image_shape"] = tuple(record["image_shape"])
+        return data_lib.DatasetInfo(*(record[field] for field in data_lib.DatasetInfo._fields))
     return data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
 
 
@@ -144,11 +139,9 @@ def load(
         config = config_from_json(dict(saved["config"]))
         info = _dataset_info(root, config)
         model = trainer.build_model(config, info)
-        steps_per_epoch = max(info.num_train // config.global_batch_size, 1)
-        tx, _ = optim.make_optimizer(config, steps_per_epoch, max(int(config.num_steps), 1))
-        abstract = jax.eval_shape(
-            lambda: trainer.create_state(model, tx, config.seed, info.image_shape)
-        )
+        per_epoch = trainer.steps_per_epoch(config, info)
+        tx, _ = optim.make_optimizer(config, per_epoch, max(int(config.num_steps), 1))
+        abstract = trainer.abstract_state(model, tx, config.seed, info.image_shape)
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )
@@ -157,16 +150,6 @@ def load(
     state = restored["state"]
     variables = {"params": state["params"], **state.get("model_state", {})}
     return model, variables, config
-
-
-def _input_shape(workdir: Path) -> tuple[int, ...] | None:
-    path = Path(workdir).expanduser() / MODEL_INFO
-    return tuple(json.loads(path.read_text())["image_shape"]) if path.exists() else None
-
-
-def _batches(images: np.ndarray, batch_size: int):
-    for start in range(0, len(images), batch_size):
-        yield start, images[start : start + batch_size]
 
 
 def predict(
@@ -193,7 +176,8 @@ def predict(
       ValueError: images of another shape than the run's inputs.
     """
     images = np.asarray(images, np.float32)
-    expected = _input_shape(Path(workdir))
+    path = Path(workdir).expanduser() / MODEL_INFO
+    expected = tuple(json.loads(path.read_text())["image_shape"]) if path.exists() else None
     if expected is not None and tuple(images.shape[1:]) != expected:
         raise ValueError(
             f"images have example shape {tuple(images.shape[1:])}; the run in {workdir} "
@@ -201,7 +185,8 @@ def predict(
         )
     model, variables, _ = loaded or load(workdir, step)
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    out = [np.asarray(apply(variables, x), np.float32) for _, x in _batches(images, batch_size)]
+    starts = range(0, len(images), batch_size)
+    out = [np.asarray(apply(variables, images[i : i + batch_size]), np.float32) for i in starts]
     return np.concatenate(out, axis=0)
 
 
@@ -215,8 +200,7 @@ def evaluate(
     """The run's task report (``loss``, ``accuracy``, ...) on ``data = (images, labels)``.
 
     Uses the run's task (``config.task`` or the dataset's, from ``model_info.json``) and the
-    same sums as the trainer's evaluation; no dataset is opened.
-    """
+    same sums as the trainer's evaluation; no dataset is opened."""
     from revjax import tasks
 
     images, labels = data

@@ -121,9 +121,8 @@ def launch(
     """Run `command` as processes 0..N-1; returns 0 when all succeed, else the first failure's
     exit status (negative: killed by that signal; 124: the job exceeded `timeout`).
 
-    `on_start(processes)`, if given, is called once all N processes have started (e.g. to
-    watch or signal one of them). `verbose` relays the known informational lines
-    (``is_noise``) too."""
+    `on_start(processes)`, if given, is called once all N processes have started (e.g. to watch or
+    signal one of them). `verbose` relays the known informational lines (``is_noise``) too."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if not command:

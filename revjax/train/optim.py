@@ -79,8 +79,7 @@ def _is_kernel(path) -> bool:
 
     Every registry family names biases and normalisation parameters ``bias``, ``b``,
     ``b1``/``b2``/``b1a``..., ``*_bias``, ``*_b``, ``scale``, ``scale_raw``; every other leaf
-    (``kernel``, ``K``, ``W``, ``w1``, ``dw_kernel``, ``mix``, ``circ``...) is a kernel.
-    """
+    (``kernel``, ``K``, ``W``, ``w1``, ``dw_kernel``, ``mix``, ``circ``...) is a kernel."""
     return _NOT_KERNEL.fullmatch(_leaf_name(path)) is None
 
 
@@ -94,8 +93,7 @@ def scale_non_kernels(factor: float) -> optax.GradientTransformation:
 
     Placed after the optimizer (sgd with momentum, adam, adamw), whose update is linear in its
     learning rate eta, it gives those leaves the rate factor * eta(t) and leaves kernels at
-    eta(t): the parameter groups of Fixup's reference recipe (factor 0.1).
-    """
+    eta(t): the parameter groups of Fixup's reference recipe (factor 0.1)."""
     factor = float(factor)
     if not factor > 0.0:
         raise ValueError(f"scalar_lr_factor must be > 0, got {factor!r}")
@@ -116,8 +114,7 @@ def piecewise_boundaries(opt: Any, steps_per_epoch: int, total_steps: int) -> li
     """
     boundaries = [int(s) for s in opt.boundaries_steps]
     if not boundaries:
-        epochs = opt.boundaries_epochs
-        boundaries = [int(round(e * steps_per_epoch)) for e in epochs]
+        boundaries = [int(round(e * steps_per_epoch)) for e in opt.boundaries_epochs]
     if not boundaries:
         fractions = [float(f) for f in opt.boundaries_fractions]
         bad = [f for f in fractions if not 0.0 < f <= 1.0]
@@ -147,8 +144,7 @@ def halving_period(opt: Any, steps_per_epoch: int, total_steps: int) -> int:
 
 def make_schedule(opt: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Learning-rate schedule eta(step) from ``config.optimizer`` (see module docstring)."""
-    eta0 = float(opt.learning_rate)
-    name = opt.schedule
+    eta0, name = float(opt.learning_rate), opt.schedule
     if name == "constant":
         return optax.constant_schedule(eta0)
     if name == "piecewise":
@@ -169,8 +165,7 @@ def _with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
         return schedule
 
     def warmed(step):
-        ramp = jax.numpy.minimum(1.0, (step + 1) / warmup_steps)
-        return schedule(step) * ramp
+        return schedule(step) * jax.numpy.minimum(1.0, (step + 1) / warmup_steps)
 
     return warmed
 
@@ -207,13 +202,8 @@ def make_optimizer(
     if wd > 0 and name != "adamw":
         parts.append(optax.add_decayed_weights(wd, mask=kernel_mask))
     if name == "sgd":
-        parts.append(
-            optax.sgd(
-                schedule,
-                momentum=opt.momentum or None,
-                nesterov=bool(opt.nesterov),
-            )
-        )
+        momentum = opt.momentum or None
+        parts.append(optax.sgd(schedule, momentum=momentum, nesterov=bool(opt.nesterov)))
     else:
         moments = {"b1": float(opt.b1), "b2": float(opt.b2), "eps": float(opt.eps)}
         if name == "adamw":

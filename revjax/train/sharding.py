@@ -22,13 +22,12 @@ memory is not divided by the number of devices. Spatial sharding pays for convol
 
 Multi-host: `maybe_initialize_distributed()` calls `jax.distributed.initialize()` when the
 environment describes a multi-process job (SLURM with several tasks, explicit
-`JAX_COORDINATOR_ADDRESS`/`JAX_NUM_PROCESSES`/`JAX_PROCESS_ID`, or a TPU pod slice's own
-metadata); process p feeds rows ``[p B / P, (p + 1) B / P)`` of every global batch (the
-input pipeline, `revjax.data.make_dataset`, reads them from the global example stream that a
-single process reads; `check_process_rows` checks the mesh puts them on p's devices) and
-`shard_batch` assembles the global array. `python -m revjax.train.launch` starts N such
-processes on one machine (CPU devices, gloo collectives) for testing what a multi-host job
-does.
+`JAX_COORDINATOR_ADDRESS`/`JAX_NUM_PROCESSES`/`JAX_PROCESS_ID`, or a TPU pod slice's own metadata);
+process p feeds rows ``[p B / P, (p + 1) B / P)`` of every global batch (the input pipeline,
+`revjax.data.make_dataset`, reads them from the global example stream that a single process reads;
+`check_process_rows` checks the mesh puts them on p's devices) and `shard_batch` assembles the
+global array. `python -m revjax.train.launch` starts N such processes on one machine (CPU devices,
+gloo collectives) for testing what a multi-host job does.
 
 Failure modes of a multi-process job, each a clear error in bounded time:
 
@@ -36,14 +35,12 @@ Failure modes of a multi-process job, each a clear error in bounded time:
   within ``REVJAX_DISTRIBUTED_TIMEOUT`` seconds;
 * processes launched with different configs: `check_same_across_processes` (called by the
   trainer before anything is compiled) raises naming each differing field and its values;
-* a process dies (SIGKILL, OOM, node failure): a survivor blocked in a collective gets a
-  connection error (`is_peer_failure`) and `exit_on_peer_failure` ends it with
-  ``EXIT_PEER_LOST`` and a one-line message, skipping the distributed shutdown barrier that
-  would wait for the dead process; a survivor not in a collective is terminated by JAX's
-  coordination service once the dead process has missed heartbeats for
-  ``REVJAX_HEARTBEAT_TIMEOUT`` seconds. Rerunning the same launch resumes every process from
-  the last complete checkpoint.
-"""
+* a process dies (SIGKILL, OOM, node failure): a survivor blocked in a collective gets a connection
+  error (`is_peer_failure`) and `exit_on_peer_failure` ends it with ``EXIT_PEER_LOST`` and a
+  one-line message, skipping the distributed shutdown barrier that would wait for the dead process;
+  a survivor not in a collective is terminated by JAX's coordination service once the dead process
+  has missed heartbeats for ``REVJAX_HEARTBEAT_TIMEOUT`` seconds. Rerunning the same launch resumes
+  every process from the last complete checkpoint."""
 
 from __future__ import annotations
 
@@ -94,17 +91,14 @@ def is_multiprocess_env(environ: dict[str, str] | None = None) -> bool:
 
     True when ``JAX_COORDINATOR_ADDRESS`` is set, or under SLURM with ``SLURM_NTASKS > 1``,
     or with ``JAX_NUM_PROCESSES > 1``, or on a multi-host TPU slice
-    (``TPU_WORKER_HOSTNAMES`` lists more than one host).
-    """
+    (``TPU_WORKER_HOSTNAMES`` lists more than one host)."""
     env = os.environ if environ is None else environ
     if env.get("JAX_COORDINATOR_ADDRESS"):
         return True
     for key in ("SLURM_NTASKS", "JAX_NUM_PROCESSES"):
-        try:
+        with contextlib.suppress(ValueError):
             if int(env.get(key, "1")) > 1:
                 return True
-        except ValueError:
-            pass
     return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
 
 
@@ -135,11 +129,10 @@ def _seconds_env(env, key: str, default: int) -> int:
 def distributed_settings(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Keyword arguments for `jax.distributed.initialize`, or None for a single process.
 
-    Explicit launch (all three of ``JAX_COORDINATOR_ADDRESS=host:port``,
-    ``JAX_NUM_PROCESSES=N``, ``JAX_PROCESS_ID=i``, as `revjax.train.launch` sets them): they are
-    passed to `initialize` (JAX itself reads only the address from the environment). SLURM
-    with several tasks or a multi-host TPU slice: only the timeouts, JAX detects the rest.
-    Timeouts (seconds, from the environment):
+    Explicit launch (all three of ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES=N``,
+    ``JAX_PROCESS_ID=i``, as `revjax.train.launch` sets them): they are passed to `initialize` (JAX
+    itself reads only the address from the environment). SLURM with several tasks or a multi-host
+    TPU slice: only the timeouts, JAX detects the rest. Timeouts (seconds, from the environment):
 
     * ``REVJAX_DISTRIBUTED_TIMEOUT`` (default 300): the wait for the coordinator and for all
       processes to join (``initialization_timeout``);
@@ -179,12 +172,7 @@ def distributed_settings(environ: dict[str, str] | None = None) -> dict[str, Any
             raise ValueError(
                 f"JAX_PROCESS_ID={pid} must lie in [0, JAX_NUM_PROCESSES={num}) and N >= 1"
             )
-        return dict(
-            coordinator_address=address,
-            num_processes=num,
-            process_id=pid,
-            **timeouts,
-        )
+        return dict(coordinator_address=address, num_processes=num, process_id=pid, **timeouts)
     if is_multiprocess_env(env):
         return timeouts
     return None
@@ -210,8 +198,7 @@ def wait_for_coordinator(address: str, timeout: float, poll: float = 0.5) -> Non
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"coordinator {address} not reachable within {timeout} s ({error}); start "
-                    "process 0 (the coordinator) on that host and port, or raise "
-                    f"{TIMEOUT_ENV}"
+                    f"process 0 (the coordinator) on that host and port, or raise {TIMEOUT_ENV}"
                 ) from None
             time.sleep(poll)
 
@@ -285,8 +272,7 @@ def check_same_across_processes(
     Args:
       fields: e.g. the flattened config and the workdir.
       what: names the key and the error.
-      timeout_s: the wait for the other processes' values (default
-        ``REVJAX_DISTRIBUTED_TIMEOUT``).
+      timeout_s: the wait for the other processes' values (default ``REVJAX_DISTRIBUTED_TIMEOUT``).
 
     Raises:
       ValueError: some field differs; the message names each such field with every
@@ -371,8 +357,7 @@ def exit_on_peer_failure(resume_hint: str = "") -> Iterator[None]:
     because another process died (`is_peer_failure`); other errors propagate unchanged.
 
     The exit skips Python's atexit handlers: JAX's distributed shutdown barrier would otherwise
-    wait for the dead process until the heartbeat timeout and then abort with a C++ trace.
-    """
+    wait for the dead process until the heartbeat timeout and then abort with a C++ trace."""
     try:
         yield
     except Exception as error:
@@ -382,8 +367,7 @@ def exit_on_peer_failure(resume_hint: str = "") -> Iterator[None]:
         print(
             f"error: process {jax.process_index()} of {jax.process_count()}: another process "
             f"of this job stopped or fell behind ({type(error).__name__}: {first[:300]}); "
-            "stopping too. "
-            f"{resume_hint}".rstrip(),
+            f"stopping too. {resume_hint}".rstrip(),
             file=sys.stderr,
             flush=True,
         )
@@ -419,8 +403,7 @@ def make_mesh(data: int = -1, space: int = 1, devices: list | None = None) -> Me
 def check_batch_divisible(global_batch_size: int, device_count: int) -> None:
     """Raises ValueError unless ``global_batch_size`` is a positive multiple of ``device_count``.
 
-    ``device_count`` is the size of the "data" axis (all devices for pure data parallelism).
-    """
+    ``device_count`` is the size of the "data" axis (all devices for pure data parallelism)."""
     if global_batch_size <= 0 or global_batch_size % device_count:
         raise ValueError(
             f"global_batch_size={global_batch_size} must be a positive multiple of the number "
@@ -446,10 +429,9 @@ def process_rows(mesh: Mesh, global_batch_size: int) -> list[tuple[int, int]]:
 
 
 def check_process_rows(mesh: Mesh, global_batch_size: int) -> None:
-    """The input pipeline (`revjax.data.make_dataset`) feeds process p the rows
-    ``[p b, (p + 1) b)`` of every global batch (``b = B / process_count``); the mesh must put
-    exactly those rows on p's devices, as a mesh over ``jax.devices()`` (ordered by process)
-    does.
+    """The input pipeline (`revjax.data.make_dataset`) feeds process p the rows ``[p b, (p + 1) b)``
+    of every global batch (``b = B / process_count``); the mesh must put exactly those rows on p's
+    devices, as a mesh over ``jax.devices()`` (ordered by process) does.
 
     Raises:
       ValueError: this process's devices hold other rows (a device order that interleaves
@@ -487,22 +469,16 @@ def check_spatial_divisible(
         )
 
 
-def _spec(ndim: int, spatial_axis: int | None) -> PartitionSpec:
-    axes: list[Any] = [DATA_AXIS] + [None] * (ndim - 1)
-    if spatial_axis is not None:
-        axes[spatial_axis] = SPACE_AXIS
-    return PartitionSpec(*axes)
-
-
 def batch_sharding(mesh: Mesh, ndim: int = 1, spatial_axis: int | None = None) -> NamedSharding:
     """Batch axis over "data"; with ``spatial_axis``, that axis of each example over "space".
 
     ``ndim`` is the array rank (needed only with ``spatial_axis``); the same spatial index
-    serves images (B, T, H, W, C) and their label maps (B, T, H, W).
-    """
+    serves images (B, T, H, W, C) and their label maps (B, T, H, W)."""
     if spatial_axis is None or mesh.shape[SPACE_AXIS] == 1:
         return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    return NamedSharding(mesh, _spec(ndim, spatial_axis))
+    axes: list[Any] = [DATA_AXIS] + [None] * (ndim - 1)
+    axes[spatial_axis] = SPACE_AXIS
+    return NamedSharding(mesh, PartitionSpec(*axes))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -512,10 +488,8 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 def _fsdp_spec(shape: tuple[int, ...], parts: int, min_size: int) -> PartitionSpec:
     """Shard the largest axis divisible by ``parts`` over "data"; small arrays replicated."""
-    if parts == 1 or math.prod(shape) < min_size:
-        return PartitionSpec()
     candidates = [i for i, s in enumerate(shape) if s % parts == 0]
-    if not candidates:
+    if parts == 1 or math.prod(shape) < min_size or not candidates:
         return PartitionSpec()
     axis = max(candidates, key=lambda i: shape[i])
     spec: list[Any] = [None] * len(shape)
@@ -526,18 +500,14 @@ def _fsdp_spec(shape: tuple[int, ...], parts: int, min_size: int) -> PartitionSp
 def state_shardings(mesh: Mesh, state: Any, fsdp: bool = False, min_size: int = 2**12) -> Any:
     """Shardings for a train-state pytree (arrays or ShapeDtypeStructs).
 
-    Replicated by default. With ``fsdp=True`` every array of at least ``min_size`` elements
-    is split over "data" along its largest divisible axis (parameters and their optimizer
-    moments alike); XLA all-gathers them where the step needs them whole and reduce-scatters
-    their gradients.
-    """
-    replicated = replicated_sharding(mesh)
+    Replicated by default. With ``fsdp=True`` every array of at least ``min_size`` elements is split
+    over "data" along its largest divisible axis (parameters and their optimizer moments alike); XLA
+    all-gathers them where the step needs them whole and reduce-scatters their gradients."""
     if not fsdp:
-        return jax.tree.map(lambda _: replicated, state)
+        return jax.tree.map(lambda _: replicated_sharding(mesh), state)
     parts = mesh.shape[DATA_AXIS]
     return jax.tree.map(
-        lambda leaf: NamedSharding(mesh, _fsdp_spec(tuple(np.shape(leaf)), parts, min_size)),
-        state,
+        lambda leaf: NamedSharding(mesh, _fsdp_spec(tuple(np.shape(leaf)), parts, min_size)), state
     )
 
 

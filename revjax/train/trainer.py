@@ -3,7 +3,7 @@
 ``train_and_evaluate(config, workdir)`` runs one experiment end to end, as a sequence of named
 parts::
 
-    dataset_info, task_of -> _make_run_mesh -> _open_train_data -> build_model
+    dataset_info, task_of -> _make_run_mesh -> _open_data (train) -> build_model
     -> make_optimizer, make_train_step -> _init_state (jit, out_shardings)
     -> _open_run (checkpointer, restore latest: state, rng, input position; metrics.jsonl)
     -> _compile_train_step -> _step_memory -> _train_loop: shard batch -> compiled step
@@ -14,15 +14,14 @@ The parts other modules and experiments use are public (``__all__``); the rest a
 to this module.
 
 One ``train_step`` serves every model: loss = mean over the label entries of the task's loss
-(``config.task``, a name in ``revjax.tasks``; "" takes the dataset's own task: softmax
-cross-entropy for classification labels (B,), segmentation labels (B, T, H, W) and next-token
-labels (B, T)) plus the named regularisers of ``config.regularisers`` (e.g. Chang et al.'s
-``weight_smoothness``, registered by its family). The trainer imports no family or paper
-module. Every non-"params" variable collection (BatchNorm statistics, spectral-norm power
-iterates) is mutable and carried in the state; the backward strategy is the model's
-``backprop`` field, so the same step trains "reversible", "store" and "remat" variants. Every
-config field is read directly (``config.<field>``): ``revjax/configs/default.py`` declares each
-default once.
+(``config.task``, a name in ``revjax.tasks``; "" takes the dataset's own task: softmax cross-entropy
+for classification labels (B,), segmentation labels (B, T, H, W) and next-token labels (B, T)) plus
+the named regularisers of ``config.regularisers`` (e.g. Chang et al.'s ``weight_smoothness``,
+registered by its family). The trainer imports no family or paper module. Every non-"params"
+variable collection (BatchNorm statistics, spectral-norm power iterates) is mutable and carried in
+the state; the backward strategy is the model's ``backprop`` field, so the same step trains
+"reversible", "store" and "remat" variants. Every config field is read directly
+(``config.<field>``): ``revjax/configs/default.py`` declares each default once.
 
 The train state is a plain dict pytree::
 
@@ -113,26 +112,18 @@ def _model_fields(model_or_factory: Any) -> set[str]:
 def build_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo, **overrides):
     """``models.create(config.model, **config.model_kwargs, **overrides)``.
 
-    ``num_classes`` is taken from the dataset unless ``model_kwargs`` sets it.
-    """
-    kwargs = dict(config.model_kwargs)
-    kwargs.update(overrides)
+    ``num_classes`` is taken from the dataset unless ``model_kwargs`` sets it."""
+    kwargs = {**config.model_kwargs, **overrides}
     model = models.create(config.model, **kwargs)
     if "num_classes" in _model_fields(model) and "num_classes" not in kwargs:
         model = models.create(config.model, **kwargs, num_classes=info.num_classes)
     return model
 
 
-def _has_backprop(model) -> bool:
-    """Whether the model takes a ``backprop`` mode (i.e. has a reversible body)."""
-    return "backprop" in _model_fields(model)
-
-
 def create_state(model, tx: optax.GradientTransformation, seed: int, image_shape) -> dict:
     """Initial train state (see module docstring) for inputs of shape (1, *image_shape)."""
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    example = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = model.init(init_rng, example, train=False)
+    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
     state = {
         "step": jnp.zeros((), jnp.int32),
@@ -164,13 +155,11 @@ def batch_shardings(mesh, image_shape, label_shape, spatial_axis=None) -> dict:
     """{"image", "label"} shardings of a global batch: rows over "data"; with ``spatial_axis``
     the image (and a per-voxel label) also split over "space" along that axis.
 
-    Shapes are per example: image (*S, C), label () for classification or (*S,) per voxel.
-    """
+    Shapes are per example: image (*S, C), label () for classification or (*S,) per voxel."""
+    label_axis = spatial_axis if label_shape else None
     return {
         "image": sharding.batch_sharding(mesh, 1 + len(image_shape), spatial_axis),
-        "label": sharding.batch_sharding(
-            mesh, 1 + len(label_shape), spatial_axis if label_shape else None
-        ),
+        "label": sharding.batch_sharding(mesh, 1 + len(label_shape), label_axis),
     }
 
 
@@ -178,13 +167,10 @@ def abstract_batch(global_batch_size: int, image_shape, label_shape, shardings=N
     """{"image": (B, *image_shape) float32, "label": (B, *label_shape) int32} as
     ShapeDtypeStructs, placed by ``shardings`` (``batch_shardings``) when given."""
     shardings = shardings or {"image": None, "label": None}
+    shapes = {"image": (image_shape, jnp.float32), "label": (label_shape, jnp.int32)}
     return {
-        "image": jax.ShapeDtypeStruct(
-            (global_batch_size, *image_shape), jnp.float32, sharding=shardings["image"]
-        ),
-        "label": jax.ShapeDtypeStruct(
-            (global_batch_size, *label_shape), jnp.int32, sharding=shardings["label"]
-        ),
+        k: jax.ShapeDtypeStruct((global_batch_size, *shape), dtype, sharding=shardings[k])
+        for k, (shape, dtype) in shapes.items()
     }
 
 
@@ -220,8 +206,7 @@ def make_train_step(
     loss(theta) = mean over label entries of task.loss(f_theta(x), y) + R(theta), R the
     regulariser (``revjax.tasks.regulariser(config.regularisers)``, None: 0); gradients come
     from ``jax.grad`` and so use the model's own backprop mode. ``metrics``: loss (without R),
-    total_loss, the task's per-step metrics (e.g. accuracy), grad_norm, learning_rate, finite.
-    """
+    total_loss, the task's per-step metrics (e.g. accuracy), grad_norm, learning_rate, finite."""
     task = tasks.get_task(task) if isinstance(task, str) else task
     loss_of = objective(model, task)
 
@@ -337,8 +322,7 @@ class _MetricsWriter:
 
     ``resume_at(step)`` drops every record after ``step`` (written by a run that was then
     interrupted before its next checkpoint) so that a resumed run never logs a step twice;
-    a record whose (split, step, metric names) is already in the file is not written again.
-    """
+    a record whose (split, step, metric names) is already in the file is not written again."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -370,8 +354,7 @@ class _MetricsWriter:
         return record.get("split"), record.get("step"), names
 
     def resume_at(self, step: int) -> None:
-        """Keeps the records with ``record["step"] <= step`` (all of them are duplicates
-        otherwise); ``step=0`` for a fresh start keeps only step-0 records."""
+        """Keeps the records with ``record["step"] <= step`` (a fresh start passes ``step=0``)."""
         if not self.enabled or not self.path.exists():
             return
         kept = []
@@ -422,19 +405,13 @@ class _StopSignals:
     the next step boundary and returns. A second SIGINT interrupts at once (the previous
     handler is put back after the first)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self):
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
 
-    @property
-    def requested(self) -> bool:
-        return self.received is not None
-
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
+            for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -454,9 +431,8 @@ _NOT_SHOWN = ("loss", "total_loss", "grad_norm", "learning_rate", "steps_per_sec
 
 
 class _Progress:
-    """A tqdm bar when ``bar`` (stdout is a terminal), else one plain line every
-    ``every`` steps: ``step S/N loss L accuracy A steps/s R lr E`` (the task's per-step
-    metrics after the loss)."""
+    """A tqdm bar when ``bar`` (stdout is a terminal), else one plain line every ``every`` steps:
+    ``step S/N loss L accuracy A steps/s R lr E`` (the task's per-step metrics after the loss)."""
 
     def __init__(self, total: int, initial: int, desc: str, bar: bool, every: int):
         self.total, self.every, self.use_bar = total, every, bar
@@ -495,17 +471,11 @@ class _Progress:
             )
             self._mark = (step, time.time())
 
-    def advance(self) -> None:
-        self.bar.update(1)
-
     def write(self, line: str) -> None:
         if self.use_bar:
             tqdm.write(line)
         else:
             print(line, flush=True)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _interactive() -> bool:
@@ -518,13 +488,9 @@ def _interactive() -> bool:
     return ip is not None and "ipykernel" in sys.modules
 
 
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB"
-
-
 def _memory_line(temp_bytes: Mapping[str, int]) -> str:
     """One line comparing compiled train-step temp bytes across backprop modes."""
-    parts = [f"{mode} {_fmt_bytes(b)}" for mode, b in temp_bytes.items()]
+    parts = [f"{mode} {b / 2**20:.2f} MiB" for mode, b in temp_bytes.items()]
     line = "train-step memory (compiled temp bytes): " + ", ".join(parts)
     if "reversible" in temp_bytes and "store" in temp_bytes and temp_bytes["reversible"] > 0:
         line += f" -> store/reversible = {temp_bytes['store'] / temp_bytes['reversible']:.2f}x"
@@ -544,15 +510,7 @@ def _evaluate(eval_fn, state, config, task: tasks.Task, mesh, spatial_axis=None)
     loss and each metric (accuracy; segmentation also ``iou_<k>`` per class present and
     ``mean_iou``; next_token ``bits_per_byte``)."""
     batch_size = _eval_batch_size(config)
-    ds = data_lib.make_dataset(
-        config.dataset,
-        "test",
-        global_batch_size=batch_size,
-        seed=config.seed,
-        train=False,
-        drop_remainder=False,
-        **data_lib.dataset_kwargs(config),
-    )
+    ds = _open_data(config, "test", batch_size, train=False, drop_remainder=False)
     local = batch_size // jax.process_count()
     totals = None
     for batch in ds:
@@ -566,11 +524,9 @@ def _drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
     """``(state, images) -> worst relative reconstruction error`` of the model's reversible
     body, from ``revjax.models.model_reconstruction_error`` (None when that function is absent).
 
-    The error is max over the body of ||x - f^{-1}(f(x))|| / ||x||, so it stays ~1e-7 in
-    float32 while the body is well conditioned and grows when training makes the inverse
-    unstable (Chang et al. 2018, arXiv:1709.03698, Sec. 3; Gomez et al. 2017,
-    arXiv:1707.04585, Sec. 4.1).
-    """
+    The error is max over the body of ||x - f^{-1}(f(x))|| / ||x||, so it stays ~1e-7 in float32
+    while the body is well conditioned and grows when training makes the inverse unstable (Chang et
+    al. 2018, arXiv:1709.03698, Sec. 3; Gomez et al. 2017, arXiv:1707.04585, Sec. 4.1)."""
     measure = getattr(models, "model_reconstruction_error", None)
     if measure is None:
         return None
@@ -587,45 +543,21 @@ def _drift_checker(model) -> Callable[[dict, jax.Array], float | None] | None:
     return check
 
 
-def _drift_message(step: int, error: float, rtol: float, where: str) -> str:
-    """The one-line stop message of the drift guard, naming the remedies."""
-    return (
-        f"Reconstruction drift at step {step}: relative error {error:.3g} > drift_rtol "
-        f"{rtol:g}; stopped, the drifted state was not saved ({where}). Remedies: a smaller "
-        "step size h (model_kwargs.h), float32/float64 states, the weight-smoothness penalty "
-        "(config.weight_smoothness), a lower optimizer.learning_rate."
-    )
-
-
 # Config fields that may differ between the processes of one job (each host's own data copy,
 # its terminal); every other field, and the workdir, must be equal on all processes.
 PROCESS_LOCAL_FIELDS = ("data_dir", "progress_bar")
 
 
 def _check_processes_agree(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-    """Stops a multi-process job whose processes were started with different configs.
-
-    Compares the flattened config (all fields but ``PROCESS_LOCAL_FIELDS``) and the absolute
-    workdir across processes through the distributed key-value store, before anything is
-    compiled (`sharding.check_same_across_processes`); a no-op for one process.
-
-    Raises:
-      ValueError: naming each differing field and every process's value.
-    """
-    fields = {
-        k: v
-        for k, v in checkpointing.flat_config(json.loads(config.to_json())).items()
-        if k.split(".")[0] not in PROCESS_LOCAL_FIELDS
-    }
+    """Stops a multi-process job whose processes were started with different configs: compares the
+    flattened config (all fields but ``PROCESS_LOCAL_FIELDS``) and the absolute workdir across
+    processes through the distributed key-value store (`sharding.check_same_across_processes`)
+    before anything is compiled; a ValueError names each differing field and every process's value.
+    A no-op for one process."""
+    flat = checkpointing.flat_config(json.loads(config.to_json()))
+    fields = {k: v for k, v in flat.items() if k.split(".")[0] not in PROCESS_LOCAL_FIELDS}
     fields["workdir"] = str(Path(workdir).absolute())
     sharding.check_same_across_processes(fields, "run config")
-
-
-def _allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Fields a resumed run may change: the run length, unless the schedule depends on it."""
-    if config.optimizer.schedule == "cosine":
-        return ()
-    return ("num_steps", "num_epochs")
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo) -> int:
@@ -650,23 +582,20 @@ def _make_run_mesh(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo
     sharding.check_process_rows(mesh, config.global_batch_size)
     spatial_axis = config.mesh.spatial_axis if mesh.shape["space"] > 1 else None
     if spatial_axis is not None:
-        sharding.check_spatial_divisible(
-            (config.global_batch_size, *info.image_shape),
-            mesh,
-            spatial_axis,
-            config.mesh.spatial_multiple,
-        )
+        shape = (config.global_batch_size, *info.image_shape)
+        sharding.check_spatial_divisible(shape, mesh, spatial_axis, config.mesh.spatial_multiple)
     return mesh, spatial_axis
 
 
-def _open_train_data(config: ml_collections.ConfigDict):
-    """The shuffled, repeated training stream of ``config.dataset`` (a grain dataset)."""
+def _open_data(config: ml_collections.ConfigDict, split: str, batch_size: int, **kwargs):
+    """``config.dataset``'s ``split`` as a grain dataset: the shuffled, repeated training stream
+    with ``train=True``, one ordered pass with ``train=False``."""
     return data_lib.make_dataset(
         config.dataset,
-        "train",
-        global_batch_size=config.global_batch_size,
+        split,
+        global_batch_size=batch_size,
         seed=config.seed,
-        train=True,
+        **kwargs,
         **data_lib.dataset_kwargs(config),
     )
 
@@ -674,10 +603,7 @@ def _open_train_data(config: ml_collections.ConfigDict):
 def _init_state(model, tx, config, info, mesh) -> tuple[dict, PyTree]:
     """(state, state shardings): ``create_state`` jitted with its output placed on ``mesh``
     (replicated, or split over "data" with ``config.fsdp``)."""
-
-    def make_state():
-        return create_state(model, tx, config.seed, info.image_shape)
-
+    make_state = functools.partial(create_state, model, tx, config.seed, info.image_shape)
     shardings = sharding.state_shardings(mesh, jax.eval_shape(make_state), fsdp=config.fsdp)
     return jax.jit(make_state, out_shardings=shardings)(), shardings
 
@@ -719,7 +645,9 @@ def _open_run(config, workdir: Path, state: dict, train_ds, total_steps: int) ->
         max_to_keep=config.keep_checkpoints,
         async_save=config.async_checkpointing,
     )
-    checkpointer.allowed_changes = _allowed_changes(config)
+    # A resumed run may change its length, unless the schedule depends on it.
+    cosine = config.optimizer.schedule == "cosine"
+    checkpointer.allowed_changes = () if cosine else ("num_steps", "num_epochs")
     checkpointer.force = config.force_resume
     try:
         train_iter = iter(train_ds)
@@ -736,11 +664,11 @@ def _open_run(config, workdir: Path, state: dict, train_ds, total_steps: int) ->
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
     run.writer = _MetricsWriter(workdir / "metrics.jsonl", jax.process_index() == 0)
     run.writer.resume_at(run.step)
-    if config.tensorboard:
-        if not run.writer.open_tensorboard(workdir / "tensorboard", purge_step=run.step + 1):
-            run.messages.append(
-                "TensorBoard events off: pip install tensorboardX (metrics.jsonl is written)"
-            )
+    tensorboard = workdir / "tensorboard"
+    if config.tensorboard and not run.writer.open_tensorboard(tensorboard, purge_step=run.step + 1):
+        run.messages.append(
+            "TensorBoard events off: pip install tensorboardX (metrics.jsonl is written)"
+        )
     return run, state
 
 
@@ -788,7 +716,7 @@ def _step_memory(config, info, model, compiled, make_step, state, step_batch) ->
         return {}
     temp_bytes = {}
     own_mode = getattr(model, "backprop", None)
-    for mode in config.memory_modes if _has_backprop(model) else ():
+    for mode in config.memory_modes if "backprop" in _model_fields(model) else ():
         if mode == own_mode:
             temp_bytes[mode] = compiled_memory(compiled)["temp"]
         else:
@@ -837,9 +765,8 @@ def _train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, d
     drift_every = config.drift_check_every if drift is not None else 0
     step, first_step = run.step, run.step
     last: dict = {}
-    progress = _Progress(
-        run.total_steps, step, config.name or config.model, _show_bar(config), log_every
-    )
+    bar = bool(config.progress_bar) and _interactive()
+    progress = _Progress(run.total_steps, step, config.name or config.model, bar, log_every)
     for line in run.messages:
         progress.write(line)
 
@@ -858,7 +785,11 @@ def _train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, d
         writer.write(at_step, "train", {"reconstruction_error": error})
         if not error <= config.drift_rtol:
             raise ReconstructionDriftError(
-                _drift_message(at_step, error, config.drift_rtol, run.where_good())
+                f"Reconstruction drift at step {at_step}: relative error {error:.3g} > drift_rtol "
+                f"{config.drift_rtol:g}; stopped, the drifted state was not saved "
+                f"({run.where_good()}). Remedies: a smaller step size h (model_kwargs.h), "
+                "float32/float64 states, the weight-smoothness penalty "
+                "(config.weight_smoothness), a lower optimizer.learning_rate."
             )
         return True
 
@@ -879,19 +810,19 @@ def _train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, d
                 if pending is not None:
                     log(*pending)
                 pending = (step, metrics)
-                progress.advance()
+                progress.bar.update(1)
                 if drift_every and step % drift_every == 0:
                     log(*pending)  # a non-finite state stops here, before the drift check
                     pending = None
                     guard(step, images)
-                if stop.requested or (save_every and step % save_every == 0):
+                if stop.received or (save_every and step % save_every == 0):
                     if pending is not None:
                         log(*pending)
                         pending = None
                     side_start = time.time()
                     run.save(step, state)
                     side_time += time.time() - side_start
-                if stop.requested:
+                if stop.received:
                     run.checkpointer.wait()
                     stopped_by = stop.received
                     break
@@ -913,15 +844,11 @@ def _train_loop(run: _Run, compiled, state, eval_fn, task, mesh, spatial_axis, d
                     f"{run.checkpointer.directory}; rerun the same command to resume."
                 )
     finally:
-        progress.close()
+        progress.bar.close()
         run.checkpointer.close()  # finishes an in-flight save of a good state
         if stopped_by is not None or sys.exc_info()[0] is not None:
             writer.close()
     return _LoopEnd(state, step, last, stopped_by, train_time, images)
-
-
-def _show_bar(config: ml_collections.ConfigDict) -> bool:
-    return bool(config.progress_bar) and _interactive()
 
 
 def _summarize(
@@ -978,8 +905,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     Raises:
       ValueError: unknown dataset/model/task/regulariser, batch not divisible by devices, bad
-        config, or (in a multi-process job) processes started with different configs or
-        workdirs.
+        config, or (in a multi-process job) processes started with different configs or workdirs.
       PermissionError: unwritable workdir.
       revjax.data.DatasetNotPreparedError: a TFDS dataset is missing (checked before the
         workdir is created).
@@ -996,29 +922,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     task = task_of(config, info)
     regularise = tasks.regulariser(config.regularisers)
     mesh, spatial_axis = _make_run_mesh(config, info)
-    train_ds = _open_train_data(config)  # a missing dataset is reported before any write
+    # A missing dataset is reported before any write.
+    train_ds = _open_data(config, "train", config.global_batch_size, train=True)
     model = build_model(config, info)
     workdir = _prepare_workdir(workdir)
     if jax.process_index() == 0:  # what `revjax.train.load` needs, without the training data
         write_model_info(workdir, config, info)
     total_steps = run_length(config, info)
     tx, schedule = optim.make_optimizer(config, steps_per_epoch(config, info), total_steps)
-    train_step = make_train_step(model, tx, schedule, task, regularise)
+
+    def step_of(m):  # the train step of `m` (also of the other backprop modes' models)
+        return make_train_step(m, tx, schedule, task, regularise)
+
     state, state_shardings = _init_state(model, tx, config, info, mesh)
     num_params = models.count_params(state["params"])
     run, state = _open_run(config, workdir, state, train_ds, total_steps)
     compiled, step_batch = _compile_train_step(
-        train_step, state, state_shardings, config, info, task, mesh, spatial_axis
+        step_of(model), state, state_shardings, config, info, task, mesh, spatial_axis
     )
-    temp_bytes = _step_memory(
-        config,
-        info,
-        model,
-        compiled,
-        lambda other: make_train_step(other, tx, schedule, task, regularise),
-        state,
-        step_batch,
-    )
+    temp_bytes = _step_memory(config, info, model, compiled, step_of, state, step_batch)
     eval_fn = jax.jit(make_eval_step(model, task))
     drift = _drift_checker(model) if config.drift_check_every > 0 else None
     end = _train_loop(run, compiled, state, eval_fn, task, mesh, spatial_axis, drift)
@@ -1048,8 +970,7 @@ def train_step_memory(
 
     The step is ``make_train_step`` (the config's task and regularisers, optimizer update,
     state donated) built with ``backprop=mode``; nothing is trained and no data is read
-    (``revjax.memory``).
-    """
+    (``revjax.memory``)."""
     info = data_lib.dataset_info(config.dataset, **data_lib.dataset_kwargs(config))
     task = task_of(config, info)
     regularise = tasks.regulariser(config.regularisers)
