@@ -124,12 +124,10 @@ def _paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     """Dotted paths of every leaf (and of every empty group) of a nested config."""
     out = []
     for key in sorted(node.keys()):
-        value = node[key]
-        path = f"{prefix}{key}"
-        if isinstance(value, ml_collections.ConfigDict) and len(value):
-            out.extend(_paths(value, path + "."))
+        if isinstance(node[key], ml_collections.ConfigDict) and len(node[key]):
+            out.extend(_paths(node[key], f"{prefix}{key}."))
         else:
-            out.append(path)
+            out.append(f"{prefix}{key}")
     return out
 
 

@@ -13,7 +13,7 @@ Smoke (``:smoke``): 1 block of 1 step, 8 features, batch 8, 2 steps, fake data (
 
 import ml_collections
 
-from revjax.configs import default, is_smoke
+from revjax.configs import cifar10_revnet110, default, is_smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,13 +37,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.checkpoint_every_steps = 2_000
     if is_smoke(arg):
-        config.model_kwargs.width = 8
-        config.model_kwargs.units = (1,)
-        config.global_batch_size = 8
-        config.eval_batch_size = 8
-        config.num_steps = 2
-        config.log_every_steps = 1
-        config.checkpoint_every_steps = 1
-        config.eval_every_steps = 0
-        config.fake_examples = 32  # random data of the dataset's shapes: runs offline
+        cifar10_revnet110.shrink(config, width=8, units=(1,))
     return config

@@ -49,10 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
-def shrink(config: ml_collections.ConfigDict) -> None:
-    """Seconds-long smoke run of a CIFAR-style multi-stage model (same code paths)."""
-    config.model_kwargs.units = (1, 1, 1)
-    config.model_kwargs.widths = (8, 16, 16)
+def shrink(config: ml_collections.ConfigDict, **model_kwargs) -> None:
+    """Seconds-long smoke run of a CIFAR-style multi-stage model (same code paths): the model
+    fields `model_kwargs` (default units 1-1-1, widths 8-16-16), batch 8, 2 steps, fake data."""
+    config.model_kwargs.update(model_kwargs or {"units": (1, 1, 1), "widths": (8, 16, 16)})
     config.global_batch_size = 8
     config.eval_batch_size = 8
     config.num_steps = 2

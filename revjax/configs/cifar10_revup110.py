@@ -1,19 +1,17 @@
 """RevUp-110 on CIFAR-10: invertible Fixup residual blocks, no batch norm, reversible backprop.
 
 Model ``revup110``: 18-18-18 i-ResNet blocks with spectrally normalised Fixup branches (Lip < 1,
-fixed-point inverse), stored downsampling, widths 16-32-64: 1,720,138 parameters, no more than
-the FixupResNet-110 it replaces ("Reversible Fixup Networks for Memory-Efficient Training",
-2019; Fixup: Zhang, Dauphin, Ma 2019, arXiv:1901.09321; i-ResNet: Behrmann et al. 2019,
-arXiv:1811.00995).
+fixed-point inverse), stored downsampling, widths 16-32-64: 1,720,138 parameters, no more than the
+FixupResNet-110 it replaces ("Reversible Fixup Networks for Memory-Efficient Training", 2019; Fixup:
+Zhang, Dauphin, Ma 2019, arXiv:1901.09321; i-ResNet: Behrmann et al. 2019, arXiv:1811.00995).
 
-Optimisation: the RevUp paper's training values are not in the text we have, so this follows
-Fixup's CIFAR-10 recipe (Zhang et al. 2019, Sec. 4.1): batch 128, SGD momentum 0.9, lr 0.1
-divided by 10 at epochs 100 and 150, 200 epochs, weight decay 5e-4 (Fixup's mixup is not
-used), and the scalar biases and multipliers at a tenth of the rate (``scalar_lr_factor``, the
-parameter groups of the Fixup authors' script github.com/hongyi-zhang/Fixup,
-cifar/cifar_train.py; in RevUp the scalars are not spectrally normalised, so at the full rate
-they can outpace the normalised kernels, see docs/results/learning.md). Data: pad-4 random
-crop + flip + per-image standardisation.
+Optimisation: the RevUp paper's training values are not in the text we have, so this follows Fixup's
+CIFAR-10 recipe (Zhang et al. 2019, Sec. 4.1): batch 128, SGD momentum 0.9, lr 0.1 divided by 10 at
+epochs 100 and 150, 200 epochs, weight decay 5e-4 (Fixup's mixup is not used), and the scalar biases
+and multipliers at a tenth of the rate (``scalar_lr_factor``, the parameter groups of the Fixup
+authors' script github.com/hongyi-zhang/Fixup, cifar/cifar_train.py; in RevUp the scalars are not
+spectrally normalised, so at the full rate they can outpace the normalised kernels, see
+docs/results/learning.md). Data: pad-4 random crop + flip + per-image standardisation.
 
 Expected result: none stated (no source for RevUp's CIFAR numbers in our copy of the paper).
 Needs CIFAR-10 prepared as TFDS array_record (see ``revjax.data.tfds_pipeline``).
@@ -23,7 +21,7 @@ Smoke (``:smoke``): 1 block per stage, batch 8, 2 steps, on random CIFAR-shaped 
 
 import ml_collections
 
-from revjax.configs import default, is_smoke
+from revjax.configs import cifar10_revnet110, default, is_smoke
 
 MODEL = "revup110"
 DATASET = "cifar10"
@@ -50,12 +48,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.checkpoint_every_steps = 2_000
     if is_smoke(arg):
-        config.model_kwargs.units = (1, 1, 1)
-        config.global_batch_size = 8
-        config.eval_batch_size = 8
-        config.num_steps = 2
-        config.log_every_steps = 1
-        config.checkpoint_every_steps = 1
-        config.eval_every_steps = 0
-        config.fake_examples = 32
+        cifar10_revnet110.shrink(config, units=(1, 1, 1))
     return config

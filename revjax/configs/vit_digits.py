@@ -1,10 +1,9 @@
 """Reversible ViT (`rev_vit`, two-stream coupling blocks) on the digits canvas (no download).
 
-Model: 4x4 patches of the 32x32x3 canvas (64 tokens) -> width 64 -> 4 reversible coupling
-blocks (4 heads, MLP ratio 2, bidirectional attention, `backprop="reversible"`) -> LayerNorm /
-mean / dense. 141,898 parameters; `model_kwargs.block` selects "coupling" | "verlet" |
-"midpoint" | "leapfrog", and `model = "vit"` is the standard pre-LN baseline with the same
-parameter count.
+Model: 4x4 patches of the 32x32x3 canvas (64 tokens) -> width 64 -> 4 reversible coupling blocks (4
+heads, MLP ratio 2, bidirectional attention, `backprop="reversible"`) -> LayerNorm / mean / dense.
+141,898 parameters; `model_kwargs.block` selects "coupling" | "verlet" | "midpoint" | "leapfrog",
+and `model = "vit"` is the standard pre-LN baseline with the same parameter count.
 Data: `digits` with `dataset_options.canvas = 32` (each 8x8 digit upsampled x3 on a 32x32x3
 canvas; 1437 train / 360 test). Training: batch 64, Adam 1e-3 with cosine decay and 50 steps of
 warm-up, no weight decay.

@@ -1,26 +1,21 @@
 """The zoo: one reference model of every family trained on real images (README learning table).
 
-``--config=zoo:<model>`` (e.g. ``zoo:revnet38``); ``zoo:<model>,smoke`` runs one step of
-batch 4 on random 16x16 canvases with one unit per stage (seconds).
-Task (built in, no download): scikit-learn's handwritten digits on a CIFAR-shaped canvas
-(``dataset_options.canvas = 32``: each 8x8 digit upsampled x3 to 24x24, centred on 32x32,
-3 channels; 1437 train / 360 test images, `revjax.data.digits`). ``hyperbolic2d`` gets the
-per-pixel version (0 = background, 1 + class on the strokes), task "segmentation", scored by
-mean IoU over the 11 classes (predicting all background scores 0.071).
+``--config=zoo:<model>`` (e.g. ``zoo:revnet38``); ``zoo:<model>,smoke`` runs one step of batch 4
+on random 16x16 canvases with one unit per stage (seconds). Task (built in, no download):
+scikit-learn's handwritten digits on a CIFAR-shaped canvas (``dataset_options.canvas = 32``: each
+8x8 digit upsampled x3 to 24x24, centred on 32x32, 3 channels; 1437 train / 360 test images,
+`revjax.data.digits`). ``hyperbolic2d`` gets the per-pixel version (0 = background, 1 + class on
+the strokes), task "segmentation", scored by mean IoU over the 11 classes (predicting all
+background scores 0.071).
 
-Every model is created at its registered defaults (reversible models in
-``backprop="reversible"``); ``num_classes`` comes from the dataset. Optimisation per model
-(``RECIPES``): SGD with momentum 0.9 and a cosine-decayed learning rate 0.1, no weight decay,
-float32, batch norm in train mode; except
+Every model is created at its registered defaults (reversible models in ``backprop="reversible"``);
+``num_classes`` comes from the dataset. Optimisation per model (``RECIPES``): SGD with momentum 0.9
+and a cosine-decayed learning rate 0.1, no weight decay, float32, batch norm in train mode; except
 
 * revup20: Adam 2e-3, its scalar biases and multipliers at a tenth of it (Fixup's parameter
   groups, ``optimizer.scalar_lr_factor = 0.1``; Zhang, Dauphin, Ma 2019, arXiv:1901.09321).
-  At Adam 1e-2 revup20 died: the soft spectral normalisation divides a raw kernel W by
-  sigma_hat(W)/c, Adam 1e-2 grew the raw kernels to sigma_hat = 6.5-42 (c = 0.9) within 190
-  steps of batch 32, so the branches' effective steps shrank by that factor while the
-  unnormalised scalar biases kept Adam's full step; the body output went negative, the head's
-  ReLU zeroed 63 of 64 pooled features and test accuracy fell to 0.100 after 400 steps. The
-  tenth for the scalars alone only delayed this at 1e-2 (0.886 after 400 steps, 0.103 after
+  At Adam 1e-2 revup20 died (test accuracy 0.100 after 400 steps; why: docs/results/learning.md).
+  The tenth for the scalars alone only delayed this at 1e-2 (0.886 after 400 steps, 0.103 after
   600); Adam 1e-3 reached only 0.797 in 600 x 32 steps (loss still falling).
 * the LeanResNet step types other than lean_b_resnet: Adam 1e-2, the paper's optimiser
   (Ephrath et al. 2019, arXiv:1805.07821, Sec. 4). SGD 0.1 left the RD nets at 45-75% after
@@ -33,9 +28,9 @@ float32, batch norm in train mode; except
   levels, 2 leapfrog steps per unit, h = 0.5, no normalisation). SGD 0.05 reached mean IoU
   0.167 after 100 x 32 steps; Adam 3e-3 gives 0.935 after 300 (seed 0).
 
-Steps x batch per model are those of the learning table (150 x 64 for the first three rows,
-32 otherwise); the table (``experiments/learning_table.py``, from the runs' summary.json, three
-seeds per row) is in docs/results/learning.md.
+Steps x batch per model are those of the learning table (150 x 64 for the first three rows, 32
+otherwise); the table (``experiments/learning_table.py``, from the runs' summary.json, three seeds
+per row) is in docs/results/learning.md.
 """
 
 import ml_collections

@@ -1,17 +1,14 @@
-"""Hamiltonian, midpoint and leapfrog networks (Chang, Meng, Haber, Ruthotto, Begert, Holtham
-2018, "Reversible Architectures for Arbitrarily Deep Residual Neural Networks", AAAI,
-arXiv:1709.03698).
+"""Hamiltonian, midpoint and leapfrog networks (Chang, Meng, Haber, Ruthotto, Begert, Holtham 2018,
+"Reversible Architectures for Arbitrarily Deep Residual Neural Networks", AAAI, arXiv:1709.03698).
 
 Pure steps, parameter initialisation, body layouts and the weight-smoothness regulariser
-(Chang et al. 2018, Sec. 3). Every step is built through an `Arithmetic` (`revjax.arithmetic`:
-the integrators' fused backward rules, in float or fixed point); nothing here writes a VJP.
-Convolutions are `revjax.conv.conv` (K) and `revjax.conv.conv_transpose` (its exact adjoint
-K^T, same weights).
+(Chang et al. 2018, Sec. 3). Every step is built through an `Arithmetic` (`revjax.arithmetic`: the
+integrators' fused backward rules, in float or fixed point); nothing here writes a VJP. Convolutions
+are `revjax.conv.conv` (K) and `revjax.conv.conv_transpose` (its exact adjoint K^T, same weights).
 
-Hamiltonian block (Chang et al. 2018, Sec. 3, "Hamiltonian Inspired Neural Networks", in the
-form of the official code, github.com/changebo/revnet-public `hamiltonian_model.py`), state
-(Y, Z) = channel halves (C/2 each), K: 3x3 kernel (3, 3, C/2, C/2), per-channel biases
-β₁, β₂ ∈ R^{C/2}::
+Hamiltonian block (Chang et al. 2018, Sec. 3, "Hamiltonian Inspired Neural Networks", in the form of
+the official code, github.com/changebo/revnet-public `hamiltonian_model.py`), state (Y, Z) = channel
+halves (C/2 each), K: 3x3 kernel (3, 3, C/2, C/2), per-channel biases β₁, β₂ ∈ R^{C/2}::
 
     F(z) = h · K^T ReLU(K (z + β₁) + β₂)          (β₁ omitted in the network's first block)
     Y' = Y + F(Z),   Z' = Z − G(Y')               (`arith.verlet_step`; G like F)
@@ -19,8 +16,7 @@ form of the official code, github.com/changebo/revnet-public `hamiltonian_model.
 h is folded into F and G once (as in the official code); the official default is h = 1.
 
 Midpoint step (Chang et al. 2018, Sec. 3, "Midpoint Network"; anti-symmetric operator
-K = W − W^T), state (Y_{j−1}, Y_j), C channels each,
-W: (3, 3, C, C), b ∈ R^C::
+K = W − W^T), state (Y_{j−1}, Y_j), C channels each, W: (3, 3, C, C), b ∈ R^C::
 
     K Y = W Y − W^T Y   (anti-symmetric:  ⟨K u, v⟩ = −⟨u, K v⟩)
     g(Y) = ReLU(K Y + b),   Y_{j+1} = Y_{j−1} + 2h g(Y_j)
@@ -62,6 +58,8 @@ Kernels use the reference init: truncated normal, std sqrt(2 / (9 C_out)); biase
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import reduce
+from operator import getitem
 from typing import Any, NamedTuple
 
 import jax
@@ -117,8 +115,7 @@ _KERNEL_NAMES = ("K", "W")
 PyTree = Any
 
 
-# --------------------------------------------------------------------------------------------
-# Residual functions and steps (pure).
+# -------------------------------------------------------------- Residual functions and steps (pure)
 
 
 def hamiltonian_residual(h: float) -> Callable[..., jax.Array]:
@@ -184,8 +181,7 @@ def leapfrog_start(rule: str, h: float, arith: Arithmetic = FLOAT) -> engine.Inv
     raise ValueError(f"unknown leapfrog start rule {rule!r}; use one of {START_RULES['leapfrog']}")
 
 
-# --------------------------------------------------------------------------------------------
-# Parameters.
+# --------------------------------------------------------------------------- Parameters
 
 
 def _kernel(key, channels_in, channels_out, dtype):
@@ -231,8 +227,7 @@ def init_stage(
     return stage
 
 
-# --------------------------------------------------------------------------------------------
-# Configuration and body layout.
+# -------------------------------------------------------------------- Configuration and body layout
 
 
 class ChangConfig(NamedTuple):
@@ -337,7 +332,6 @@ def check_input(shape: Sequence[int], config: ChangConfig) -> None:
 
 
 def _start(config: ChangConfig, arith: Arithmetic) -> engine.InvertibleStep | None:
-    """The start rule of the body (None for the Hamiltonian net)."""
     if config.family == "midpoint":
         return midpoint_start(config.h, arith)
     if config.family == "leapfrog":
@@ -394,29 +388,14 @@ def body_layers(config: ChangConfig, arith: Arithmetic = FLOAT) -> list[engine.L
 
 def body_params(tree: dict, config: ChangConfig) -> list[PyTree]:
     """Parameters aligned with `body_layers(config)`, read from the stage tree."""
-    params = []
-    for _, path in body_plan(config):
-        node = None
-        if path is not None:
-            node = tree
-            for part in path:
-                node = node[part]
-        params.append(node)
-    return params
+    return [None if path is None else reduce(getitem, path, tree) for _, path in body_plan(config)]
 
 
 def init_stage_params(key: jax.Array, config: ChangConfig, stage: int, dtype=jnp.float32):
     """Parameters of stage `stage` (0-based): its first block sits at the previous width."""
-    first_width = config.widths[max(stage - 1, 0)]
-    return init_stage(
-        key,
-        config.family,
-        first_width,
-        config.widths[stage],
-        config.units[stage],
-        first_input_bias=not (stage == 0 and config.family == "hamiltonian"),
-        dtype=dtype,
-    )
+    sizes = (config.widths[max(stage - 1, 0)], config.widths[stage], config.units[stage])
+    first_input_bias = not (stage == 0 and config.family == "hamiltonian")
+    return init_stage(key, config.family, *sizes, first_input_bias=first_input_bias, dtype=dtype)
 
 
 def init_body_params(key: jax.Array, config: ChangConfig, dtype=jnp.float32) -> dict:
@@ -427,20 +406,15 @@ def init_body_params(key: jax.Array, config: ChangConfig, dtype=jnp.float32) -> 
 
 def to_state(x: jax.Array, config: ChangConfig) -> PyTree:
     """Body input: (Y, Z) channel halves for the Hamiltonian net, else the tensor Y_0."""
-    if config.family == "hamiltonian":
-        return tuple(jnp.split(x, 2, axis=-1))
-    return x
+    return tuple(jnp.split(x, 2, axis=-1)) if config.family == "hamiltonian" else x
 
 
 def from_state(state: PyTree, config: ChangConfig) -> jax.Array:
     """Features for the head: concat(Y, Z) for the Hamiltonian net, else the current Y_N."""
-    if config.family == "hamiltonian":
-        return jnp.concatenate(state, axis=-1)
-    return state[1]
+    return jnp.concatenate(state, axis=-1) if config.family == "hamiltonian" else state[1]
 
 
-# --------------------------------------------------------------------------------------------
-# Weight smoothness decay.
+# -------------------------------------------------------------------------- Weight smoothness decay
 
 
 def _stage_nodes(tree: PyTree):
@@ -469,10 +443,9 @@ def weight_smoothness(params: PyTree, rate: float = WEIGHT_SMOOTH_RATE) -> jax.A
 
     Official form (Chang et al. 2018, Sec. 3, "Regularization", as in the official code:
     `tf.nn.l2_loss` includes the ½; rate = 2e-4). Kernels are the leaves named "K" or "W"
-    (each Hamiltonian F- and G-kernel sequence separately); biases are
-    not smoothed. In a stage the sequence is the "first" block followed by the stacked
-    "rest" blocks; pairs of different shapes (a first block at the previous stage's width) are
-    skipped.
+    (each Hamiltonian F- and G-kernel sequence separately); biases are not smoothed. In a stage
+    the sequence is the "first" block followed by the stacked "rest" blocks; pairs of different
+    shapes (a first block at the previous stage's width) are skipped.
 
     Args:
       params: a model's variables (or their "params" entry), or a body tree from

@@ -1,6 +1,5 @@
-"""Fully reversible multilevel hyperbolic networks (Peters, Haber, Lensink (2019),
-"Symmetric block-low-rank layers for fully reversible multilevel neural networks",
-arXiv:1912.12137).
+"""Fully reversible multilevel hyperbolic networks (Peters, Haber, Lensink (2019), "Symmetric
+block-low-rank layers for fully reversible multilevel neural networks", arXiv:1912.12137).
 
 Symmetric block-low-rank layer (Peters et al. 2019). With K a stride-1 "SAME" convolution
 from C state channels to r ≤ C hidden channels (kernel (k, k, C, r) in 2-D, (k, k, k, C, r)
@@ -104,8 +103,7 @@ TRANSITIONS = ("reversible", "stored")
 TV_NORM_EPSILON = 1e-5  # as in Lensink's HyperNet reference code
 
 
-# --------------------------------------------------------------------------------------------
-# The symmetric block-low-rank layer.
+# --------------------------------------------------------------- The symmetric block-low-rank layer
 
 
 def tv_norm(x: jax.Array, eps: float = TV_NORM_EPSILON) -> jax.Array:
@@ -116,7 +114,7 @@ def tv_norm(x: jax.Array, eps: float = TV_NORM_EPSILON) -> jax.Array:
       eps: ε > 0.
 
     Returns:
-      an array of the shape of x, each pixel's channel vector of norm < 1.
+      An array of the shape of x, each pixel's channel vector of norm < 1.
     """
     return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + eps)
 
@@ -180,8 +178,7 @@ def pad_channels_step(
     return arith.zero_pad_channels_step(width - in_channels, name="pad_channels")
 
 
-# --------------------------------------------------------------------------------------------
-# Configuration and validation (all on Python values, before tracing).
+# ------------------------------ Configuration and validation (all on Python values, before tracing)
 
 
 class MultilevelConfig(NamedTuple):
@@ -254,8 +251,8 @@ def make_config(
 ) -> MultilevelConfig:
     """A validated `MultilevelConfig`; every field error is a ValueError naming the field.
 
-    `units` and `ranks` are an int (same at every level) or one entry per level
-    0..L. Rank r_l must satisfy 1 ≤ r_l ≤ C_l = width · 2^{d·l}; `ranks=None` means r_l = width
+    `units` and `ranks` are an int (same at every level) or one entry per level 0..L. Rank r_l
+    must satisfy 1 ≤ r_l ≤ C_l = width · 2^{d·l}; `ranks=None` means r_l = width
     at every level (full rank at level 0, compression 2^{d·l} at level l).
     """
     if spatial_dims not in (2, 3):
@@ -295,8 +292,8 @@ def check_input(shape: Sequence[int], config: MultilevelConfig) -> None:
     """Input shape must be (N, H, W, c_in) / (N, D, H, W, c_in) with sizes divisible by 2**L.
 
     Raises:
-      ValueError: wrong rank (4-D vs 5-D), wrong channel count, or an axis that some Haar
-        level cannot halve (the message names the axis and the level).
+      ValueError: wrong rank (4-D vs 5-D), wrong channel count, or an axis that some Haar level
+        cannot halve (the message names the axis and the level).
     """
     want = config.spatial_dims + 2
     layout = {2: "NHWC", 3: "NDHWC"}[config.spatial_dims]
@@ -310,8 +307,7 @@ def check_input(shape: Sequence[int], config: MultilevelConfig) -> None:
     wavelets.check_divisible(tuple(shape), config.levels)
 
 
-# --------------------------------------------------------------------------------------------
-# The engine layer list and its parameters.
+# --------------------------------------------------------- The engine layer list and its parameters
 
 
 def _resolution_change(down: bool, transition: str, arith: Arithmetic) -> engine.Layer:
@@ -325,9 +321,8 @@ def multilevel_layers(config: MultilevelConfig, arith: Arithmetic = FLOAT) -> li
     """The body as engine layers: pad, duplicate, then units separated by Haar (inverse) steps.
 
     Layer order: pad_channels_step, duplicate_state, Scan(unit 0), haar, Scan(unit 1), ...,
-    Scan(unit L), haar^{-1}, ..., Scan(unit 2L), every one built through `arith`.
-    Parameter-free layers take params None (see `init_multilevel_params`, which returns the
-    matching list).
+    Scan(unit L), haar^{-1}, ..., Scan(unit 2L), every one built through `arith`. Parameter-free
+    layers take params None (`init_multilevel_params` returns the matching list).
     """
     layers = [pad_channels_step(config.in_channels, config.width, arith), arith.duplicate_state()]
     levels = unit_levels(config.levels)
@@ -388,16 +383,13 @@ def init_multilevel_params(
 ) -> list[Any]:
     """One entry per layer of `multilevel_layers(config)`: None or a unit's stacked params."""
     keys = jax.random.split(key, len(unit_levels(config.levels)))
-    params: list[Any] = [None, None]
+    params: list[Any] = [None]  # pad_channels_step; then per unit a duplicate_state or Haar step
     for u, unit_key in enumerate(keys):
-        if u > 0:
-            params.append(None)
-        params.append(init_unit_params(unit_key, config, u, dtype))
+        params += [None, init_unit_params(unit_key, config, u, dtype)]
     return params
 
 
-# --------------------------------------------------------------------------------------------
-# Parameter counts (Peters et al. 2019: k^d·C·r instead of k^d·C² per layer).
+# ----------------------- Parameter counts (Peters et al. 2019: k^d·C·r instead of k^d·C² per layer)
 
 
 def layer_param_count(
@@ -412,16 +404,14 @@ def parameter_count_table(config: MultilevelConfig) -> list[dict[str, int | floa
     """Per-level kernel weights, block-low-rank vs full square kernels (biases excluded).
 
     Returns:
-      one dict per level l = 0..L with keys level, channels (C_l), rank (r_l), layers (units
-      at that level × units: 2n_l below the coarsest level, n_l at it),
-      low_rank_per_layer (k^d·C_l·r_l), full_per_layer (k^d·C_l²), low_rank_total,
-      full_total, compression (C_l / r_l).
+      one dict per level l = 0..L with keys level, channels (C_l), rank (r_l), layers (units at that
+      level × units: 2n_l below the coarsest level, n_l at it), low_rank_per_layer (k^d·C_l·r_l),
+      full_per_layer (k^d·C_l²), low_rank_total, full_total, compression (C_l / r_l).
     """
     channels = level_channels(config.spatial_dims, config.width, config.levels)
-    counts = {level: unit_levels(config.levels).count(level) for level in range(config.levels + 1)}
-    rows = []
+    levels, rows = unit_levels(config.levels), []
     for level, (c, r) in enumerate(zip(channels, config.ranks)):
-        n = counts[level] * config.units[level]
+        n = levels.count(level) * config.units[level]
         low = layer_param_count(config.spatial_dims, c, r, config.kernel_size)
         full = layer_param_count(config.spatial_dims, c, None, config.kernel_size)
         rows.append(

@@ -2,8 +2,8 @@ r"""Low-cost convolution steps of LeanResNet (Ephrath, Eliasof, Ruthotto, Haber,
 arXiv:1805.07821).
 
 Six step types share one ResNet skeleton (Ephrath et al. 2019, Sec. 3, Eqs. 5-9). With ``y`` of
-shape ``(N, H, W, c)``
-(NHWC, ``C_in = C_out = c``), ``m x m`` stencils, ``N`` = BatchNorm and ``σ`` = ReLU:
+shape ``(N, H, W, c)`` (NHWC, ``C_in = C_out = c``), ``m x m`` stencils, ``N`` = BatchNorm and
+``σ`` = ReLU:
 
 =============  ===========================================================  ===================
 step           map                                                          weights (+ BN)
@@ -21,10 +21,9 @@ circular_rd    y + h(−K_circᵀ K_circ y + σ(N(M y)))                        
 :mod:`revjax.fft`. No convolution has a bias.
 
 LinearMix. ``K_lm = K_dw + M`` is a full conv whose off-centre taps are zero off the channel
-diagonal. The diagonal of ``M`` duplicates the centre tap of ``K_dw``, so ``M`` is stored as
-its ``c(c − 1)`` off-diagonal entries (:func:`off_diagonal`): ``m²c + c² − c`` weights per
-``K_lm``, applied at cost ``O(n(m²c + c²))`` (a depthwise conv plus a 1x1 mix, never a full
-conv).
+diagonal. The diagonal of ``M`` duplicates the centre tap of ``K_dw``, so ``M`` is stored as its
+``c(c − 1)`` off-diagonal entries (:func:`off_diagonal`): ``m²c + c² − c`` weights per ``K_lm``,
+applied at cost ``O(n(m²c + c²))`` (a depthwise conv plus a 1x1 mix, never a full conv).
 
 Boundary conditions. The three reaction-diffusion (RD) steps use the FFT operators of
 :mod:`revjax.fft`, hence *periodic* boundaries (as in the paper); their ``K_dwᵀ`` is the exact
@@ -36,19 +35,16 @@ Step size. The paper does not state ``h``; ``DEFAULT_H = 0.1`` is a module field
 diffusion step ``y ↦ y − h KᵀK y`` is stable when ``h λ_max(KᵀK) ≤ 2`` (Ephrath et al. 2019,
 Sec. 3.2.1: "h small enough"). With the depthwise initialisation used here (truncated normal,
 std ``1/m``) ``λ_max(K_dwᵀK_dw)`` ≈ 6 to 9 for B's blocks, so ``h λ_max`` < 1 at initialisation.
-``K_circ`` couples all ``c`` channels and is applied at std ``1/(m√c)`` for the same reason (at
-std ``1/m`` its ``h λ_max`` was 34 to 159); the circular RD step and the circulant Hamiltonian
-force store their stencils at std ``1/m`` and apply them divided by ``√c``
-(:func:`circulant_stencils`), which keeps the RD step's ``h λ_max`` at 0.45 to 2.2 over 30 Adam
-steps (stored at ``1/(m√c)`` it reached 26 to 266).
-The implicit step is stable for every ``h ≥ 0``.
+``K_circ`` couples all ``c`` channels; the circular RD step and the circulant Hamiltonian force
+store its stencils at std ``1/m`` and apply them divided by ``√c`` (:func:`circulant_stencils`
+says why), which keeps the RD step's ``h λ_max`` at 0.45 to 2.2 over 30 Adam steps. The implicit
+step is stable for every ``h ≥ 0``.
 
 Reversible use (this library's extension, not in the paper). None of the six steps is invertible.
-The low-cost operators are
-instead used as the ``K`` inside the reversible Hamiltonian force ``F(z) = h Kᵀ σ(K z + b)``
-(:func:`low_cost_force`, :func:`low_cost_hamiltonian_step`), with ``K = M ∘ K_dw`` (FFT
-depthwise then 1x1 mix) or ``K = K_circ``, and ``Kᵀ`` the exact adjoint built from
-``revjax.fft.*_adjoint``.
+The low-cost operators are instead used as the ``K`` inside the reversible Hamiltonian force
+``F(z) = h Kᵀ σ(K z + b)`` (:func:`low_cost_force`, :func:`low_cost_hamiltonian_step`), with
+``K = M ∘ K_dw`` (FFT depthwise then 1x1 mix) or ``K = K_circ``, and ``Kᵀ`` the exact adjoint built
+from ``revjax.fft.*_adjoint``.
 
 This module is pure (operators, initialisers, parameter counts, the reversible force); the six
 steps and the connecting layer as Flax linen modules (``STEP_MODULES``, ``ConnectingLayer``)
@@ -114,13 +110,6 @@ def check_step_input(x: jax.Array, kernel_size: int, dtype, where: str) -> int:
     return x.shape[-1]
 
 
-def _check_channels(kernel: jax.Array, channels: int, where: str) -> None:
-    if kernel.shape[-1] != channels:
-        raise ValueError(
-            f"{where}: kernel has {kernel.shape[-1]} channels but the input has {channels}"
-        )
-
-
 # --------------------------------------------------------------------------- operators
 
 
@@ -183,7 +172,10 @@ def depthwise_zero_pad(x: jax.Array, kernel: jax.Array) -> jax.Array:
         ``(N, H, W, c)``.
     """
     c = x.shape[-1]
-    _check_channels(kernel, c, "depthwise_zero_pad")
+    if kernel.shape[-1] != c:
+        raise ValueError(
+            f"depthwise_zero_pad: kernel has {kernel.shape[-1]} channels but the input has {c}"
+        )
     if x.ndim != 4:
         raise ValueError(f"depthwise_zero_pad expects (N, H, W, c) inputs, got {x.shape}")
     (kh, kw), (h, w) = kernel.shape[:2], x.shape[1:3]
@@ -322,10 +314,9 @@ def init_low_cost_force(
         params["dw"] = depthwise_init(kernel_size)(k_op, shape, dtype)
         params["mix"] = mix_init(channels)(k_mix, (channels, channels), dtype)
     elif kind == "circulant":
-        # Stored at the depthwise std 1/m and applied divided by √c (circulant_stencils), as
-        # in the circular RD step: applied at std 1/m, h²λ_max(K^T K) grows like c (the
-        # float32 reconstruction error was 2.6e5 at init); stored at 1/(m√c), Adam's
-        # per-weight steps move the applied spectrum √c times faster.
+        # Stored at std 1/m, applied divided by √c (circulant_stencils), as in the circular RD
+        # step; applied at std 1/m, h²λ_max(K^T K) grows like c (the float32 reconstruction
+        # error was 2.6e5 at init).
         params["circ"] = depthwise_init(kernel_size)(k_op, shape, dtype)
     else:
         raise ValueError(

@@ -1,29 +1,26 @@
 """RevNet (Gomez, Ren, Urtasun, Grosse (2017) "The Reversible Residual Network", arXiv:1707.04585,
-Section 3): additive couplings of pre-activation
-residual functions, with batch norm inside F and G.
+Section 3): additive couplings of pre-activation residual functions, with batch norm inside F and G.
 
 Block (state = channel halves (x1, x2), each (N, H, W, C/2))::
 
     y1 = x1 + F(x2)            x2 = y2 − G(y1)
     y2 = x2 + G(y1)            x1 = y1 − F(x2)
 
-F and G are the basic or bottleneck pre-activation residual functions of
-`revjax.families.resnet` acting on C/2 channels (bottleneck inner width C_out/8). This module
-holds the pure parts (transition kinds, body widths, initial running averages); the linen
-blocks with batch norm inside F and G and the `RevNet` classifier are in
-`revjax.models.revnet`.
+F and G are the basic or bottleneck pre-activation residual functions of `revjax.families.resnet`
+acting on C/2 channels (bottleneck inner width C_out/8). This module holds the pure parts
+(transition kinds, body widths, initial running averages); the linen blocks with batch norm inside F
+and G and the `RevNet` classifier are in `revjax.models.revnet`.
 
 Stage transitions, `transition=`:
 
 - "stored" (the paper's design, Gomez et al. 2017, Section 3.1: "we store the activations
-  of the non-reversible layers"): the first block of every stage that changes width or
-  resolution is an `engine.Transition` whose input is stored:
-  y1 = S(x1) + F_s(x2), y2 = S(x2) + G(y1), with F's first conv strided and widening, and the
-  shortcut S = 2x2 average pool + symmetric zero channel padding (basic) or a 1x1 strided
-  projection per half (bottleneck). The network's very first F omits its leading BN-ReLU.
-  A first block that changes neither (basic RevNet-110 stage 1: stem 32 -> 32, stride 1) has
-  the identity shortcut, y1 = x1 + F(x2), y2 = x2 + G(y1): an ordinary coupling, run as an
-  invertible step (same parameters; nothing stored).
+  of the non-reversible layers"): the first block of every stage that changes width or resolution is
+  an `engine.Transition` whose input is stored: y1 = S(x1) + F_s(x2), y2 = S(x2) + G(y1), with F's
+  first conv strided and widening, and the shortcut S = 2x2 average pool + symmetric zero channel
+  padding (basic) or a 1x1 strided projection per half (bottleneck). The network's very first F
+  omits its leading BN-ReLU. A first block that changes neither (basic RevNet-110 stage 1:
+  stem 32 -> 32, stride 1) has the identity shortcut, y1 = x1 + F(x2), y2 = x2 + G(y1): an ordinary
+  coupling, run as an invertible step (same parameters; nothing stored).
 - "reversible" (fully invertible body, which stores nothing but its output): a stride-2 stage
   starts with the i-RevNet space-to-depth ψ of each half (C -> 4C, a permutation), then, if
   the stage's nominal width is larger, an injective zero padding of each half's channels
@@ -42,11 +39,7 @@ import jax.numpy as jnp
 
 from revjax.families.resnet import stage_widths
 
-__all__ = [
-    "TRANSITIONS",
-    "body_widths",
-    "initial_batch_stats",
-]
+__all__ = ["TRANSITIONS", "body_widths", "initial_batch_stats"]
 
 TRANSITIONS = ("stored", "reversible")
 

@@ -95,6 +95,7 @@ __all__ = [
 PyTree = Any
 NONCONVERGENCE_POLICIES = ("error", "flag")
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu}
+_SCALAR_BIASES = ("b1a", "b1b", "b2a", "b2b")
 
 
 class FixedPointInfo(NamedTuple):
@@ -131,8 +132,7 @@ def check_fixed_point_config(max_iter: int, tol: float, on_nonconvergence: str =
         )
 
 
-# --------------------------------------------------------------------------------------------
-# The fixed-point inverse.
+# -------------------------------------------------------------------------- The fixed-point inverse
 
 
 def _relative_change(delta: jax.Array, y: jax.Array) -> jax.Array:
@@ -267,8 +267,7 @@ def invertible_residual_step(
     return engine.InvertibleStep(forward, inverse, backward, name=name)
 
 
-# --------------------------------------------------------------------------------------------
-# The Fixup residual branch.
+# ------------------------------------------------------------------------ The Fixup residual branch
 
 
 def fixup_scale(scale_raw: jax.Array, c: float) -> jax.Array:
@@ -305,27 +304,18 @@ def _he_normal(key, shape, scale, dtype):
 
 
 def init_fixup_branch(
-    key: jax.Array,
-    channels: int,
-    hidden: int,
-    num_branches: int,
-    c: float,
-    dtype=jnp.float32,
+    key: jax.Array, channels: int, hidden: int, num_branches: int, c: float, dtype=jnp.float32
 ) -> dict:
     """Raw (un-normalised) Fixup branch parameters (Fixup, arXiv:1901.09321, m = 2 layers).
 
     W1 ~ He-normal(fan_out) × L^{−1/2}, W2 = 0 (so g ≡ 0 and the step is the identity at
     init), s_raw = atanh(c) (s = 1), all scalar biases 0.
     """
-    zero = jnp.zeros((), dtype)
     return {
         "w1": _he_normal(key, (3, 3, channels, hidden), num_branches**-0.5, dtype),
         "w2": jnp.zeros((3, 3, hidden, channels), dtype),
         "scale_raw": jnp.asarray(fixup_scale_raw_init(c), dtype),
-        "b1a": zero,
-        "b1b": zero,
-        "b2a": zero,
-        "b2b": zero,
+        **dict.fromkeys(_SCALAR_BIASES, jnp.zeros((), dtype)),
     }
 
 
@@ -377,7 +367,7 @@ def branch_weights(params: dict, c: float) -> dict:
         {"u1", "v1", "u2", "v2"} (its power-iteration state).
       c: coefficient in (0, 1).
     """
-    out = {k: params[k] for k in ("b1a", "b1b", "b2a", "b2b")}
+    out = {k: params[k] for k in _SCALAR_BIASES}
     for i in (1, 2):
         w = params[f"w{i}"]
         sigma = bilinear_norm_estimate(w, params[f"u{i}"], params[f"v{i}"])
@@ -412,23 +402,18 @@ def normalise_branch(raw: dict, stats: dict, c: float, num_iterations: int) -> t
     return branch_weights({**raw, **new_stats}, c), new_stats
 
 
-# --------------------------------------------------------------------------------------------
-# Resolution changes and the injective stem.
+# -------------------------------------------------------- Resolution changes and the injective stem
 
 
 def init_fixup_downsample(
     key: jax.Array, channels: int, out_channels: int, num_branches: int, dtype=jnp.float32
 ) -> dict:
     """Fixup init of a strided downsampling block (C -> out_channels): W2 = 0, s = 1."""
-    zero = jnp.zeros((), dtype)
     return {
         "w1": _he_normal(key, (3, 3, channels, out_channels), num_branches**-0.5, dtype),
         "w2": jnp.zeros((3, 3, out_channels, out_channels), dtype),
         "scale": jnp.ones((), dtype),
-        "b1a": zero,
-        "b1b": zero,
-        "b2a": zero,
-        "b2b": zero,
+        **dict.fromkeys(_SCALAR_BIASES, jnp.zeros((), dtype)),
     }
 
 
@@ -450,8 +435,7 @@ def fixup_downsample_block(out_channels: int, activation: str = "relu") -> engin
     return engine.Transition(apply, name="fixup_downsample")
 
 
-# --------------------------------------------------------------------------------------------
-# Diagnostics: the fixed points the reversible backward pass solves.
+# -------------------------------- Diagnostics: the fixed points the reversible backward pass solves
 
 
 def reconstruction_trace(

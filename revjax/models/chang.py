@@ -9,11 +9,10 @@ Residual Neural Networks", AAAI 2018, arXiv:1709.03698 (Sections 3-4; official T
       -> ClassifierHead: BN + ReLU + global average pool + dense        (stored, autodiff)
 
 `widths = (w1, w2, w3)`: the state width of each stage; the stem outputs w1 channels.
-Stage transitions: "stored" (the paper's: the first block of a new stage runs at the old
-width, then 2x2 average pool + zero channel padding, input stored) or "reversible"
-(space-to-depth of every state, so widths must be w1, 4 w1, 16 w1; a factory called with
-transition="reversible" and no `widths` uses `reversible_widths` of its defaults, e.g.
-hamiltonian74 -> (32, 128, 512)).
+Stage transitions: "stored" (the paper's: the first block of a new stage runs at the old width, then
+2x2 average pool + zero channel padding, input stored) or "reversible" (space-to-depth of every
+state, so widths must be w1, 4 w1, 16 w1; a factory called with transition="reversible" and no
+`widths` uses `reversible_widths` of its defaults, e.g. hamiltonian74 -> (32, 128, 512)).
 
 Hamiltonian block, `block=` (state (Y, Z) = channel halves, K a 3x3 kernel C/2 -> C/2 shared
 by the convolution and its adjoint K^T)::
@@ -25,51 +24,49 @@ by the convolution and its adjoint K^T)::
            F(z) = h · K^T ReLU(K (z + β₁) + β₂)     β₁ omitted in the very first F
     Y' = Y + F(Z),   Z' = Z − G(Y')                  (G of the same form, own K and BNs)
 
-Why "bn" is the default, and why h = 0.1: with the reference initialisation λ_max(K^T K) ≈ 6.8
-for a stage-1 kernel, so the bias-only block at the official h = 1 has h²λ ≈ 7 ≫ 4, beyond
-the Verlet step's frozen-coefficient stability bound h²λ_max ≤ 4: at the depth of
-hamiltonian218 the state grows by ~10¹² and float32 reconstruction (hence the reversible
-gradient) is lost. BN₂ renormalises the pre-activation of every block, so each block's
-increment stays O(h) whatever the state's scale, but BN₁'s 1/std(z) factor still
-amplifies reconstruction error at large h. Measured at initialisation (float32, CIFAR-shaped
-input, batch 4-8, training-mode BN): BN block at h = 1, hamiltonian74: body reconstruction
-error 1.7e-3, reversible vs stored gradients 2.3e-3 relative; at h = 0.5, hamiltonian218:
-7.7e-5 and 4.1e-5; at h = 0.1, hamiltonian218: 6.8e-6 and 3.0e-4. The default is therefore
-h = 0.1 for both blocks (the value some official commits hard-code); BN₂'s learnable scale
-lets training grow the increments where the data needs it. Batch norm follows the RevNet
-recipe (`revjax.models.revnet`): the reconstruction normalises with the forward pass's
-batch statistics, and the running averages are updated once per training step.
+Why "bn" is the default, and why h = 0.1: with the reference initialisation λ_max(K^T K) ≈ 6.8 for a
+stage-1 kernel, so the bias-only block at the official h = 1 has h²λ ≈ 7 ≫ 4, beyond the Verlet
+step's frozen-coefficient stability bound h²λ_max ≤ 4: at the depth of hamiltonian218 the state
+grows by ~10¹² and float32 reconstruction (hence the reversible gradient) is lost. BN₂ renormalises
+the pre-activation of every block, so each block's increment stays O(h) whatever the state's scale,
+but BN₁'s 1/std(z) factor still amplifies reconstruction error at large h. Measured at
+initialisation (float32, CIFAR-shaped input, batch 4-8, training-mode BN): BN block at h = 1,
+hamiltonian74: body reconstruction error 1.7e-3, reversible vs stored gradients 2.3e-3 relative; at
+h = 0.5, hamiltonian218: 7.7e-5 and 4.1e-5; at h = 0.1, hamiltonian218: 6.8e-6 and 3.0e-4. The
+default is therefore h = 0.1 for both blocks (the value some official commits hard-code); BN₂'s
+learnable scale lets training grow the increments where the data needs it. Batch norm follows the
+RevNet recipe (`revjax.models.revnet`): the reconstruction normalises with the forward pass's batch
+statistics, and the running averages are updated once per training step.
 `tests/test_zoo_defaults.py` checks every registered depth at its defaults.
 
 Registered names and depth formulas (a "layer" is one conv operation K or K^T):
 
-- hamiltonianD: 4 convs per block (K, K^T in F and G): D = 3 · 4n + 2 = 12n + 2.
-  hamiltonian74 (n = 6, widths 32,64,112), hamiltonian218 (n = 18, 32,64,128),
-  hamiltonian1202 (n = 100, 32,64,128). With `block="bias"` the parameter counts are
-  those of the official configurations (429,690 / 1,683,034 / 9,654,746 for 10 classes);
-  the BN block replaces each residual function's two bias vectors (C/2 each) by two BN
-  scale/offset pairs (2 · C/2 each), minus the first F's BN₁.
+- hamiltonianD: 4 convs per block (K, K^T in F and G): D = 3 · 4n + 2 = 12n + 2. hamiltonian74
+  (n = 6, widths 32,64,112), hamiltonian218 (n = 18, 32,64,128), hamiltonian1202
+  (n = 100, 32,64,128). With `block="bias"` the parameter counts are those of the official
+  configurations (429,690 / 1,683,034 / 9,654,746 for 10 classes); the BN block replaces each
+  residual function's two bias vectors (C/2 each) by two BN scale/offset pairs (2 · C/2 each), minus
+  the first F's BN₁.
 - midpointD, leapfrogD: 2 convs per block (W and W^T, or K and K^T; the start block counts
-  as block 0): D = 3 · 2n + 2 = 6n + 2. midpoint62 / leapfrog62 (n = 10) use widths
-  16,32,56 (no reference configuration exists for them: the official code has only the
-  Hamiltonian net): the state is not split, so their 3x3 kernels have the shapes of the
-  Hamiltonian-74 kernels.
+  as block 0): D = 3 · 2n + 2 = 6n + 2. midpoint62 / leapfrog62 (n = 10) use widths 16,32,56 (no
+  reference configuration exists for them: the official code has only the Hamiltonian net): the
+  state is not split, so their 3x3 kernels have the shapes of the Hamiltonian-74 kernels.
 
-Default step sizes: h = 0.1 for the Hamiltonian net (either block; see above). No reference
-exists for the other two; the defaults h = 0.1 (midpoint) and h = 0.5
-(leapfrog) satisfy the frozen-coefficient conditions at the reference initialisation (power
-iteration, 16x16 images, 16-56 channels: λ_max(K^T K) ≈ 6.1-6.3, so h²λ_max ≈ 1.6 < 4;
-ω_max(W − W^T) ≈ 3.6-3.9, so hω_max ≈ 0.39 < 1), and their float32 reconstruction at
-initialisation is within 1e-4 (tests/test_zoo_defaults.py).
+Default step sizes: h = 0.1 for the Hamiltonian net (either block; see above). No reference exists
+for the other two; the defaults h = 0.1 (midpoint) and h = 0.5 (leapfrog) satisfy the
+frozen-coefficient conditions at the reference initialisation (power iteration, 16x16 images, 16-56
+channels: λ_max(K^T K) ≈ 6.1-6.3, so h²λ_max ≈ 1.6 < 4; ω_max(W − W^T) ≈ 3.6-3.9, so
+hω_max ≈ 0.39 < 1), and their float32 reconstruction at initialisation is within 1e-4
+(tests/test_zoo_defaults.py).
 
-Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20), on all three families and
-both blocks: the body is built through `revjax.arithmetic.get(arithmetic, frac_bits)`, so the
-stem's output is encoded to int32 fixed-point states and every block, start rule and
-"reversible" transition is exact: the body's reconstruction is bit-exact at any depth. The
-"stored" transition (pool + pad, its input stored) runs in float and re-encodes its output;
-stem and head are float (autodiff). The "bn" block's batch norm works unchanged (the
-reconstruction normalises with the same batch, the running averages are updated once).
-Gradients are the straight-through ones; a fixed-point overflow makes the logits NaN.
+Exact arithmetic, `arithmetic="exact"` (and `frac_bits`, default 20), on all three families and both
+blocks: the body is built through `revjax.arithmetic.get(arithmetic, frac_bits)`, so the stem's
+output is encoded to int32 fixed-point states and every block, start rule and "reversible"
+transition is exact: the body's reconstruction is bit-exact at any depth. The "stored" transition
+(pool + pad, its input stored) runs in float and re-encodes its output; stem and head are float
+(autodiff). The "bn" block's batch norm works unchanged (the reconstruction normalises with the same
+batch, the running averages are updated once). Gradients are the straight-through ones; a
+fixed-point overflow makes the logits NaN.
 
 All fields are overridable: `create("hamiltonian74", units=(334, 333, 333))`.
 """
@@ -151,15 +148,13 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
       frac_bits: fractional bits of the exact states.
       dtype: dtype of parameters and activations.
       store_every: None, or k: every stage's stack stores its state every k blocks and the
-        reversible backward pass restarts from each (`revjax.engine.Scan.store_every`), so
-        float drift accumulates over at most k blocks; memory grows by about depth/k states.
-        For float32 networks too deep to reconstruct accurately (hamiltonian1202); float
-        arithmetic only.
+        reversible backward pass restarts from each (`revjax.engine.Scan.store_every`), so float
+        drift accumulates over at most k blocks; memory grows by about depth/k states. For float32
+        networks too deep to reconstruct accurately (hamiltonian1202); float arithmetic only.
 
-    Parameters: params["stage{s}"] = {"first": block, "rest": stacked blocks}; a "bn"
-    block is {"F": {"K", "bn1", "bn2"}, "G": {...}} with its running averages in
-    batch_stats["stage{s}"] (same layout). Train mode with the "bn" block needs
-    `mutable=["batch_stats"]`.
+    Parameters: params["stage{s}"] = {"first": block, "rest": stacked blocks}; a "bn" block is
+    {"F": {"K", "bn1", "bn2"}, "G": {...}} with its running averages in batch_stats["stage{s}"]
+    (same layout). Train mode with the "bn" block needs `mutable=["batch_stats"]`.
 
     Input (N, H, W, C_in) with H, W divisible by 2^(stages − 1); output (N, num_classes).
     """
@@ -193,13 +188,7 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
         block = self.block or DEFAULT_BLOCK[self.family]
         h = default_step_size(self.family, block) if self.h is None else self.h
         return chang.make_config(
-            self.family,
-            self.units,
-            self.widths,
-            h,
-            self.transition,
-            self.start,
-            block,
+            self.family, self.units, self.widths, h, self.transition, self.start, block
         )
 
     def _bn_body(self, config: chang.ChangConfig, arith: arithmetic.Arithmetic, train: bool):
@@ -227,20 +216,15 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
                 lambda v: v[name], tree, is_leaf=lambda v: isinstance(v, dict) and name in v
             )
 
+        def init_stats(s):
+            shapes = jax.eval_shape(lambda k: init_stage(k, s), jax.random.key(0))
+            return initial_batch_stats(collection(shapes, "batch_stats"))
+
         params, stats = {}, {}
         for s in range(len(config.units)):
             name = f"stage{s + 1}"
             params[name] = self.param(name, lambda k, s=s: collection(init_stage(k, s), "params"))
-            stats[name] = self.variable(
-                "batch_stats",
-                name,
-                lambda s=s: initial_batch_stats(
-                    collection(
-                        jax.eval_shape(lambda k: init_stage(k, s), jax.random.key(0)),
-                        "batch_stats",
-                    )
-                ),
-            )
+            stats[name] = self.variable("batch_stats", name, init_stats, s)
         # Per block {"F": {"params", "batch_stats"}, "G": ...}: the residual functions' variables.
         merged = {
             name: jax.tree.map(
@@ -269,21 +253,15 @@ class ChangNet(CheckedConfig, ReversibleModel, nn.Module):
         if config.block == "bn":
             layers, params, plan, stats = self._bn_body(config, arith, train)
         else:
+            names = [f"stage{s + 1}" for s in range(len(config.units))]
             tree = {
-                f"stage{s + 1}": self.param(
-                    f"stage{s + 1}",
-                    lambda k, s=s: chang.init_stage_params(k, config, s, self.dtype),
-                )
-                for s in range(len(config.units))
+                name: self.param(name, chang.init_stage_params, config, s, self.dtype)
+                for s, name in enumerate(names)
             }
             layers, params = chang.body_layers(config, arith), chang.body_params(tree, config)
-        out, aux = arith.run(
-            engine.store_every(layers, self.store_every),
-            params,
-            state,
-            backprop=self.backprop,
-            observe=partial(sow_reconstruction_error, self),
-        )
+        layers = engine.store_every(layers, self.store_every)
+        observe = partial(sow_reconstruction_error, self)
+        out, aux = arith.run(layers, params, state, backprop=self.backprop, observe=observe)
         if config.block == "bn" and train and self.is_mutable_collection("batch_stats"):
             new = {name: dict(v.value) for name, v in stats.items()}
             for (_, path), stats_update in zip(plan, aux):

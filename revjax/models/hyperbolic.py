@@ -43,6 +43,12 @@ from revjax.models.registry import CheckedConfig, preset, register
 
 __all__ = ["HyperbolicSegmenter"]
 
+# The fields passed on unchanged to `hyperbolic.make_config`.
+_BODY_FIELDS = (
+    "spatial_dims", "width", "levels", "units", "ranks", "h", "kernel_size", "norm", "use_bias",
+    "transition", "damping",
+)  # fmt: skip
+
 
 class HyperbolicSegmenter(CheckedConfig, ReversibleModel, nn.Module):
     """Fully reversible multilevel hyperbolic network with a per-pixel 1x1-conv head.
@@ -103,20 +109,8 @@ class HyperbolicSegmenter(CheckedConfig, ReversibleModel, nn.Module):
 
     def config(self, in_channels: int) -> hyperbolic.MultilevelConfig:
         """The validated body configuration for inputs with `in_channels` channels."""
-        return hyperbolic.make_config(
-            spatial_dims=self.spatial_dims,
-            in_channels=in_channels,
-            width=self.width,
-            levels=self.levels,
-            units=self.units,
-            ranks=self.ranks,
-            h=self.h,
-            kernel_size=self.kernel_size,
-            norm=self.norm,
-            use_bias=self.use_bias,
-            transition=self.transition,
-            damping=self.damping,
-        )
+        fields = {name: getattr(self, name) for name in _BODY_FIELDS}
+        return hyperbolic.make_config(in_channels=in_channels, **fields)
 
     def check_overflow(self, variables, x: jax.Array) -> None:
         """Raise `fixed_point.FixedPointOverflowError` naming the layer (exact arithmetic only).
@@ -131,11 +125,9 @@ class HyperbolicSegmenter(CheckedConfig, ReversibleModel, nn.Module):
         """The engine parameter list of the body from bound/unbound `variables`."""
         params = variables.get("params", variables)
         units = sorted((k for k in params if k.startswith("unit")), key=lambda k: int(k[4:]))
-        out: list[Any] = [None, None]
-        for u, name in enumerate(units):
-            if u > 0:
-                out.append(None)
-            out.append(params[name])
+        out: list[Any] = [None]  # pad_channels_step; then per unit a duplicate_state or Haar step
+        for name in units:
+            out += [None, params[name]]
         return out
 
     @nn.compact
@@ -153,21 +145,15 @@ class HyperbolicSegmenter(CheckedConfig, ReversibleModel, nn.Module):
         layers = hyperbolic.multilevel_layers(config, arith)
 
         unit_params = {
-            f"unit{u}": self.param(
-                f"unit{u}", lambda key, u=u: hyperbolic.init_unit_params(key, config, u, self.dtype)
-            )
+            f"unit{u}": self.param(f"unit{u}", hyperbolic.init_unit_params, config, u, self.dtype)
             for u in range(len(hyperbolic.unit_levels(config.levels)))
         }
+        params, observe = self.body_params(unit_params), partial(sow_reconstruction_error, self)
         state, _ = arith.run(
-            layers,
-            self.body_params(unit_params),
-            x.astype(self.dtype),
-            backprop=self.backprop,
-            observe=partial(sow_reconstruction_error, self),
+            layers, params, x.astype(self.dtype), backprop=self.backprop, observe=observe
         )
-        head = nn.Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head"
-        )  # a 1x1 convolution on the channel axis
+        # The head: a 1x1 convolution on the channel axis.
+        head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype, name="head")
         return head(state[1])
 
 

@@ -22,18 +22,16 @@ A and B have 3 blocks (c₀ = 32 and 48), C has 4 (c₀ = 32). A connecting laye
 block, the last one included: only then do the paper's counts for B on CIFAR-10 vs CIFAR-100
 (216K vs 250K) differ by the 384 x 90 + 90 = 34,650 weights of a 384-wide classifier.
 
-Parameter counts (``parameter_table``; printed by ``experiments/lean_parameter_table.py``).
-Table 2 of the paper is reproduced when BatchNorm scales/offsets are *not* counted (the paper
-evidently counts conv and FC weights only):
-MobileNet and all RD nets A/B/B-100/C-100 give 101,066 / 216,106 / 250,756 / 423,460, printed
-101K, 216K, 250K or 251K, 423K (the paper rounds some figures and truncates others, see
-``printed_as``); ResNet B and C match too. The remaining differences are documented, not
-fudged:
+Parameter counts (``parameter_table``; printed by ``experiments/lean_parameter_table.py``). Table 2
+of the paper is reproduced when BatchNorm scales/offsets are *not* counted (the paper evidently
+counts conv and FC weights only): MobileNet and all RD nets A/B/B-100/C-100 give 101,066 / 216,106 /
+250,756 / 423,460, printed 101K, 216K, 250K or 251K, 423K (the paper rounds some figures and
+truncates others, see ``printed_as``); ResNet B and C match too. The remaining differences are
+documented, not fudged:
 
 * LinearMix: the paper's figures (195K, 422K, 456K, 789K) equal ``2(m²c + c²)`` per step, i.e.
-  the duplicated centre tap was *not* dropped; here it is (Ephrath et al. 2019, Table 1: ``m²c + c²
-  − c``), so
-  ours are ``8 Σᵢ cᵢ`` lower (1.8K for A, 2.7K for B, 3.8K for C).
+  the duplicated centre tap was *not* dropped; here it is (Ephrath et al. 2019, Table 1:
+  ``m²c + c² − c``), so ours are ``8 Σᵢ cᵢ`` lower (1.8K for A, 2.7K for B, 3.8K for C).
 * ResNet A is 1,555,274 (paper "1.5M": truncated) but ResNet B on CIFAR-100 is 3,528,772,
   which the paper prints as "3.4M", below its own CIFAR-10 figure of 3.5M for a network with
   34,650 *more* weights: no configuration of this skeleton gives that, presumably a typo.
@@ -184,11 +182,10 @@ class ExplicitRDStep(_ReactionDiffusion):
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = self.h
         c = check_step_input(y, self.kernel_size, self.dtype, "ExplicitRDStep")
         dw = self._depthwise_kernel("dw_kernel", c)
         diffusion = fft.depthwise_conv_adjoint(fft.depthwise_conv(y, dw), dw)
-        return y + h * (self._reaction(y, c, train) - diffusion)
+        return y + self.h * (self._reaction(y, c, train) - diffusion)
 
 
 class ImplicitRDStep(_ReactionDiffusion):
@@ -206,21 +203,18 @@ class CircularRDStep(_ReactionDiffusion):
     """``y + h(−K_circᵀ K_circ y + σ(N(M y)))``, block-circulant by FFT; ``m²c + c² + 2c``.
 
     ``K_circ``'s stencils are the stored weights ``circ_kernel`` (std ``1/m`` at init) times
-    ``1/√c`` (:func:`revjax.families.lean.circulant_stencils`): the applied stencils start
-    at std ``1/(m√c)``, so ``h λ_max(K_circᵀK_circ) ≤ 2``, the explicit stability bound, holds at
-    initialisation, and an Adam step moves ``K_circ`` no more than it moves a depthwise ``K_dw``
-    per unit of ``√c`` (instead of ``c``), so the bound keeps holding in training.
+    ``1/√c``, which keeps the explicit stability bound ``h λ_max(K_circᵀK_circ) ≤ 2`` at
+    initialisation and in training (:func:`revjax.families.lean.circulant_stencils`).
     """
 
     @nn.compact
     def __call__(self, y: jax.Array, train: bool = False) -> jax.Array:
-        h = self.h
         c = check_step_input(y, self.kernel_size, self.dtype, "CircularRDStep")
         m = self.kernel_size
         weights = self.param("circ_kernel", depthwise_init(m), (m, m, c), self.dtype)
         circ = circulant_stencils(weights)
         diffusion = fft.circulant_conv_adjoint(fft.circulant_conv(y, circ), circ)
-        return y + h * (self._reaction(y, c, train) - diffusion)
+        return y + self.h * (self._reaction(y, c, train) - diffusion)
 
 
 STEP_MODULES: dict[str, type[_LeanModule]] = {
@@ -351,7 +345,29 @@ class LeanHamiltonian(CheckedConfig, ReversibleModel, nn.Module):
 
     def check_config(self) -> None:
         """ValueError for a configuration that cannot be built (before any tracing)."""
-        _check_hamiltonian_config(self)
+        engine.check_backprop(self.backprop)
+        check_num_classes(self.num_classes)
+        if self.operator not in lean.LOW_COST_OPERATORS:
+            raise ValueError(
+                f"unknown operator {self.operator!r}; expected one of {lean.LOW_COST_OPERATORS}"
+            )
+        arithmetic.get(self.arithmetic, self.frac_bits)
+        widths = tuple(self.widths)
+        if not widths or any(w < 2 or w % 2 for w in widths):
+            raise ValueError(f"widths must be even and >= 2, got {widths}")
+        units = tuple(self.units)
+        if len(units) != len(widths) or any(int(n) < 1 for n in units):
+            raise ValueError(
+                f"units {units} must hold >= 1 Verlet steps for each of the {len(widths)} stages "
+                f"(widths {widths})"
+            )
+        integrators.check_step_size(self.h)
+        for a, b in zip(widths, widths[1:]):
+            if b < a or (b - a) % 4:
+                raise ValueError(
+                    f"widths {widths}: each stage must grow by a multiple of 4 channels (each half "
+                    "is zero-padded symmetrically)"
+                )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -366,13 +382,8 @@ class LeanHamiltonian(CheckedConfig, ReversibleModel, nn.Module):
                 params.append(None)
             layers.append(step)
             params.append(self.param(f"stage{i}", self._init_stage, width // 2, self.units[i]))
-        (y, z), _ = arith.run(
-            layers,
-            params,
-            state,
-            backprop=self.backprop,
-            observe=partial(sow_reconstruction_error, self),
-        )
+        observe = partial(sow_reconstruction_error, self)
+        (y, z), _ = arith.run(layers, params, state, backprop=self.backprop, observe=observe)
         return ClassifierHead(self.num_classes, dtype=self.dtype)(
             jnp.concatenate([y, z], axis=-1), train
         )
@@ -387,32 +398,6 @@ class LeanHamiltonian(CheckedConfig, ReversibleModel, nn.Module):
             }
 
         return jax.vmap(one)(jax.random.split(key, steps))
-
-
-def _check_hamiltonian_config(model: LeanHamiltonian) -> None:
-    engine.check_backprop(model.backprop)
-    check_num_classes(model.num_classes)
-    if model.operator not in lean.LOW_COST_OPERATORS:
-        raise ValueError(
-            f"unknown operator {model.operator!r}; expected one of {lean.LOW_COST_OPERATORS}"
-        )
-    arithmetic.get(model.arithmetic, model.frac_bits)
-    widths = tuple(model.widths)
-    if not widths or any(w < 2 or w % 2 for w in widths):
-        raise ValueError(f"widths must be even and >= 2, got {widths}")
-    units = tuple(model.units)
-    if len(units) != len(widths) or any(int(n) < 1 for n in units):
-        raise ValueError(
-            f"units {units} must hold >= 1 Verlet steps for each of the {len(widths)} stages "
-            f"(widths {widths})"
-        )
-    integrators.check_step_size(model.h)
-    for a, b in zip(widths, widths[1:]):
-        if b < a or (b - a) % 4:
-            raise ValueError(
-                f"widths {widths}: each stage must grow by a multiple of 4 channels (each half "
-                "is zero-padded symmetrically)"
-            )
 
 
 # --------------------------------------------------------------------------- registry
@@ -447,10 +432,8 @@ for _name, _operator in [
 
 
 def _is_batch_norm(path) -> bool:
-    return any(
-        "BatchNorm" in str(getattr(k, "key", "")) or str(getattr(k, "key", "")).startswith("bn")
-        for k in path
-    )
+    names = [str(getattr(k, "key", "")) for k in path]
+    return any("BatchNorm" in name or name.startswith("bn") for name in names)
 
 
 def count_weights(params, include_batch_norm: bool = False) -> int:
@@ -499,8 +482,7 @@ def parameter_table(image_size: int = 32) -> list[dict]:
             note = ""
             if step == "linear_mix":
                 width, num_blocks = NETWORKS[network]
-                widths = [width * 2**i for i in range(num_blocks)]
-                undropped = weights + 8 * sum(widths)
+                undropped = weights + 8 * sum(width * 2**i for i in range(num_blocks))
                 note = f"{undropped:,} with the duplicated centre tap kept"
                 if printed_as(undropped, reported):
                     note += " (matches)"

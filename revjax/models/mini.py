@@ -7,11 +7,10 @@ Architecture (NHWC)::
            y1 = x1 + F(x2),  y2 = x2 + G(y1),  F, G: u -> K2 relu(K1 u) (3x3, c -> c)
       -> ClassifierHead: BN -> ReLU -> global mean -> dense       (N, num_classes)
 
-Only the stem and head activations are stored; the coupling body is rebuilt from its output
-during the backward pass (``backprop="reversible"``), so body activation memory does not grow
-with the number of couplings. One stage, in the zoo's vocabulary: ``widths=(2c,)`` (the state
-width) and ``units=(n,)``. The residual convolutions use ``revjax.conv.conv`` (standard-layout
-VJPs).
+Only the stem and head activations are stored; the coupling body is rebuilt from its output during
+the backward pass (``backprop="reversible"``), so body activation memory does not grow with the
+number of couplings. One stage, in the zoo's vocabulary: ``widths=(2c,)`` (the state width) and
+``units=(n,)``. The residual convolutions use ``revjax.conv.conv`` (standard-layout VJPs).
 
 >>> from revjax import models
 >>> model = models.create("revnet_mini", units=(2,), widths=(16,))

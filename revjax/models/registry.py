@@ -8,12 +8,10 @@
 A named configuration of a linen class needs no function of its own:
 `register("revnet38", stages=True)(preset(RevNet, units=(3, 3, 3), widths=(32, 64, 112)))`.
 
-`stages=True` declares a stack of stages: such a model speaks the zoo's shared vocabulary
-(`units` blocks per stage, `widths` per stage or a scalar `width`; tests check it), which a
-model without stages (a transformer's `depth`, `num_heads`) need not. `renamed` maps the field
-names this model used before to a hint naming their replacement; `create` answers a former
-name with that hint instead of a bare "no field". This module imports no model module, so
-every model module can import it without a cycle (`revjax.models` imports them all).
+`stages=True` declares a stack of stages, which speaks the zoo's shared vocabulary (`units`,
+`widths` or a scalar `width`; tests check it). `create` answers a former field name in `renamed`
+with its hint instead of a bare "no field". This module imports no model module, so every model
+module can import it without a cycle (`revjax.models` imports them all).
 """
 
 from __future__ import annotations

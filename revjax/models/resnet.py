@@ -1,27 +1,12 @@
 """Pre-activation ResNet (He, Zhang, Ren, Sun 2016, arXiv:1603.05027) as in the RevNet reference
-code: the baseline, as Flax linen modules (the pure parts are in `revjax.families.resnet`).
-
-The residual functions defined here are shared with the RevNet family (Gomez, Ren, Urtasun, Grosse
-2017, arXiv:1707.04585, Sec. 3.1), which runs
-the same functions on channel halves inside additive couplings.
-
-Basic residual function (pre-activation), u: (N, H, W, C_in) -> (N, H/s, W/s, C_out)::
-
-    r(u) = conv3x3(ReLU(BN(conv3x3_s(ReLU(BN(u))))))
-
-Bottleneck (inner width C_out / 4)::
-
-    r(u) = conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv1x1_s(ReLU(BN(u)))))))))
+code: the baseline, as Flax linen modules. Its residual functions, units and shortcuts, with their
+equations, are described in `revjax.families.resnet` (the pure parts); RevNet (Gomez, Ren,
+Urtasun, Grosse 2017, arXiv:1707.04585, Sec. 3.1) runs the same functions on channel halves inside
+additive couplings.
 
 The very first unit of the network omits the leading BN-ReLU (the stem already ends with one).
-Convolutions have no bias and use `revjax.conv.conv`; kernels are truncated normal with
-std sqrt(2 / (k^2 C_out)); BN has eps 1e-3, momentum 0.9.
-
-A ResNet unit is x -> shortcut(x) + r(x), where the shortcut is the identity, or, when the
-stride or width changes:
-
-- basic: 2x2 average pool (stride 2 only) and symmetric zero padding of the channels;
-- bottleneck: a 1x1 projection convolution with the stride.
+Convolutions have no bias and use `revjax.conv.conv`; kernels are truncated normal with std
+sqrt(2 / (k^2 C_out)); BN has eps 1e-3, momentum 0.9.
 
 ResNet units are not invertible (x + r(x) with unconstrained r), so `ResNet` supports only
 `backprop="store"` (plain autodiff) and `backprop="remat"` (`jax.checkpoint` per unit).
@@ -77,12 +62,8 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, u: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param(
-            "kernel",
-            conv_init(k, self.features),
-            (k, k, u.shape[-1], self.features),
-            self.dtype,
-        )
+        shape = (k, k, u.shape[-1], self.features)
+        kernel = self.param("kernel", conv_init(k, self.features), shape, self.dtype)
         return conv_ops.conv(u, kernel, self.strides, "SAME")
 
 
@@ -201,10 +182,9 @@ class _ScannedUnit(nn.Module):
 class ResNet(CheckedConfig, nn.Module):
     """Pre-activation CIFAR/ImageNet ResNet: Stem -> stages of ResNetUnits -> ClassifierHead.
 
-    Stage s has `units[s]` units at width `widths[s]` (x4 for bottleneck units); its first
-    unit applies `strides[s]` and the width change, the remaining `units[s] − 1` identical
-    units run under `nn.scan` (parameters stacked on a leading axis; compile time independent of
-    depth).
+    Stage s has `units[s]` units at width `widths[s]` (x4 for bottleneck units); its first unit
+    applies `strides[s]` and the width change, the remaining `units[s] − 1` identical units run
+    under `nn.scan` (parameters stacked on a leading axis; compile time independent of depth).
 
     Attributes:
       units: units per stage.
@@ -259,14 +239,9 @@ class ResNet(CheckedConfig, nn.Module):
             x.astype(self.dtype), train
         )
         for s, (n, stride) in enumerate(zip(self.units, self.strides)):
+            width, name = widths[s + 1], f"stage{s + 1}"
             h = unit_cls(
-                widths[s + 1],
-                stride,
-                self.bottleneck,
-                s > 0,
-                train,
-                self.dtype,
-                name=f"stage{s + 1}_first",
+                width, stride, self.bottleneck, s > 0, train, self.dtype, name=f"{name}_first"
             )(h)
             if n > 1:
                 stack = nn.scan(
@@ -275,7 +250,7 @@ class ResNet(CheckedConfig, nn.Module):
                     split_rngs={"params": True},
                     length=n - 1,
                 )
-                h, _ = stack(
-                    widths[s + 1], self.bottleneck, train, self.dtype, name=f"stage{s + 1}_rest"
-                )(h, None)
+                h, _ = stack(width, self.bottleneck, train, self.dtype, name=f"{name}_rest")(
+                    h, None
+                )
         return ClassifierHead(self.num_classes, dtype=self.dtype)(h, train)

@@ -17,9 +17,8 @@ F and G normalise with the current batch statistics, and the running averages ar
 exactly once per training step, from the forward pass:
 
 - each residual function is run as a pure `(variables, u, rng) -> (v, batch_stats)` with
-  `variables = {"params": ..., "batch_stats": ...}` riding in the step's parameter pytree
-  (nothing is closed over inside the engine's custom_vjp; running averages get zero
-  cotangents);
+  `variables = {"params": ..., "batch_stats": ...}` riding in the step's parameter pytree (nothing
+  is closed over inside the engine's custom_vjp; running averages get zero cotangents);
 - the step's forward has `has_aux=True` and returns `(y, {"F": stats, "G": stats})`, the
   updated running averages computed in the forward pass; the engine hands this aux to the
   caller once;
@@ -54,22 +53,14 @@ from revjax import conv as conv_ops
 from revjax.arithmetic import DEFAULT_FRAC_BITS, FLOAT, Arithmetic
 from revjax.couplings import merge_halves, split_halves
 from revjax.drift import ReversibleModel, sow_reconstruction_error
-from revjax.families.resnet import (
-    check_classifier_config,
-    check_input_shape,
-    pool_pad_shortcut,
-)
+from revjax.families.resnet import check_classifier_config, check_input_shape, pool_pad_shortcut
 from revjax.families.revnet import TRANSITIONS, body_widths, initial_batch_stats
 from revjax.models.heads import ClassifierHead, Stem, conv_init
 from revjax.models.registry import CheckedConfig, preset, register
 from revjax.models.resnet import ResNet, residual_module, stem_width_of
 from revjax.nn import init_stacked, residual_with_stats
 
-__all__ = [
-    "bn_coupling",
-    "stored_transition_block",
-    "RevNet",
-]
+__all__ = ["bn_coupling", "stored_transition_block", "RevNet"]
 
 
 def _split_rng(rng):
@@ -140,12 +131,11 @@ def _init_variables(module, key, depth, shape, dtype):
 class RevNet(CheckedConfig, ReversibleModel, nn.Module):
     """RevNet classifier: Stem -> reversible body (one `engine.apply`) -> ClassifierHead.
 
-    The body is [Transition, Scan, Transition, Scan, ...] ("stored") or
-    [ψ?, pad?, coupling..., Scan, ψ, pad?, Scan, ...] ("reversible"); stage s has `units[s]`
-    blocks (counting its first). Per body layer i the parameters live in
-    params["body_{i}"] = {"F", "G"[, "shortcut"]} and the running averages in
-    batch_stats["body_{i}"] = {"F", "G"} (stacked on a leading axis for a Scan). Train mode
-    needs `mutable=["batch_stats"]`; the running averages are then updated once per call.
+    The body is [Transition, Scan, Transition, Scan, ...] ("stored") or [ψ?, pad?, coupling...,
+    Scan, ψ, pad?, Scan, ...] ("reversible"); stage s has `units[s]` blocks (counting its first).
+    Per body layer i the parameters live in params["body_{i}"] = {"F", "G"[, "shortcut"]} and the
+    running averages in batch_stats["body_{i}"] = {"F", "G"} (stacked on a leading axis for a Scan).
+    Train mode needs `mutable=["batch_stats"]`; the running averages are then updated once per call.
 
     Attributes:
       units: blocks per stage.
@@ -237,27 +227,21 @@ class RevNet(CheckedConfig, ReversibleModel, nn.Module):
 
         def stats_of(module, shape):
             variables = jax.eval_shape(
-                lambda k: _init_variables(module, k, depth, shape, self.dtype),
-                jax.random.key(0),
+                lambda k: _init_variables(module, k, depth, shape, self.dtype), jax.random.key(0)
             )
             return initial_batch_stats(variables["batch_stats"])
 
-        def init_stats():
-            return {"F": stats_of(F, f_shape), "G": stats_of(G, g_shape)}
-
         params = self.param(name, init_params)
-        stats = self.variable("batch_stats", name, init_stats)
-        merged = {
-            "F": {"params": params["F"], "batch_stats": stats.value["F"]},
-            "G": {"params": params["G"], "batch_stats": stats.value["G"]},
-        }
+        stats = self.variable(
+            "batch_stats", name, lambda: {"F": stats_of(F, f_shape), "G": stats_of(G, g_shape)}
+        )
+        merged = {k: {"params": params[k], "batch_stats": stats.value[k]} for k in ("F", "G")}
         if projection is not None:
             merged["shortcut"] = params["shortcut"]
         return merged, stats
 
     def _body(self, shape, train):
-        """(layers, params, stats variables per layer or None, arithmetic) for a stem output
-        `shape`."""
+        """(layers, params, stats variables per layer or None, arithmetic) for a stem output."""
         widths = self._body_widths()
         batch, height, width = shape[:3]
         arith = arithmetic.get(self.arithmetic, self.frac_bits)
@@ -280,16 +264,15 @@ class RevNet(CheckedConfig, ReversibleModel, nn.Module):
         for i, (n, stride) in enumerate(zip(self.units, self.strides)):
             c_in, c_out = widths[i], widths[i + 1]
             identity_shortcut = stride == 1 and c_in == c_out
+            remaining = n - 1  # the couplings of the stage's Scan, after its first block
             if self.transition == "stored" and identity_shortcut and not self.bottleneck:
                 # S = identity: the first block is an ordinary coupling (nothing stored).
                 add_coupling(c_out, None, preactivate=i > 0)
-                remaining = n - 1
             elif self.transition == "stored":
                 F = self._residual(c_out // 2, stride, preactivate=i > 0)
                 G = self._residual(c_out // 2)
-                projection = None
-                if self.bottleneck and (stride != 1 or c_in != c_out):
-                    projection = (1, 1, c_in // 2, c_out // 2)
+                projected = self.bottleneck and not identity_shortcut
+                projection = (1, 1, c_in // 2, c_out // 2) if projected else None
                 f_shape = (batch, height, width, c_in // 2)
                 height, width = height // stride, width // stride
                 g_shape = (batch, height, width, c_out // 2)
@@ -305,7 +288,6 @@ class RevNet(CheckedConfig, ReversibleModel, nn.Module):
                     name=name,
                 )
                 add(arith.stored_transition(block), p, s)
-                remaining = n - 1
             else:
                 c = c_in
                 if stride == 2:
@@ -313,10 +295,10 @@ class RevNet(CheckedConfig, ReversibleModel, nn.Module):
                     height, width, c = height // 2, width // 2, 4 * c
                 if c_out > c:
                     add(arith.zero_pad_channels_step((c_out - c) // 2))
-                remaining = n
                 if i == 0:
                     add_coupling(c_out, None, preactivate=False)
-                    remaining = n - 1
+                else:
+                    remaining = n  # no first block: the Scan runs all n couplings
             if remaining:
                 add_coupling(c_out, remaining)
         return layers, params, stats, arith
@@ -328,13 +310,8 @@ class RevNet(CheckedConfig, ReversibleModel, nn.Module):
             stem_width_of(self), self.stem_kernel, self.stem_strides, self.stem_pool, self.dtype
         )(x.astype(self.dtype), train)
         layers, params, stats, arith = self._body(h.shape, train)
-        y, aux = arith.run(
-            layers,
-            params,
-            split_halves(h),
-            backprop=self.backprop,
-            observe=partial(sow_reconstruction_error, self),
-        )
+        observe = partial(sow_reconstruction_error, self)
+        y, aux = arith.run(layers, params, split_halves(h), backprop=self.backprop, observe=observe)
         if train and self.is_mutable_collection("batch_stats"):
             for variable, new in zip(stats, aux):
                 if variable is not None:
@@ -351,20 +328,14 @@ IMAGENET = dict(
 _CONFIGS = {
     "resnet32": (ResNet, dict(CIFAR, units=(5, 5, 5), widths=(16, 32, 64))),
     "resnet110": (ResNet, dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64))),
-    "resnet164": (
-        ResNet,
-        dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64), bottleneck=True),
-    ),
+    "resnet164": (ResNet, dict(CIFAR, units=(18, 18, 18), widths=(16, 32, 64), bottleneck=True)),
     "resnet101": (
         ResNet,
         dict(IMAGENET, units=(3, 4, 23, 3), widths=(64, 128, 256, 512), bottleneck=True),
     ),
     "revnet38": (RevNet, dict(CIFAR, units=(3, 3, 3), widths=(32, 64, 112))),
     "revnet110": (RevNet, dict(CIFAR, units=(9, 9, 9), widths=(32, 64, 128))),
-    "revnet164": (
-        RevNet,
-        dict(CIFAR, units=(9, 9, 9), widths=(32, 64, 128), bottleneck=True),
-    ),
+    "revnet164": (RevNet, dict(CIFAR, units=(9, 9, 9), widths=(32, 64, 128), bottleneck=True)),
     "revnet104": (
         RevNet,
         dict(IMAGENET, units=(2, 2, 11, 2), widths=(128, 256, 512, 832), bottleneck=True),

@@ -163,76 +163,60 @@ class RevUp(CheckedConfig, ReversibleModel, nn.Module):
                 "use train=False to apply the model with the stored state."
             )
         layers, params, fns = [], [], []
-        n, h, w, ch = x.shape
 
+        def add(layer, p=None, g=None):
+            layers.append(layer)
+            params.append(p)
+            fns.append(g)
+
+        n, h, w, ch = x.shape
         if self.stem == "conv":
             k, width = self.stem_kernel, self.widths[0]
             stem = {
                 "w": self.param("stem_w", conv_init(k, width), (k, k, ch, width), dtype),
                 "b": self.param("stem_b", nn.initializers.zeros, (), dtype),
             }
-            layers.append(_stem_transition(self.stem_pool, self.stem_strides))
-            params.append(stem)
+            add(_stem_transition(self.stem_pool, self.stem_strides), stem)
             h, w = -(-h // self.stem_strides), -(-w // self.stem_strides)
             if self.stem_pool:
                 h, w = -(-h // 2), -(-w // 2)
         else:
             if ch > self.widths[0]:
                 raise ValueError(f"stem='pad' needs widths[0] >= input channels ({ch})")
-            layers.append(zero_pad_channels_step(self.widths[0] - ch))
-            params.append(None)
-        fns.append(None)
+            add(zero_pad_channels_step(self.widths[0] - ch))
         ch = self.widths[0]
 
         for s, (blocks, width) in enumerate(zip(self.units, self.widths)):
             if s > 0:
                 check_halvable((n, h, w, ch), f"stage {s} downsampling")
                 if self.transition == "reversible":
-                    layers.append(space_to_depth_step())
-                    params.append(None)
+                    add(space_to_depth_step())
                     ch = 4 * ch
                 else:
-                    p = self.param(
-                        f"down{s}",
-                        lambda key, c_in=ch, c_out=width: revup.init_fixup_downsample(
-                            key, c_in, c_out, num_branches, dtype
-                        ),
+                    down = self.param(
+                        f"down{s}", revup.init_fixup_downsample, ch, width, num_branches, dtype
                     )
-                    layers.append(revup.fixup_downsample_block(width, self.activation))
-                    params.append(p)
+                    add(revup.fixup_downsample_block(width, self.activation), down)
                     ch, blocks = width, blocks - 1
-                fns.append(None)
                 h, w = h // 2, w // 2
             if blocks == 0:
                 continue
-            init_raw = jax.vmap(
-                partial(
-                    revup.init_fixup_branch,
-                    channels=ch,
-                    hidden=width,
-                    num_branches=num_branches,
-                    c=self.c,
-                    dtype=dtype,
-                )
-            )
-            raw = self.param(
-                f"stage{s}",
-                lambda key, d=blocks, init_raw=init_raw: init_raw(jax.random.split(key, d)),
-            )
-            init_stats = jax.vmap(
-                partial(
-                    revup.init_branch_stats,
-                    spatial=(h, w),
-                    num_iterations=self.n_init_power_iterations,
-                )
-            )
-            stats = self.variable(
-                STATS,
-                f"stage{s}",
-                lambda d=blocks, r=raw, init_stats=init_stats: init_stats(
-                    jax.random.split(self.make_rng("params"), d), r
-                ),
-            )
+
+            def init_branch(key, ch=ch, width=width):
+                return revup.init_fixup_branch(key, ch, width, num_branches, self.c, dtype)
+
+            def init_raw(key, blocks=blocks, init_branch=init_branch):
+                return jax.vmap(init_branch)(jax.random.split(key, blocks))
+
+            def init_stats(raw, blocks=blocks, spatial=(h, w)):
+                keys = jax.random.split(self.make_rng("params"), blocks)
+                iterations = self.n_init_power_iterations
+                return jax.vmap(
+                    partial(revup.init_branch_stats, spatial=spatial, num_iterations=iterations)
+                )(keys, raw)
+
+            raw = self.param(f"stage{s}", init_raw)
+            stats = self.variable(STATS, f"stage{s}", init_stats, raw)
             if update:
                 # One block at a time (lax.map, not vmap): the iteration's working set is one
                 # block's, not a depth-stacked copy.
@@ -250,9 +234,7 @@ class RevUp(CheckedConfig, ReversibleModel, nn.Module):
                 on_nonconvergence=self.on_nonconvergence,
                 name=f"revup_stage{s}",
             )
-            layers.append(engine.Scan(step, name=f"stage{s}"))
-            params.append(p)
-            fns.append(g)
+            add(engine.Scan(step, name=f"stage{s}"), p, g)
         return layers, params, fns
 
     def _head(self, h: jax.Array) -> jax.Array:
@@ -268,13 +250,7 @@ class RevUp(CheckedConfig, ReversibleModel, nn.Module):
         )(feats)
 
     @nn.compact
-    def __call__(
-        self,
-        x: jax.Array,
-        train: bool = False,
-        *,
-        trace: bool = False,
-    ):
+    def __call__(self, x: jax.Array, train: bool = False, *, trace: bool = False):
         """Logits (N, num_classes); with `trace=True` the body's fixed-point trace instead."""
         x = x.astype(self.dtype)
         layers, params, fns = self._body(x, train)

@@ -3,9 +3,8 @@ force is attention + MLP; a ViT classifier and a causal byte-level language mode
 standard pre-LN baseline of the same parameter count.
 
 Blocks (`block=`), on token states (N, T, d); A(u) = Attn(LN(u)) and M(u) = MLP(LN(u)) are
-pre-LayerNorm multi-head self-attention (`jax.nn.dot_product_attention`, causal or
-bidirectional) and a GELU MLP of width `mlp_ratio`·d, each followed by dropout and stochastic
-depth::
+pre-LayerNorm multi-head self-attention (`jax.nn.dot_product_attention`, causal or bidirectional)
+and a GELU MLP of width `mlp_ratio`·d, each followed by dropout and stochastic depth::
 
     "standard"  (baseline, not invertible)   x ← x + A(x);  x ← x + M(x)
     "coupling"  (Kitaev, Kaiser, Levskaya 2020, Reformer, arXiv:2001.04451, Sec. 3;
@@ -32,9 +31,8 @@ numbers are given because they could not be checked against the papers' typeset 
 
 Start and end of the two-stream body: the embedding x is duplicated, (x, x)
 (`integrators.duplicate_state`: Reformer's and RevViT's two streams; for the integrators the
-zero-velocity start Y_{−1} = Y_0), and the output is (y1 + y2)/2 for "coupling" and "verlet"
-(a parameter-free average, so the head is the baseline's) and Y_L for "midpoint" and
-"leapfrog".
+zero-velocity start Y_{−1} = Y_0), and the output is (y1 + y2)/2 for "coupling" and "verlet" (a
+parameter-free average, so the head is the baseline's) and Y_L for "midpoint" and "leapfrog".
 
 Engine steps come only from the arithmetic seam (`revjax.arithmetic`: `additive_coupling`,
 `verlet_step`, `midpoint_step`, `leapfrog_step`, `duplicate_state`), run by `arith.run` over
@@ -249,9 +247,8 @@ class TransformerBody(nn.Module):
     def layers(self, deterministic: bool) -> list[engine.Layer]:
         """The engine layers [duplicate_state, Scan(step)] of a reversible block kind.
 
-        Built by this body's arithmetic (`revjax.arithmetic`). Couplings ("coupling",
-        "verlet") take params {"F": attn, "G": mlp} (`_step_params`), the integrators
-        {"attn", "mlp"}.
+        Built by this body's arithmetic (`revjax.arithmetic`). Couplings ("coupling", "verlet") take
+        params {"F": attn, "G": mlp} (`_step_params`), the integrators {"attn", "mlp"}.
         """
         arith = arithmetic.get(self.arithmetic, self.frac_bits)
         attn_fn, mlp_fn = self._fns(deterministic)
@@ -279,13 +276,12 @@ class TransformerBody(nn.Module):
 
     def _fns(self, deterministic: bool):
         """Pure (params, u, rng) -> v of attention and MLP, v in u's dtype (the stream's)."""
-        attn, mlp = self._modules()
-        kw = {"deterministic": deterministic}
 
-        def in_stream_dtype(fn):
+        def in_stream_dtype(module):
+            fn = residual_fn(module, deterministic=deterministic)
             return lambda p, u, rng=None: fn(p, u, rng).astype(u.dtype)
 
-        return (in_stream_dtype(residual_fn(attn, **kw)), in_stream_dtype(residual_fn(mlp, **kw)))
+        return tuple(in_stream_dtype(module) for module in self._modules())
 
     def _step_params(self, params):
         if self.block in ("coupling", "verlet"):
@@ -319,7 +315,7 @@ class TransformerBody(nn.Module):
         body_rngs = None if rngs is None else [None, rngs]
         y, _ = arithmetic.get(self.arithmetic, self.frac_bits).run(
             layers, body_params, x, backprop=self.backprop, rngs=body_rngs,
-            observe=partial(_sow_with_rngs, self, rngs=body_rngs),
+            observe=partial(sow_reconstruction_error, self, rngs=body_rngs),
         )  # fmt: skip
         if self.block in ("coupling", "verlet"):
             return (y[0] + y[1]) / 2
@@ -335,18 +331,8 @@ class TransformerBody(nn.Module):
 
         if self.backprop == "remat":
             block = jax.checkpoint(block)
-
-        def body(u, xs):
-            p, r = xs
-            return block(u, p, r), None
-
-        y, _ = lax.scan(body, x, (params, rngs))
+        y, _ = lax.scan(lambda u, xs: (block(u, *xs), None), x, (params, rngs))
         return y
-
-
-def _sow_with_rngs(module, layers, params, state, *, rngs):
-    """`sow_reconstruction_error` replaying the body's dropout keys."""
-    sow_reconstruction_error(module, layers, params, state, rngs)
 
 
 # The body's configuration fields, which the models declare too and pass on unchanged.
@@ -405,12 +391,8 @@ class ViT(_TransformerModel):
       depth, width, num_heads, mlp_ratio: body size (one attention + one MLP per block).
       patch_size: side of the square patches (divides H and W).
       num_classes: logits.
-      dropout, drop_path: rates (training only; replayed in the reconstruction).
-      h: integrator step size (None: DEFAULT_STEP_SIZES).
-      backprop: "reversible" | "store" | "remat" (standard: "store" | "remat").
-      dtype: compute dtype (bfloat16 for mixed precision).
-      param_dtype: parameter dtype, and that of the body's residual streams.
-      arithmetic, frac_bits: "float" | "exact" body states (`TransformerBody`).
+      dropout, drop_path, h, backprop, dtype, param_dtype, arithmetic, frac_bits: as
+        `TransformerBody` (dropout and drop-path masks are replayed in the reconstruction).
     """
 
     depth: int = 6
